@@ -1,0 +1,61 @@
+"""wemasy-async: an asyncio SDK for the Wemasy e-commerce API (SendCloud status and shipment pushes).
+
+>>> from wemasy_async import WemasyClient
+>>> async with WemasyClient() as client:  # token from WEMASY_API_TOKEN
+...     result = await client.sendcloud.push_shipments([1001, 1002])
+"""
+
+from __future__ import annotations
+
+from ._client import WemasyClient
+from ._errors import (
+    STATUS_ERRORS,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    InvalidOrderIdError,
+    InvalidResponseError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    RedirectError,
+    ServerError,
+    UsageError,
+    ValidationError,
+    WemasyError,
+)
+from ._models import PushDetails, PushResult, PushSummary, SendcloudIntegration
+from ._types import NOT_GIVEN
+from ._version import __version__
+
+__all__ = [
+    "NOT_GIVEN",
+    "STATUS_ERRORS",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "InvalidOrderIdError",
+    "InvalidResponseError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "PushDetails",
+    "PushResult",
+    "PushSummary",
+    "RateLimitError",
+    "RedirectError",
+    "SendcloudIntegration",
+    "ServerError",
+    "UsageError",
+    "ValidationError",
+    "WemasyClient",
+    "WemasyError",
+    "__version__",
+]

@@ -1,0 +1,106 @@
+"""Typed results: frozen, slotted attrs classes built from the API's JSON by :mod:`._converter`.
+
+Each model keeps the JSON object it was built from in ``raw``, so fields the SDK does not model yet are
+still reachable. Unknown fields are ignored, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["PushDetails", "PushResult", "PushSummary", "SendcloudIntegration", "parse_flag"]
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
+
+
+def parse_flag(value: object) -> bool | None:
+    """Read a boolean the way PHP APIs send them: ``true``/``false``, ``1``/``0``, ``"1"``/``"0"``,
+    ``"true"``/``"false"`` (and ``"yes"``/``"no"``). Anything else, ``None`` included, is ``None``.
+
+    >>> parse_flag("1"), parse_flag("false"), parse_flag(True), parse_flag("pending")
+    (True, False, True, None)
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return {1: True, 0: False}.get(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
+
+
+@attrs.frozen
+class SendcloudIntegration:
+    """The SendCloud integration of the webshop, as ``GET .../integrations/sendcloud/status`` reports it.
+
+    ``is_active`` and ``is_connected`` are kept exactly as sent (documented as strings); ``active`` and
+    ``connected`` are their boolean readings (``None`` when the value is missing or unreadable).
+    ``credentials`` is hidden from the repr: it may hold the shop's SendCloud keys.
+    """
+
+    id: str | None = None
+    is_active: Any = None
+    is_connected: Any = None
+    credentials: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def active(self) -> bool | None:
+        return parse_flag(self.is_active)
+
+    @property
+    def connected(self) -> bool | None:
+        return parse_flag(self.is_connected)
+
+
+@attrs.frozen
+class PushSummary:
+    """The counts of a push. ``total_orders`` is every id the server considered."""
+
+    total_orders: int = 0
+    new_orders: int = 0
+    retry_orders: int = 0
+    skipped_orders: int = 0
+    queued_orders: int = 0
+
+
+@attrs.frozen
+class PushDetails:
+    """Which orders fell in which outcome. Ids come back as strings (documented ``string[]``);
+    ``queued_orders`` is documented as ``mixed[]`` and kept as sent."""
+
+    new_orders: tuple[str, ...] = ()
+    retry_orders: tuple[str, ...] = ()
+    skipped_orders: tuple[str, ...] = ()
+    queued_orders: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class PushResult:
+    """The answer to ``POST .../orders/sendcloud/shipments/push``.
+
+    The server only validates and queues the orders; SendCloud shipments are made later by its jobs.
+    An order already queued is reported as skipped, so pushing it again cannot duplicate a shipment.
+    """
+
+    summary: PushSummary
+    details: PushDetails
+    message: str = ""
+    total_chunks: int = 0
+    labels_will_be_created: str = ""
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def creates_labels(self) -> bool | None:
+        """``labels_will_be_created`` read as a boolean (``None`` if unreadable)."""
+        return parse_flag(self.labels_will_be_created)

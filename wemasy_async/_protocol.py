@@ -1,0 +1,379 @@
+"""The Wemasy HTTP protocol as pure functions: build a request, turn an answer into data or an error.
+
+Nothing here does I/O or imports aiohttp, so it is tested synchronously. The transport sends a
+:class:`PreparedRequest` and hands back a :class:`RawResponse`; everything between is decided here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ._errors import (
+    APIStatusError,
+    ConfigurationError,
+    InvalidResponseError,
+    RateLimitError,
+    ValidationError,
+    error_class_for_status,
+)
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "TOKEN_ENV_VAR",
+    "PreparedRequest",
+    "RateLimitHeaders",
+    "RawResponse",
+    "build_request",
+    "decipher_response",
+    "follow_redirect",
+    "normalize_base_url",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+    "validate_token",
+]
+
+DEFAULT_BASE_URL = "https://api.wemasy.nl/api"
+TOKEN_ENV_VAR = "WEMASY_API_TOKEN"
+USER_AGENT = f"wemasy-async/{__version__}"
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# A token goes into a header; anything that could split or fold it is refused up front.
+_TOKEN_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+_HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _redacted_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in headers.items()}
+
+
+@attrs.frozen(repr=False)
+class PreparedRequest:
+    """A request ready to send. Its repr never shows the ``Authorization`` header."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PreparedRequest(method={self.method!r}, url={self.url!r}, "
+            f"headers={_redacted_headers(self.headers)!r}, body=<{len(self.body or b'')} bytes>)"
+        )
+
+
+def _ci_headers(headers: Mapping[str, str]) -> CIMultiDictProxy[str]:
+    return headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers))
+
+
+@attrs.frozen(repr=False)
+class RawResponse:
+    """What came back: status, headers and the body bytes, with the request it answers."""
+
+    status: int
+    headers: CIMultiDictProxy[str] = attrs.field(converter=_ci_headers)
+    body: bytes
+    method: str = ""
+    url: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"RawResponse(status={self.status}, {self.method} {self.url}, body=<{len(self.body)} bytes>)"
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+    """Check and normalise the API base URL (no trailing slash).
+
+    Plain ``http://`` would send the token in clear text, so it is refused unless the host is loopback
+    (the emulator, a local proxy) or the caller opts in with ``allow_insecure_http=True``.
+    """
+    if not isinstance(base_url, str) or not base_url:
+        raise ConfigurationError(f"base_url must be a non-empty URL string, got {base_url!r}")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(
+            f"base_url must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}, got {base_url!r}"
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError("base_url must not contain credentials; pass the token as token=...")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"base_url must not have a query or fragment, got {base_url!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"refusing plain http:// to {parts.hostname}: the token would travel unencrypted. "
+            "Use https://, or pass allow_insecure_http=True if a trusted proxy terminates TLS."
+        )
+    return base_url.rstrip("/")
+
+
+def validate_token(token: object) -> str:
+    """Return the token if it can be sent as a bearer token; the error never repeats the token."""
+    if token is None or token == "":
+        raise ConfigurationError(
+            f"no API token: pass token=... to WemasyClient or set the {TOKEN_ENV_VAR} environment variable"
+        )
+    if not isinstance(token, str):
+        raise ConfigurationError(f"the API token must be a str, got {type(token).__name__}")
+    if _TOKEN_FORBIDDEN.search(token):
+        raise ConfigurationError("the API token contains whitespace or control characters; check how it was read")
+    return token
+
+
+def build_request(
+    method: str,
+    base_url: str,
+    path: str,
+    *,
+    token: str,
+    json_body: Any = None,
+    user_agent: str = USER_AGENT,
+) -> PreparedRequest:
+    """Build the request for ``path`` (relative to ``base_url``) with auth and JSON headers.
+
+    ``Accept: application/json`` is always sent: Laravel answers JSON only when the first accepted type is
+    JSON, and otherwise redirects an unauthenticated call to a login page.
+    """
+    method = method.upper()
+    if not path.startswith("/"):
+        path = "/" + path
+    if "://" in path or path.startswith("//"):
+        raise ConfigurationError(f"path must be relative to base_url, got {path!r}")
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json",
+        "User-Agent": user_agent,
+    }
+    body = None
+    if json_body is not None:
+        headers["Content-Type"] = "application/json"
+        body = json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
+    return PreparedRequest(method=method, url=base_url + path, headers=headers, body=body)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def follow_redirect(request: PreparedRequest, response: RawResponse) -> PreparedRequest | None:
+    """The request to send for a redirect, or ``None`` when it must not be followed.
+
+    Only same-origin redirects are followed, so the token never reaches another host or scheme. 307 and
+    308 repeat the method and body; 301, 302 and 303 are followed for GET only, since turning a push into a
+    GET would silently drop it.
+    """
+    location = response.headers.get("Location")
+    if response.status not in (301, 302, 303, 307, 308) or not location:
+        return None
+    target = urljoin(request.url, location)
+    if _origin(target) != _origin(request.url):
+        return None
+    if response.status in (307, 308):
+        return attrs.evolve(request, url=target)
+    if request.method in ("GET", "HEAD"):
+        return attrs.evolve(request, url=target)
+    return None
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date (RFC 9110).
+
+    ``now`` is the current unix time. Returns ``None`` for a missing or unreadable value; never negative.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT even when the zone is written as -0000
+            return None
+        return max(0.0, when.timestamp() - now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class RateLimitHeaders:
+    """What a response says about the rate limit. Any field may be missing (``None``)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    #: Seconds to wait, from ``Retry-After`` or, failing that, ``X-RateLimit-Reset``.
+    retry_after: float | None = None
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float) -> RateLimitHeaders:
+    """Read ``X-RateLimit-Limit``, ``X-RateLimit-Remaining``, ``Retry-After`` and ``X-RateLimit-Reset``.
+
+    ``headers`` must be case-insensitive (as aiohttp's are); ``now`` is the current unix time.
+    """
+    retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
+    if retry_after is None:
+        reset = _header_int(headers, "X-RateLimit-Reset")
+        if reset is not None:
+            retry_after = max(0.0, reset - now)
+    limit = _header_int(headers, "X-RateLimit-Limit")
+    remaining = _header_int(headers, "X-RateLimit-Remaining")
+    return RateLimitHeaders(
+        limit=limit if limit is not None and limit >= 0 else None,
+        remaining=remaining if remaining is not None and remaining >= 0 else None,
+        retry_after=retry_after,
+    )
+
+
+def _decode_json(body: bytes) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False, None
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Payload Too Large",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _error_message(status: int, decoded: bool, data: Any, body: bytes) -> str:
+    if decoded and isinstance(data, dict):
+        message = data.get("message")
+        if isinstance(message, str) and message.strip():
+            return message.strip()
+    if not decoded:
+        title = _HTML_TITLE.search(body)
+        if title:
+            text = " ".join(title.group(1).decode("utf-8", errors="replace").split())
+            if text:
+                return f"{text[:200]} (non-JSON body)"
+        if body.strip():
+            return f"{_REASONS.get(status, 'HTTP error')} (non-JSON body)"
+    return _REASONS.get(status, "HTTP error")
+
+
+def _field_errors(data: Any) -> dict[str, tuple[str, ...]]:
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, dict):
+        return {}
+    out: dict[str, tuple[str, ...]] = {}
+    for field, messages in errors.items():
+        if isinstance(messages, str):
+            out[str(field)] = (messages,)
+        elif isinstance(messages, list):
+            out[str(field)] = tuple(str(m) for m in messages)
+    return out
+
+
+def decipher_response(response: RawResponse, *, now: float | None = None) -> Any:
+    """The decoded JSON of a success response; for anything else, raise the matching error.
+
+    Error bodies parse in the documented shape ``{"error": true, "message": ...}`` and in Laravel's stock
+    shapes (``{"message": ...}``, and 422's ``{"message", "errors"}``); ``error`` is never required. An
+    error status with a non-JSON body (a proxy's HTML 502) still raises the status's class, with
+    ``body=None`` and the text in ``raw_text``. ``now`` (unix time) is for an HTTP-date ``Retry-After``.
+    """
+    status, body = response.status, response.body
+    decoded, data = _decode_json(body)
+    if 200 <= status <= 299:
+        if status == 204 or not body.strip():
+            return None
+        if not decoded:
+            raise InvalidResponseError(
+                "the response body is not JSON",
+                status_code=status,
+                headers=response.headers,
+                raw_text=response.text,
+                method=response.method,
+                url=response.url,
+            )
+        if isinstance(data, dict) and data.get("error") is True:
+            raise InvalidResponseError(
+                "a success status with an error body: " + _error_message(status, decoded, data, body),
+                status_code=status,
+                headers=response.headers,
+                raw_text=response.text,
+                method=response.method,
+                url=response.url,
+            )
+        return data
+    cls = error_class_for_status(status)
+    common: dict[str, Any] = {
+        "status_code": status,
+        "body": data if decoded else None,
+        "raw_text": response.text,
+        "headers": response.headers,
+        "method": response.method,
+        "url": response.url,
+    }
+    message = _error_message(status, decoded, data, body)
+    if cls is ValidationError:
+        raise ValidationError(message, errors=_field_errors(data), **common)
+    if cls is RateLimitError:
+        hints = parse_rate_limit_headers(response.headers, now=time.time() if now is None else now)
+        raise RateLimitError(message, retry_after=hints.retry_after, **common)
+    error: APIStatusError = cls(message, **common)
+    raise error
+
+
+def invalid_shape(response: RawResponse, what: str) -> InvalidResponseError:
+    """The error for a JSON body that does not have the documented shape."""
+    return InvalidResponseError(
+        f"the response is not the documented shape: {what}",
+        status_code=response.status,
+        headers=response.headers,
+        raw_text=response.text,
+        method=response.method,
+        url=response.url,
+    )

@@ -1,0 +1,493 @@
+"""An aiohttp.web emulator of the two Wemasy endpoints, faithful to the Laravel server behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import enum
+import json
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, Literal
+
+import attrs
+from aiohttp import web
+
+from ._throttle import FixedWindowThrottle, ThrottleDecision
+
+__all__ = ["Fault", "FaultSwitches", "RequestRecord", "WemasyEmulator"]
+
+STATUS_PATH = "/services/webshop/v1/integrations/sendcloud/status"
+PUSH_PATH = "/services/webshop/v1/orders/sendcloud/shipments/push"
+API_PREFIX = "/api"
+# How many orders the server's own jobs take per chunk; only shapes `total_chunks` in answers.
+SERVER_JOB_CHUNK = 50
+
+_HTML_PAGE = (
+    "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+class Fault(enum.Enum):
+    """One-shot faults, queued with :meth:`WemasyEmulator.inject` and applied to the next requests in turn."""
+
+    #: Laravel's 500 (``{"message": "Server Error"}``); counted by the throttle, with its headers.
+    SERVER_ERROR = "server_error"
+    #: 503 JSON, as in maintenance mode; counted, with rate-limit headers.
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    #: A proxy's HTML 502 page: the app never saw the request; no rate-limit headers.
+    BAD_GATEWAY_HTML = "bad_gateway_html"
+    #: A proxy's HTML 504 page: the app never saw the request; no rate-limit headers.
+    GATEWAY_TIMEOUT_HTML = "gateway_timeout_html"
+    #: The connection closes before the app sees the request.
+    DROP = "drop"
+    #: The app handles the request (a push queues its orders), then the connection closes unanswered.
+    DROP_AFTER_PROCESSING = "drop_after_processing"
+
+
+@attrs.define
+class FaultSwitches:
+    """Faults that apply at random (seeded) or to every request; change them at any time."""
+
+    #: Fraction of requests answered with Laravel's 500 (after the throttle counted them).
+    server_error_rate: float = 0.0
+    #: Fraction of requests answered by a proxy's HTML 502 page (not counted, no rate-limit headers).
+    html_error_rate: float = 0.0
+    #: Fraction of connections dropped before the app sees the request.
+    drop_rate: float = 0.0
+    #: Seconds every response is held back (a slow server).
+    delay_seconds: float = 0.0
+    #: Send ``X-RateLimit-Limit`` and ``-Remaining``; False models a proxy that strips them.
+    rate_limit_headers: bool = True
+    #: ``Retry-After`` on a 429: whole seconds (as Laravel; rounded up), ``fractional`` seconds (for fast
+    #: tests), or an RFC 9110 ``http-date``.
+    retry_after: Literal["seconds", "fractional", "http-date"] = "seconds"
+
+
+@attrs.frozen
+class RequestRecord:
+    """One request as the emulator saw it. ``status`` is ``None`` when the connection was dropped."""
+
+    at: float
+    method: str
+    path: str
+    status: int | None
+    token: str | None = attrs.field(repr=False)
+    order_ids: tuple[Any, ...] | None = None
+    fault: Fault | None = None
+    #: Whether the throttle counted it against the window.
+    counted: bool = False
+    #: The request headers, ``Authorization`` left out.
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
+class _Dropped(Exception):
+    pass
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _wants_json(request: web.Request) -> bool:
+    # Laravel's wantsJson(): the first acceptable type decides.
+    first = request.headers.get("Accept", "").split(",")[0].split(";")[0].strip().lower()
+    return "/json" in first or "+json" in first
+
+
+def _is_laravel_integer(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, str):
+        text = value.strip()
+        return text.lstrip("-").isdigit() and text == value
+    return False
+
+
+def _is_laravel_boolean(value: object) -> bool:
+    return value in (True, False, 0, 1, "0", "1") and not isinstance(value, float)
+
+
+class WemasyEmulator:
+    """The Wemasy API for tests, benchmarks and demos: both SendCloud endpoints, a Laravel-style
+    fixed-window throttle per token, auth, validation, order state, a request log and fault switches.
+
+    >>> async with WemasyEmulator(limit=5, window_seconds=0.5) as emulator:
+    ...     async with WemasyClient(token="t", base_url=emulator.base_url) as client:
+    ...         await client.sendcloud.push_shipments([1, 2, 3])
+
+    Args:
+        limit, window_seconds: the throttle: ``limit`` requests per window per token.
+        max_ids_per_request: more order ids than this in one push is a 422 on ``order_ids``.
+        valid_tokens: the tokens that authenticate (401 for others); ``None`` accepts any bearer token.
+        forbidden_tokens: tokens that authenticate but lack permission (403).
+        unknown_order_ids: ids that do not exist (422 ``The selected order_ids.N is invalid.``).
+        failed_order_ids: ids whose earlier shipment failed; their next push reports them as retry.
+        integration: the ``integration`` object the status endpoint returns.
+        error_bodies: ``documented`` (``{"error": true, "message"}``) or ``laravel`` (``{"message"}``).
+        seed: seeds the random fault switches.
+        clock: a monotonic clock for the throttle and the request log; ``wall_clock`` for unix times.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = 60,
+        window_seconds: float = 60.0,
+        max_ids_per_request: int = 1000,
+        valid_tokens: Collection[str] | None = None,
+        forbidden_tokens: Collection[str] = (),
+        unknown_order_ids: Collection[int] = (),
+        failed_order_ids: Collection[int] = (),
+        integration: Mapping[str, Any] | None = None,
+        error_bodies: Literal["documented", "laravel"] = "documented",
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.throttle = FixedWindowThrottle(limit, window_seconds, clock)
+        self.max_ids_per_request = max_ids_per_request
+        self.valid_tokens = None if valid_tokens is None else set(valid_tokens)
+        self.forbidden_tokens = set(forbidden_tokens)
+        self.unknown_order_ids = set(unknown_order_ids)
+        self.failed_order_ids = set(failed_order_ids)
+        self.integration: dict[str, Any] = dict(
+            integration
+            if integration is not None
+            else {
+                "credentials": {},
+                "id": "1",
+                "is_active": "1",
+                "is_connected": "1",
+                "created_at": "2026-01-05T09:30:00.000000Z",
+                "updated_at": "2026-11-02T14:12:09.000000Z",
+            }
+        )
+        self.error_bodies = error_bodies
+        self.faults = FaultSwitches()
+        #: Same-origin or cross-origin redirects to answer: path (after ``/api``) -> (status, location).
+        self.redirects: dict[str, tuple[int, str]] = {}
+        #: Every request, in arrival order.
+        self.requests: list[RequestRecord] = []
+        #: Order ids in the order they were queued by pushes (an id queued twice would show twice).
+        self.queued: list[int] = []
+        self._queued_set: set[int] = set()
+        self._scripted: deque[Fault] = deque()
+        self._random = random.Random(seed)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+
+    # --- configuration -------------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        return self.throttle.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self.throttle.limit = value
+
+    @property
+    def window_seconds(self) -> float:
+        return self.throttle.window_seconds
+
+    @window_seconds.setter
+    def window_seconds(self, value: float) -> None:
+        self.throttle.window_seconds = value
+
+    def inject(self, *faults: Fault) -> None:
+        """Apply these faults to the next requests, one each, in order."""
+        self._scripted.extend(faults)
+
+    @property
+    def queued_order_ids(self) -> frozenset[int]:
+        return frozenset(self._queued_set)
+
+    # --- serving -------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL to give the client (``http://127.0.0.1:PORT/api``)."""
+        if self._base_url is None:
+            raise RuntimeError("the emulator is not running; use `async with` or start()")
+        return self._base_url
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (port 0: a free one) and return the base URL."""
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        if ":" in bound_host:
+            bound_host = f"[{bound_host}]"
+        self._base_url = f"http://{bound_host}:{bound_port}{API_PREFIX}"
+        return self._base_url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> WemasyEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @contextlib.contextmanager
+    def run_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[WemasyEmulator]:
+        """Serve from a background thread with its own event loop, for sync code or any test runner."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="wemasy-emulator", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(host, port), loop).result(timeout=30)
+            try:
+                yield self
+            finally:
+                asyncio.run_coroutine_threadsafe(self.close(), loop).result(timeout=30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=30)
+            loop.close()
+
+    # --- request handling ----------------------------------------------------------------------
+
+    def _next_fault(self) -> Fault | None:
+        if self._scripted:
+            return self._scripted.popleft()
+        switches = self.faults
+        roll = self._random.random
+        if switches.drop_rate and roll() < switches.drop_rate:
+            return Fault.DROP
+        if switches.html_error_rate and roll() < switches.html_error_rate:
+            return Fault.BAD_GATEWAY_HTML
+        if switches.server_error_rate and roll() < switches.server_error_rate:
+            return Fault.SERVER_ERROR
+        return None
+
+    def _error(self, status: int, message: str) -> dict[str, Any]:
+        if self.error_bodies == "laravel":
+            return {"message": message}
+        return {"error": True, "message": message}
+
+    def _html(self, status: int, reason: str) -> web.Response:
+        return web.Response(
+            status=status, text=_HTML_PAGE.format(status=status, reason=reason), content_type="text/html"
+        )
+
+    def _rate_headers(self, decision: ThrottleDecision) -> dict[str, str]:
+        if not self.faults.rate_limit_headers:
+            return {}
+        headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
+        if not decision.allowed:
+            reset_at = self._wall_clock() + decision.resets_in
+            style = self.faults.retry_after
+            if style == "http-date":
+                headers["Retry-After"] = email.utils.formatdate(math.ceil(reset_at), usegmt=True)
+            elif style == "fractional":
+                headers["Retry-After"] = f"{decision.resets_in:.3f}"
+            else:
+                headers["Retry-After"] = str(math.ceil(decision.resets_in))
+            headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
+        return headers
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = self._clock()
+        path = request.path[len(API_PREFIX) :] if request.path.startswith(API_PREFIX + "/") else request.path
+        token = _bearer(request)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        fault = self._next_fault()
+        body: Any = None
+        raw = await request.read()
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        order_ids = None
+        if isinstance(body, dict) and isinstance(body.get("order_ids"), list):
+            order_ids = tuple(body["order_ids"])
+        counted = False
+
+        def log(status: int | None) -> None:
+            self.requests.append(
+                RequestRecord(
+                    at=arrived,
+                    method=request.method,
+                    path=path,
+                    status=status,
+                    token=token,
+                    order_ids=order_ids,
+                    fault=fault,
+                    counted=counted,
+                    headers=headers,
+                )
+            )
+
+        if fault is Fault.DROP:
+            log(None)
+            self._drop(request)
+        if fault in (Fault.BAD_GATEWAY_HTML, Fault.GATEWAY_TIMEOUT_HTML):
+            status = 502 if fault is Fault.BAD_GATEWAY_HTML else 504
+            log(status)
+            return self._html(status, "Bad Gateway" if status == 502 else "Gateway Time-out")
+        if path in self.redirects:
+            status, location = self.redirects[path]
+            log(status)
+            return web.Response(status=status, headers={"Location": location})
+        if self.faults.delay_seconds:
+            await asyncio.sleep(self.faults.delay_seconds)
+
+        authenticated = token is not None and (
+            self.valid_tokens is None or token in self.valid_tokens or token in self.forbidden_tokens
+        )
+        # Laravel keys the throttle by user, or by client address for a guest.
+        key = f"user:{token}" if authenticated else f"ip:{request.remote}"
+        decision = self.throttle.hit(key)
+        counted = decision.allowed
+        rate_headers = self._rate_headers(decision)
+        wants_json = _wants_json(request)
+
+        def answer(status: int, payload: Any) -> web.StreamResponse:
+            log(status)
+            if not wants_json and status in (401, 422):
+                # Laravel redirects a browser: to the login page, or back to the form.
+                target = "/login" if status == 401 else request.headers.get("Referer", "/")
+                return web.Response(status=302, headers={**rate_headers, "Location": target})
+            if not wants_json and status >= 400:
+                return web.Response(
+                    status=status,
+                    text=f"<html><body>{status}</body></html>",
+                    content_type="text/html",
+                    headers=rate_headers,
+                )
+            return web.json_response(payload, status=status, headers=rate_headers)
+
+        if not decision.allowed:
+            return answer(429, self._error(429, "Too Many Attempts."))
+        if not authenticated:
+            return answer(401, self._error(401, "Unauthenticated."))
+        if token in self.forbidden_tokens:
+            return answer(403, self._error(403, "This action is unauthorized."))
+        if fault is Fault.SERVER_ERROR:
+            return answer(500, self._error(500, "Server Error"))
+        if fault is Fault.SERVICE_UNAVAILABLE:
+            return answer(503, self._error(503, "Service Unavailable"))
+
+        if path == STATUS_PATH and request.method in ("GET", "HEAD"):
+            status, payload = 200, {"error": False, "integration": self.integration}
+        elif path == PUSH_PATH and request.method == "POST":
+            status, payload = self._push(body if isinstance(body, dict) else {})
+        elif path in (STATUS_PATH, PUSH_PATH):
+            status, payload = (
+                405,
+                self._error(405, f"The {request.method} method is not supported for route api{path}."),
+            )
+        else:
+            status, payload = 404, self._error(404, f"The route api{path} could not be found.")
+        if fault is Fault.DROP_AFTER_PROCESSING:
+            log(None)
+            self._drop(request)
+        return answer(status, payload)
+
+    @staticmethod
+    def _drop(request: web.Request) -> None:
+        if request.transport is not None:
+            request.transport.close()
+        raise web.HTTPInternalServerError()  # never written: the connection is already closed
+
+    def _validation_errors(self, body: Mapping[str, Any]) -> dict[str, list[str]]:
+        errors: dict[str, list[str]] = {}
+        if "create_label" not in body or body["create_label"] is None:
+            errors["create_label"] = ["The create_label field is required."]
+        elif not _is_laravel_boolean(body["create_label"]):
+            errors["create_label"] = ["The create_label field must be true or false."]
+        ids = body.get("order_ids")
+        if ids is None or ids == [] or ids == "":
+            errors["order_ids"] = ["The order_ids field is required."]
+            return errors
+        if not isinstance(ids, list):
+            errors["order_ids"] = ["The order_ids field must be an array."]
+            return errors
+        if len(ids) > self.max_ids_per_request:
+            errors["order_ids"] = [f"The order_ids field must not have more than {self.max_ids_per_request} items."]
+        for index, value in enumerate(ids):
+            if not _is_laravel_integer(value):
+                errors[f"order_ids.{index}"] = [f"The order_ids.{index} field must be an integer."]
+            elif int(value) <= 0 or int(value) in self.unknown_order_ids:
+                errors[f"order_ids.{index}"] = [f"The selected order_ids.{index} is invalid."]
+        return errors
+
+    def _push(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        errors = self._validation_errors(body)
+        if errors:
+            messages = [m for field_messages in errors.values() for m in field_messages]
+            message = messages[0]
+            if len(messages) > 1:
+                more = len(messages) - 1
+                message += f" (and {more} more error{'s' if more > 1 else ''})"
+            return 422, {"message": message, "errors": errors}
+        new: list[str] = []
+        retry: list[str] = []
+        skipped: list[str] = []
+        queued: list[int] = []
+        for value in body["order_ids"]:
+            order_id = int(value)
+            if order_id in self._queued_set:
+                skipped.append(str(order_id))
+                continue
+            (retry if order_id in self.failed_order_ids else new).append(str(order_id))
+            self.failed_order_ids.discard(order_id)
+            self._queued_set.add(order_id)
+            self.queued.append(order_id)
+            queued.append(order_id)
+        create_label = body["create_label"] in (True, 1, "1")
+        chunks = math.ceil(len(queued) / SERVER_JOB_CHUNK)
+        return 200, {
+            "error": False,
+            "message": f"{len(queued)} orders queued for SendCloud processing in {chunks} chunks.",
+            "summary": {
+                "total_orders": len(body["order_ids"]),
+                "new_orders": len(new),
+                "retry_orders": len(retry),
+                "skipped_orders": len(skipped),
+                "queued_orders": len(queued),
+            },
+            "details": {
+                "new_orders": new,
+                "retry_orders": retry,
+                "skipped_orders": skipped,
+                "queued_orders": queued,
+            },
+            "total_chunks": chunks,
+            "labels_will_be_created": "yes" if create_label else "no",
+        }
+
+    # --- helpers for tests ---------------------------------------------------------------------
+
+    def requests_for(self, path: str | None = None, *, token: str | None = None) -> list[RequestRecord]:
+        """The logged requests, optionally only those for ``path`` and/or ``token``."""
+        return [r for r in self.requests if (path is None or r.path == path) and (token is None or r.token == token)]
