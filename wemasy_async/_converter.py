@@ -84,15 +84,21 @@ def _any_list(value: object, _: object = None) -> tuple[Any, ...]:
 
 converter.register_structure_hook(SendcloudIntegration, _integration)
 converter.register_structure_hook(int, _strict_int)
-converter.register_structure_hook(
-    PushDetails,
-    lambda d, _: PushDetails(
-        new_orders=_id_list(d.get("new_orders")),
-        retry_orders=_id_list(d.get("retry_orders")),
-        skipped_orders=_id_list(d.get("skipped_orders")),
-        queued_orders=_any_list(d.get("queued_orders")),
-    ),
-)
+
+
+def _details(data: Any, _: object = None) -> PushDetails:
+    if not isinstance(data, dict):
+        raise ValueError(f"details must be an object, got {type(data).__name__}")
+    fields: dict[str, Any] = {}
+    for name in ("new_orders", "retry_orders", "skipped_orders", "queued_orders"):
+        try:
+            fields[name] = (_any_list if name == "queued_orders" else _id_list)(data.get(name))
+        except ValueError as exc:
+            raise ValueError(f"details.{name}: {exc}") from None
+    return PushDetails(**fields)
+
+
+converter.register_structure_hook(PushDetails, _details)
 converter.register_structure_hook(PushSummary, make_dict_structure_fn(PushSummary, converter))
 _push_result = make_dict_structure_fn(
     PushResult,
@@ -109,9 +115,13 @@ def _with_raw(model: T, data: Mapping[str, Any]) -> T:
     return model
 
 
+def _leaf_message(exc: BaseException, type_: Any) -> str:
+    return str(exc) if isinstance(exc, ValueError) and str(exc) else cattrs.v.format_exception(exc, type_)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        return "; ".join(cattrs.transform_error(exc))
+        return "; ".join(cattrs.transform_error(exc, format_exception=_leaf_message))
     return str(exc)
 
 

@@ -45,6 +45,10 @@ class Fault(enum.Enum):
     BAD_GATEWAY_HTML = "bad_gateway_html"
     #: A proxy's HTML 504 page: the app never saw the request; no rate-limit headers.
     GATEWAY_TIMEOUT_HTML = "gateway_timeout_html"
+    #: A 200 HTML page from something in front of the app (a captive portal, a misrouted proxy).
+    HTML_OK = "html_ok"
+    #: The app answers, but its JSON body is cut short (a body that cannot be parsed).
+    TRUNCATED_JSON = "truncated_json"
     #: The connection closes before the app sees the request.
     DROP = "drop"
     #: The app handles the request (a push queues its orders), then the connection closes unanswered.
@@ -354,6 +358,14 @@ class WemasyEmulator:
             status = 502 if fault is Fault.BAD_GATEWAY_HTML else 504
             log(status)
             return self._html(status, "Bad Gateway" if status == 502 else "Gateway Time-out")
+        if fault is Fault.HTML_OK:
+            log(200)
+            return web.Response(text="<html><body>Welcome to the hotel network</body></html>", content_type="text/html")
+        if request.path == "/login":  # Laravel's web login page, where a non-JSON client is sent
+            log(200)
+            return web.Response(
+                text="<html><head><title>Login</title></head><body>Log in</body></html>", content_type="text/html"
+            )
         if path in self.redirects:
             status, location = self.redirects[path]
             log(status)
@@ -383,6 +395,11 @@ class WemasyEmulator:
                     text=f"<html><body>{status}</body></html>",
                     content_type="text/html",
                     headers=rate_headers,
+                )
+            if fault is Fault.TRUNCATED_JSON:
+                text = json.dumps(payload)
+                return web.Response(
+                    text=text[: len(text) // 2], status=status, content_type="application/json", headers=rate_headers
                 )
             return web.json_response(payload, status=status, headers=rate_headers)
 

@@ -1,0 +1,19 @@
+"""Shared fixtures: a client bound to the emulator (the ``wemasy_emulator`` fixture is the SDK's own plugin)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from wemasy_async import WemasyClient
+from wemasy_async.testing import WemasyEmulator
+
+#: A token distinctive enough that finding it in any text is a real leak.
+TOKEN = "wm-tok-9f8e7d6c5b4a-SECRET"
+
+
+@pytest.fixture
+async def client(wemasy_emulator: WemasyEmulator) -> AsyncIterator[WemasyClient]:
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+        yield client

@@ -1,0 +1,196 @@
+"""The emulator behaves as the Laravel server does: throttle headers, validation, state and faults."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import TOKEN
+from wemasy_async.testing import Fault, WemasyEmulator
+
+STATUS = "/services/webshop/v1/integrations/sendcloud/status"
+PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
+JSON_HEADERS = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    emulator: WemasyEmulator,
+    path: str = STATUS,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    method = "GET" if body is None else "POST"
+    async with http.request(
+        method, emulator.base_url + path, json=body, headers=headers or JSON_HEADERS, allow_redirects=False
+    ) as response:
+        text = await response.text()
+        data = json.loads(text) if response.content_type == "application/json" else text
+        return response.status, dict(response.headers), data
+
+
+@pytest.mark.wemasy_emulator(limit=2, window_seconds=30)
+async def test_every_answer_carries_limit_and_remaining(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """X-RateLimit-Limit and -Remaining count down through the window."""
+    seen = [(await call(http, wemasy_emulator))[1] for _ in range(2)]
+    assert [(h["X-RateLimit-Limit"], h["X-RateLimit-Remaining"]) for h in seen] == [("2", "1"), ("2", "0")]
+
+
+@pytest.mark.wemasy_emulator(limit=1, window_seconds=30)
+async def test_429_has_retry_after_reset_and_zero_remaining_and_costs_nothing(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A throttled request gets Retry-After (whole seconds), X-RateLimit-Reset and is not counted."""
+    await call(http, wemasy_emulator)
+    status, headers, body = await call(http, wemasy_emulator)
+    assert status == 429
+    assert body == {"error": True, "message": "Too Many Attempts."}
+    assert headers["X-RateLimit-Remaining"] == "0"
+    assert headers["Retry-After"] == "30"
+    assert abs(int(headers["X-RateLimit-Reset"]) - (time.time() + 30)) <= 2
+    assert [r.counted for r in wemasy_emulator.requests] == [True, False]
+    assert wemasy_emulator.throttle.used(f"user:{TOKEN}") == 1
+
+
+@pytest.mark.wemasy_emulator(limit=1, window_seconds=30)
+async def test_retry_after_can_be_an_http_date(http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator) -> None:
+    """The http-date switch sends Retry-After as an RFC 9110 date."""
+    wemasy_emulator.faults.retry_after = "http-date"
+    await call(http, wemasy_emulator)
+    _, headers, _ = await call(http, wemasy_emulator)
+    when = email.utils.parsedate_to_datetime(headers["Retry-After"]).timestamp()
+    assert 28 <= when - time.time() <= 32
+
+
+@pytest.mark.wemasy_emulator(limit=1, window_seconds=30)
+async def test_each_token_has_its_own_window(http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator) -> None:
+    """A second token is not throttled by the first one's use."""
+    assert (await call(http, wemasy_emulator))[0] == 200
+    other = {**JSON_HEADERS, "Authorization": "Bearer another-token"}
+    assert (await call(http, wemasy_emulator, headers=other))[0] == 200
+    assert (await call(http, wemasy_emulator))[0] == 429
+
+
+async def test_non_json_accept_gets_laravels_login_redirect(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """Without Accept: application/json an unauthenticated call is redirected, as Laravel does."""
+    status, headers, _ = await call(http, wemasy_emulator, headers={"Accept": "text/html"})
+    assert status == 302
+    assert headers["Location"] == "/login"
+
+
+@pytest.mark.wemasy_emulator(max_ids_per_request=2)
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        (
+            {},
+            {
+                "create_label": ["The create_label field is required."],
+                "order_ids": ["The order_ids field is required."],
+            },
+        ),
+        (
+            {"create_label": "maybe", "order_ids": [1]},
+            {"create_label": ["The create_label field must be true or false."]},
+        ),
+        ({"create_label": False, "order_ids": 5}, {"order_ids": ["The order_ids field must be an array."]}),
+        (
+            {"create_label": False, "order_ids": [1, "x", 2.5]},
+            {
+                "order_ids": ["The order_ids field must not have more than 2 items."],
+                "order_ids.1": ["The order_ids.1 field must be an integer."],
+                "order_ids.2": ["The order_ids.2 field must be an integer."],
+            },
+        ),
+    ],
+)
+async def test_validation_messages_are_laravels(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator, body: Any, errors: dict[str, list[str]]
+) -> None:
+    """422 bodies have Laravel's shape: a message and per-field (per-index) errors, no error key."""
+    status, _, data = await call(http, wemasy_emulator, PUSH, body=body)
+    assert status == 422
+    assert data["errors"] == errors
+    assert "error" not in data
+    assert data["message"].startswith(next(iter(errors.values()))[0])
+
+
+async def test_duplicate_ids_in_one_push_are_queued_once(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """The second occurrence of an id in one push is skipped, never queued twice."""
+    _, _, data = await call(http, wemasy_emulator, PUSH, body={"create_label": True, "order_ids": [8, 8]})
+    assert data["details"]["new_orders"] == ["8"]
+    assert data["details"]["skipped_orders"] == ["8"]
+    assert data["labels_will_be_created"] == "yes"
+    assert wemasy_emulator.queued == [8]
+
+
+async def test_request_log_records_time_token_path_status_and_ids(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """Each request is logged with when it arrived and what it carried; the token stays out of the repr."""
+    before = time.monotonic()
+    await call(http, wemasy_emulator, PUSH, body={"create_label": False, "order_ids": [3, 4]})
+    (record,) = wemasy_emulator.requests_for(PUSH, token=TOKEN)
+    assert before <= record.at <= time.monotonic()
+    assert (record.method, record.status, record.order_ids, record.counted) == ("POST", 200, (3, 4), True)
+    assert TOKEN not in repr(record)
+    assert "Authorization" not in record.headers
+
+
+async def test_random_fault_switches_apply(http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator) -> None:
+    """The rate switches make every request fail the chosen way."""
+    wemasy_emulator.faults.server_error_rate = 1.0
+    assert (await call(http, wemasy_emulator))[0] == 500
+    wemasy_emulator.faults.html_error_rate = 1.0
+    status, headers, body = await call(http, wemasy_emulator)
+    assert status == 502
+    assert "X-RateLimit-Limit" not in headers
+    assert "<title>502 Bad Gateway</title>" in body
+    wemasy_emulator.faults.drop_rate = 1.0
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await call(http, wemasy_emulator, PUSH, body={"create_label": False, "order_ids": [1]})
+    assert wemasy_emulator.queued == []
+
+
+async def test_a_drop_before_processing_queues_nothing_but_after_processing_does(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """DROP loses the request; DROP_AFTER_PROCESSING loses only the answer."""
+    wemasy_emulator.inject(Fault.DROP, Fault.DROP_AFTER_PROCESSING)
+    for order_id in (1, 2):
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await call(http, wemasy_emulator, PUSH, body={"create_label": False, "order_ids": [order_id]})
+    assert wemasy_emulator.queued == [2]
+    assert [r.status for r in wemasy_emulator.requests] == [None, None]
+
+
+def test_the_emulator_runs_in_a_thread_for_sync_code() -> None:
+    """run_in_thread() serves plain blocking clients too, and stops cleanly."""
+    with WemasyEmulator().run_in_thread() as emulator:
+        request = urllib.request.Request(emulator.base_url + STATUS, headers=JSON_HEADERS)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["integration"]["is_active"] == "1"
+        url = emulator.base_url
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + STATUS, timeout=2)
