@@ -16,10 +16,12 @@ from wemasy_async import (
     APIConnectionError,
     APITimeoutError,
     AuthenticationError,
+    BadRequestError,
     ConfigurationError,
     InvalidOrderIdError,
     InvalidResponseError,
     NotFoundError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
     RedirectError,
@@ -30,7 +32,7 @@ from wemasy_async import (
     WemasyError,
     __version__,
 )
-from wemasy_async.testing import Fault, WemasyEmulator
+from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 STATUS = "/services/webshop/v1/integrations/sendcloud/status"
 PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
@@ -155,6 +157,29 @@ async def test_too_many_ids_is_a_whole_request_validation_error(client: WemasyCl
         await client.sendcloud.push_shipments([1, 2, 3, 4])
     assert info.value.errors == {"order_ids": ("The order_ids field must not have more than 3 items.",)}
     assert info.value.index_errors() == {}
+
+
+@pytest.mark.wemasy_emulator(max_body_bytes=64)
+async def test_oversized_body_is_payload_too_large(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
+    """413 when the push body is larger than the server accepts; nothing is queued."""
+    with pytest.raises(PayloadTooLargeError) as info:
+        await client.sendcloud.push_shipments(range(1, 40))
+    assert info.value.message == "The POST data is too large."
+    assert wemasy_emulator.queued == []
+
+
+async def test_bad_request_keeps_body_and_headers(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
+    """400 (never documented, but possible) is a BadRequestError with the body and headers."""
+    wemasy_emulator.inject(CannedResponse(400, {"message": "Malformed."}, {"X-Request-Id": "r-1"}))
+    with pytest.raises(BadRequestError) as info:
+        await client.sendcloud.status()
+    assert (info.value.status_code, info.value.message, info.value.body) == (
+        400,
+        "Malformed.",
+        {"message": "Malformed."},
+    )
+    assert info.value.headers["x-request-id"] == "r-1"
+    assert info.value.headers["X-RateLimit-Remaining"] == "59"
 
 
 @pytest.mark.parametrize(

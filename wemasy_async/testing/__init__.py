@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-from ._emulator import Fault, FaultSwitches, RequestRecord, WemasyEmulator
+from ._emulator import CannedResponse, Fault, FaultSwitches, RequestRecord, WemasyEmulator
 from ._throttle import FixedWindowThrottle, ThrottleDecision
 
 __all__ = [
+    "CannedResponse",
     "Fault",
     "FaultSwitches",
     "FixedWindowThrottle",

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ._throttle import FixedWindowThrottle, ThrottleDecision
 
-__all__ = ["Fault", "FaultSwitches", "RequestRecord", "WemasyEmulator"]
+__all__ = ["CannedResponse", "Fault", "FaultSwitches", "RequestRecord", "WemasyEmulator"]
 
 STATUS_PATH = "/services/webshop/v1/integrations/sendcloud/status"
 PUSH_PATH = "/services/webshop/v1/orders/sendcloud/shipments/push"
@@ -55,6 +55,20 @@ class Fault(enum.Enum):
     DROP_AFTER_PROCESSING = "drop_after_processing"
 
 
+@attrs.frozen
+class CannedResponse:
+    """An answer to send in place of the app's, for a status the emulator has no reason to produce.
+
+    It passes the throttle like any request (counted, with rate-limit headers).
+
+    >>> emulator.inject(CannedResponse(400, {"message": "Bad request."}))
+    """
+
+    status: int
+    json: Any = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
 @attrs.define
 class FaultSwitches:
     """Faults that apply at random (seeded) or to every request; change them at any time."""
@@ -84,7 +98,7 @@ class RequestRecord:
     status: int | None
     token: str | None = attrs.field(repr=False)
     order_ids: tuple[Any, ...] | None = None
-    fault: Fault | None = None
+    fault: Fault | CannedResponse | None = None
     #: Whether the throttle counted it against the window.
     counted: bool = False
     #: The request headers, ``Authorization`` left out.
@@ -135,6 +149,7 @@ class WemasyEmulator:
     Args:
         limit, window_seconds: the throttle: ``limit`` requests per window per token.
         max_ids_per_request: more order ids than this in one push is a 422 on ``order_ids``.
+        max_body_bytes: a larger request body is a 413, as Laravel's ``ValidatePostSize`` (``None``: no limit).
         valid_tokens: the tokens that authenticate (401 for others); ``None`` accepts any bearer token.
         forbidden_tokens: tokens that authenticate but lack permission (403).
         unknown_order_ids: ids that do not exist (422 ``The selected order_ids.N is invalid.``).
@@ -151,6 +166,7 @@ class WemasyEmulator:
         limit: int = 60,
         window_seconds: float = 60.0,
         max_ids_per_request: int = 1000,
+        max_body_bytes: int | None = None,
         valid_tokens: Collection[str] | None = None,
         forbidden_tokens: Collection[str] = (),
         unknown_order_ids: Collection[int] = (),
@@ -163,6 +179,7 @@ class WemasyEmulator:
     ) -> None:
         self.throttle = FixedWindowThrottle(limit, window_seconds, clock)
         self.max_ids_per_request = max_ids_per_request
+        self.max_body_bytes = max_body_bytes
         self.valid_tokens = None if valid_tokens is None else set(valid_tokens)
         self.forbidden_tokens = set(forbidden_tokens)
         self.unknown_order_ids = set(unknown_order_ids)
@@ -188,7 +205,7 @@ class WemasyEmulator:
         #: Order ids in the order they were queued by pushes (an id queued twice would show twice).
         self.queued: list[int] = []
         self._queued_set: set[int] = set()
-        self._scripted: deque[Fault] = deque()
+        self._scripted: deque[Fault | CannedResponse] = deque()
         self._random = random.Random(seed)
         self._clock = clock
         self._wall_clock = wall_clock
@@ -213,8 +230,8 @@ class WemasyEmulator:
     def window_seconds(self, value: float) -> None:
         self.throttle.window_seconds = value
 
-    def inject(self, *faults: Fault) -> None:
-        """Apply these faults to the next requests, one each, in order."""
+    def inject(self, *faults: Fault | CannedResponse) -> None:
+        """Apply these faults (or canned answers) to the next requests, one each, in order."""
         self._scripted.extend(faults)
 
     @property
@@ -279,7 +296,7 @@ class WemasyEmulator:
 
     # --- request handling ----------------------------------------------------------------------
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self) -> Fault | CannedResponse | None:
         if self._scripted:
             return self._scripted.popleft()
         switches = self.faults
@@ -366,6 +383,10 @@ class WemasyEmulator:
             return web.Response(
                 text="<html><head><title>Login</title></head><body>Log in</body></html>", content_type="text/html"
             )
+        if self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
+            # Laravel's global ValidatePostSize middleware: before the throttle, so no rate-limit headers.
+            log(413)
+            return web.json_response(self._error(413, "The POST data is too large."), status=413)
         if path in self.redirects:
             status, location = self.redirects[path]
             log(status)
@@ -409,6 +430,9 @@ class WemasyEmulator:
             return answer(401, self._error(401, "Unauthenticated."))
         if token in self.forbidden_tokens:
             return answer(403, self._error(403, "This action is unauthorized."))
+        if isinstance(fault, CannedResponse):
+            log(fault.status)
+            return web.json_response(fault.json, status=fault.status, headers={**rate_headers, **fault.headers})
         if fault is Fault.SERVER_ERROR:
             return answer(500, self._error(500, "Server Error"))
         if fault is Fault.SERVICE_UNAVAILABLE:

@@ -1,6 +1,4 @@
-"""pytest fixtures for code that uses wemasy-async. Enable them in a ``conftest.py``::
-
-    pytest_plugins = ["wemasy_async.testing.pytest_plugin"]
+"""pytest fixtures for code that uses wemasy-async; installed with the package as a pytest plugin.
 
 ``wemasy_emulator`` is a running :class:`WemasyEmulator` on a free loopback port. It serves from its
 own thread, so it works in sync tests and under any async test runner. Configure it with a marker::
