@@ -6,14 +6,25 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from wemasy_async import WemasyClient
+from wemasy_async import NO_RETRIES, WemasyClient
 from wemasy_async.testing import WemasyEmulator
 
 #: A token distinctive enough that finding it in any text is a real leak.
 TOKEN = "wm-tok-9f8e7d6c5b4a-SECRET"
 
 
+def budget_key(token: str = TOKEN) -> str:
+    """The emulator's throttle key for a token, to spend its window as another client would."""
+    return f"user:{token}"
+
+
 @pytest.fixture
 async def client(wemasy_emulator: WemasyEmulator) -> AsyncIterator[WemasyClient]:
-    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+    """A client that sends each call once, so every error surfaces as the server gave it."""
+    async with WemasyClient(
+        token=TOKEN,
+        base_url=wemasy_emulator.base_url,
+        window_seconds=wemasy_emulator.window_seconds,
+        retry=NO_RETRIES,
+    ) as client:
         yield client

@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, budget_key
 from wemasy_async import (
+    NO_RETRIES,
     APIConnectionError,
     APITimeoutError,
     AuthenticationError,
@@ -187,28 +188,28 @@ async def test_bad_request_keeps_body_and_headers(client: WemasyClient, wemasy_e
     [("seconds", 30, 30), ("http-date", 29, 31), ("fractional", 29.0, 30.0)],
 )
 async def test_throttled_call_raises_rate_limit_error_with_retry_after(
-    wemasy_emulator: WemasyEmulator, style: Any, low: float, high: float
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, style: Any, low: float, high: float
 ) -> None:
     """429 carries the wait however the server spells Retry-After."""
     wemasy_emulator.limit, wemasy_emulator.window_seconds = 1, 30.0
     wemasy_emulator.faults.retry_after = style
-    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+    wemasy_emulator.throttle.spend(budget_key(), 1)  # another client used the window up
+    with pytest.raises(RateLimitError) as info:
         await client.sendcloud.status()
-        with pytest.raises(RateLimitError) as info:
-            await client.sendcloud.status()
     assert info.value.retry_after is not None
     assert low <= info.value.retry_after <= high
     assert info.value.headers["X-RateLimit-Remaining"] == "0"
 
 
 @pytest.mark.parametrize("bodies", ["documented", "laravel"])
-async def test_server_error_in_either_body_shape(wemasy_emulator: WemasyEmulator, bodies: Any) -> None:
+async def test_server_error_in_either_body_shape(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, bodies: Any
+) -> None:
     """500 parses whether or not the body has the documented error key."""
     wemasy_emulator.error_bodies = bodies
     wemasy_emulator.inject(Fault.SERVER_ERROR)
-    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
-        with pytest.raises(ServerError) as info:
-            await client.sendcloud.status()
+    with pytest.raises(ServerError) as info:
+        await client.sendcloud.status()
     assert info.value.message == "Server Error"
     assert ("error" in info.value.body) is (bodies == "documented")
 
@@ -248,7 +249,7 @@ async def test_refused_connection_is_not_ambiguous() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with WemasyClient(token=TOKEN, base_url=f"http://127.0.0.1:{port}/api") as client:
+    async with WemasyClient(token=TOKEN, base_url=f"http://127.0.0.1:{port}/api", retry=NO_RETRIES) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sendcloud.status()
     assert info.value.ambiguous is False
@@ -258,7 +259,7 @@ async def test_refused_connection_is_not_ambiguous() -> None:
 async def test_slow_answer_times_out_per_call(wemasy_emulator: WemasyEmulator) -> None:
     """The client's timeout applies per call, and a call can override it."""
     wemasy_emulator.faults.delay_seconds = 2.0
-    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, timeout=0.1) as client:
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, timeout=0.1, retry=NO_RETRIES) as client:
         with pytest.raises(APITimeoutError):
             await client.sendcloud.status()
         wemasy_emulator.faults.delay_seconds = 0.3
@@ -428,8 +429,8 @@ async def test_token_never_appears_in_reprs_errors_or_logs(
     wemasy_emulator.unknown_order_ids = {13}
     wemasy_emulator.faults.retry_after = "fractional"
     errors: list[BaseException] = []
-    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, timeout=0.2) as client:
-        texts = [repr(client), str(client)]
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, timeout=0.2, retry=NO_RETRIES) as client:
+        texts = [repr(client), str(client), repr(client.rate_limit)]
 
         async def collect(call: Callable[[], Any]) -> None:
             try:
@@ -437,15 +438,16 @@ async def test_token_never_appears_in_reprs_errors_or_logs(
             except WemasyError as exc:
                 errors.append(exc)
 
-        wemasy_emulator.limit = 2
-        await collect(lambda: client.sendcloud.push_shipments([13]))  # 422, counted
+        await collect(lambda: client.sendcloud.push_shipments([13]))  # 422
         wemasy_emulator.inject(Fault.SERVER_ERROR, Fault.BAD_GATEWAY_HTML, Fault.DROP)
-        await collect(client.sendcloud.status)  # 500, counted: the window is spent
+        await collect(client.sendcloud.status)  # 500
         await collect(client.sendcloud.status)  # a proxy's 502
         await collect(lambda: client.sendcloud.push_shipments([1]))  # dropped (aiohttp re-sends a dropped GET)
-        await collect(client.sendcloud.status)  # 429
         wemasy_emulator.faults.delay_seconds = 1.0
         await collect(client.sendcloud.status)  # timeout
+        wemasy_emulator.faults.delay_seconds = 0.0
+        wemasy_emulator.throttle.spend(budget_key(), wemasy_emulator.limit)
+        await collect(client.sendcloud.status)  # 429: another client spent the window
     kinds = {type(e) for e in errors}
     assert kinds >= {ValidationError, ServerError, APIConnectionError, RateLimitError, APITimeoutError}
     for error in errors:

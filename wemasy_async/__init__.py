@@ -29,17 +29,22 @@ from ._errors import (
     WemasyError,
 )
 from ._models import PushDetails, PushResult, PushSummary, SendcloudIntegration
+from ._rate_limit import RateLimitView
+from ._retry import NO_RETRIES, RetryPolicy
+from ._scheduler import Budget, RateLimitBudget, RetryEvent, WaitEvent
 from ._types import NOT_GIVEN
 from ._version import __version__
 
 __all__ = [
     "NOT_GIVEN",
+    "NO_RETRIES",
     "STATUS_ERRORS",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Budget",
     "ConfigurationError",
     "InvalidOrderIdError",
     "InvalidResponseError",
@@ -49,12 +54,17 @@ __all__ = [
     "PushDetails",
     "PushResult",
     "PushSummary",
+    "RateLimitBudget",
     "RateLimitError",
+    "RateLimitView",
     "RedirectError",
+    "RetryEvent",
+    "RetryPolicy",
     "SendcloudIntegration",
     "ServerError",
     "UsageError",
     "ValidationError",
+    "WaitEvent",
     "WemasyClient",
     "WemasyError",
     "__version__",

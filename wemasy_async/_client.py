@@ -1,36 +1,60 @@
-"""WemasyClient: configuration, session ownership, and the one path every request takes."""
+"""WemasyClient: configuration, session ownership, and the one path every request takes.
+
+That path, for every call: retries around [concurrency slot -> optional ceiling -> the token's shared
+budget -> one HTTP exchange -> the answer reported back to the budget], same-origin redirects included.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import random
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Literal
 
 import aiohttp
+import attrs
+from aiolimiter import AsyncLimiter
 
-from ._errors import ConfigurationError, WemasyError
+from ._errors import APIConnectionError, ConfigurationError, RateLimitError, WemasyError
 from ._protocol import (
     DEFAULT_BASE_URL,
     TOKEN_ENV_VAR,
     USER_AGENT,
+    PreparedRequest,
     RawResponse,
     build_request,
     decipher_response,
     follow_redirect,
     normalize_base_url,
+    parse_rate_limit_headers,
     validate_token,
 )
+from ._rate_limit import RateLimitView
+from ._retry import RetryPolicy
+from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._transport import AiohttpTransport
 from ._types import NOT_GIVEN, NotGiven, Timeout
 from .resources.sendcloud import SendcloudResource
 
-__all__ = ["BASE_URL_ENV_VAR", "WemasyClient"]
+__all__ = ["BASE_URL_ENV_VAR", "Exchange", "WemasyClient"]
 
 BASE_URL_ENV_VAR: Final = "WEMASY_BASE_URL"
 
 logger = logging.getLogger("wemasy_async")
+
+
+@attrs.frozen
+class Exchange:
+    """The final answer of a call, after retries and redirects."""
+
+    response: RawResponse
+    attempts: int
+    #: The call was re-sent after a failure that may have reached the server (timeout, dropped connection).
+    ambiguous_retry: bool
 
 
 class WemasyClient:
@@ -40,6 +64,9 @@ class WemasyClient:
     ...     integration = await client.sendcloud.status()
     ...     result = await client.sendcloud.push_shipments([1001, 1002])
 
+    Every request goes through one rate-limit budget per (base URL, token), shared by all clients and
+    tasks of the process, which learns the server's fixed window from its ``X-RateLimit-*`` headers.
+
     Args:
         token: the API token; defaults to the ``WEMASY_API_TOKEN`` environment variable.
         base_url: defaults to ``WEMASY_BASE_URL``, else ``https://api.wemasy.nl/api``. Plain ``http://``
@@ -47,6 +74,13 @@ class WemasyClient:
         session: an ``aiohttp.ClientSession`` you own; the client never closes it. Without one the
             client makes its own on first use and closes it in :meth:`close`.
         timeout: seconds for one HTTP exchange (``None``: no limit); each call may override it.
+        window_seconds: the length of the server's rate-limit window (60 s for Wemasy).
+        max_concurrency: requests this client has in flight at once, at most.
+        rate_ceiling: ``(requests, seconds)``: a smooth ceiling of this client's own, below the server's.
+        retry: how failures are retried; see :class:`RetryPolicy`.
+        on_event: called with a :class:`WaitEvent` before each wait for the budget and a
+            :class:`RetryEvent` before each retry (both are also logged at debug level).
+        budget: a budget to use instead of the process-wide one (for one shared across processes).
         max_redirects: same-origin redirects followed per call. Redirects to another origin are never
             followed, since they would carry the token.
     """
@@ -58,6 +92,12 @@ class WemasyClient:
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = 30.0,
+        window_seconds: float = 60.0,
+        max_concurrency: int = 32,
+        rate_ceiling: tuple[float, float] | None = None,
+        retry: RetryPolicy | None = None,
+        on_event: Callable[[SchedulerEvent], None] | None = None,
+        budget: Budget | None = None,
         allow_insecure_http: bool = False,
         max_redirects: int = 3,
         user_agent: str | None = None,
@@ -69,9 +109,27 @@ class WemasyClient:
         )
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"timeout must be positive seconds or None, got {timeout!r}")
+        if not window_seconds > 0:
+            raise ConfigurationError(f"window_seconds must be positive, got {window_seconds!r}")
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.user_agent = f"{user_agent} {USER_AGENT}" if user_agent else USER_AGENT
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.max_concurrency = max_concurrency
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._ceiling = None
+        if rate_ceiling is not None:
+            requests, seconds = rate_ceiling
+            if not (requests > 0 and seconds > 0):
+                raise ConfigurationError(f"rate_ceiling must be (requests, seconds), both positive: {rate_ceiling!r}")
+            self._ceiling = AsyncLimiter(requests, seconds)
+        self._budget: Budget = (
+            budget if budget is not None else shared_budget(self.base_url, self._token, window_seconds=window_seconds)
+        )
+        self._on_event = on_event
+        self._random = random.Random()
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -79,6 +137,11 @@ class WemasyClient:
 
     def __repr__(self) -> str:
         return f"WemasyClient(base_url={self.base_url!r}, token=<redacted>)"
+
+    @property
+    def rate_limit(self) -> RateLimitView:
+        """The token's budget now (limit, remaining, window end, gate) and its counters."""
+        return self._budget.view()
 
     async def __aenter__(self) -> WemasyClient:
         self._transport()
@@ -116,13 +179,17 @@ class WemasyClient:
     ) -> Any:
         """Call any Wemasy endpoint (``path`` relative to ``base_url``) and return its decoded JSON.
 
-        Same auth, headers and error mapping as the modelled calls:
+        Same auth, rate limiting, retries and error mapping as the modelled calls:
 
         >>> await client.request("GET", "/services/webshop/v1/integrations/sendcloud/status")
         {'error': False, 'integration': {...}}
         """
-        response = await self._send(method, path, json_body=json, timeout=timeout)
-        return decipher_response(response)
+        exchange = await self._send(method, path, json_body=json, timeout=timeout)
+        return decipher_response(exchange.response)
+
+    def _emit(self, event: SchedulerEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
 
     async def _send(
         self,
@@ -131,21 +198,91 @@ class WemasyClient:
         *,
         json_body: Any = None,
         timeout: Timeout = NOT_GIVEN,
-    ) -> RawResponse:
-        """Send one call, following same-origin redirects; the answer is not yet deciphered."""
+    ) -> Exchange:
+        """Send one call with retries; the final answer is returned, not yet deciphered."""
         transport = self._transport()
         request = build_request(
             method, self.base_url, path, token=self._token, json_body=json_body, user_agent=self.user_agent
         )
         seconds = self.timeout if isinstance(timeout, NotGiven) else timeout
-        for _ in range(self.max_redirects + 1):
-            started = time.monotonic()
-            response = await transport.send(request, timeout=seconds)
-            logger.debug(
-                "%s %s -> %d in %.3f s", request.method, request.url, response.status, time.monotonic() - started
+        policy = self.retry
+        waited = 0.0
+        ambiguous = False
+        attempt = 1
+        while True:
+            failure: RawResponse | APIConnectionError
+            try:
+                response = await self._exchange(transport, request, seconds)
+            except APIConnectionError as exc:
+                failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
+            else:
+                if not policy.retries_status(response.status):
+                    return Exchange(response=response, attempts=attempt, ambiguous_retry=ambiguous)
+                failure, cause = response, str(response.status)
+                hint = parse_rate_limit_headers(response.headers, now=time.time()).retry_after
+                if response.status == 429:
+                    # The budget's gate holds every caller until then; this call just queues again.
+                    delay = 0.0
+                    if hint is not None and waited + hint > policy.max_wait:
+                        raise self._too_long(response, hint, policy)
+                    waited += hint or 0.0
+                else:
+                    delay = max(policy.backoff(attempt, self._random), hint or 0.0)
+            if attempt >= policy.max_attempts or waited + delay > policy.max_wait:
+                if isinstance(failure, APIConnectionError):
+                    raise failure
+                decipher_response(failure)  # raises the status's error
+            attempt += 1
+            waited += delay
+            if isinstance(failure, APIConnectionError) and failure.ambiguous:
+                ambiguous = True
+            self._budget.count_retry()
+            logger.debug("retrying %s %s (attempt %d) after %s in %.3f s", method, path, attempt, cause, delay)
+            self._emit(RetryEvent(attempt=attempt, delay=delay, cause=cause, method=request.method, path=path))
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    def _too_long(response: RawResponse, retry_after: float, policy: RetryPolicy) -> RateLimitError:
+        try:
+            decipher_response(response)
+        except RateLimitError as error:
+            error.message = (
+                f"{error.message} The server asks to wait {retry_after:.0f} s, longer than this call's "
+                f"retry budget (RetryPolicy.max_wait={policy.max_wait:g} s)."
             )
-            next_request = follow_redirect(request, response)
-            if next_request is None:
-                return response
-            request = next_request
+            error.args = (error.message,)
+            return error
+        raise AssertionError("a 429 always deciphers to RateLimitError")  # pragma: no cover
+
+    async def _exchange(
+        self, transport: AiohttpTransport, request: PreparedRequest, seconds: float | None
+    ) -> RawResponse:
+        """One send, following same-origin redirects, each hop paid for from the budget."""
+        async with self._slots:
+            for _ in range(self.max_redirects + 1):
+                response = await self._send_once(transport, request, seconds)
+                next_request = follow_redirect(request, response)
+                if next_request is None:
+                    return response
+                request = next_request
+            return response
+
+    async def _send_once(
+        self, transport: AiohttpTransport, request: PreparedRequest, seconds: float | None
+    ) -> RawResponse:
+        if self._ceiling is not None:
+            if not self._ceiling.has_capacity():
+                self._emit(WaitEvent(reason="ceiling", seconds=None))
+            await self._ceiling.acquire()
+        ticket = await self._budget.acquire(self._on_event)
+        started = time.monotonic()
+        try:
+            response = await transport.send(request, timeout=seconds)
+        except BaseException:
+            # No answer (or the caller was cancelled mid-flight): the server may have counted it.
+            self._budget.no_answer(ticket)
+            raise
+        self._budget.answered(ticket, response.status, parse_rate_limit_headers(response.headers, now=time.time()))
+        logger.debug("%s %s -> %d in %.3f s", request.method, request.url, response.status, time.monotonic() - started)
         return response

@@ -104,6 +104,7 @@ _push_result = make_dict_structure_fn(
     PushResult,
     converter,
     raw=override(omit=True),
+    ambiguous_retry=override(omit=True),
     message=override(struct_hook=lambda v, _: "" if v is None else str(v)),
     labels_will_be_created=override(struct_hook=lambda v, _: "" if v is None else str(v).strip()),
 )

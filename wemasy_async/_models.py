@@ -98,6 +98,9 @@ class PushResult:
     message: str = ""
     total_chunks: int = 0
     labels_will_be_created: str = ""
+    #: True when the push was re-sent after a failure that may have reached the server (a timeout, a
+    #: dropped connection): orders reported as skipped may then have been queued by that earlier attempt.
+    ambiguous_retry: bool = False
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import attrs
+
 from .._batching import check_create_label, validated_order_ids
 from .._converter import structure_response
 from .._models import PushDetails, PushResult, PushSummary, SendcloudIntegration
@@ -33,9 +35,9 @@ class SendcloudResource:
         >>> integration.active, integration.connected
         (True, True)
         """
-        response = await self._client._send("GET", STATUS_PATH, timeout=timeout)
-        data = decipher_response(response)
-        return structure_response(response, data, SendcloudIntegration, key="integration")
+        exchange = await self._client._send("GET", STATUS_PATH, timeout=timeout)
+        data = decipher_response(exchange.response)
+        return structure_response(exchange.response, data, SendcloudIntegration, key="integration")
 
     async def push_shipments(
         self,
@@ -48,6 +50,8 @@ class SendcloudResource:
 
         Every id must be a positive int; a bad one raises :class:`InvalidOrderIdError` naming it and its
         position, before any request is sent. An empty input sends nothing and returns an empty result.
+        A push is safe to retry: the server reports an already-queued order as skipped. If it was re-sent
+        after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
 
         >>> result = await client.sendcloud.push_shipments([1001, 1002], create_label=True)
         >>> result.summary.new_orders
@@ -57,8 +61,11 @@ class SendcloudResource:
         label = check_create_label(create_label)
         if not ids:
             return PushResult(summary=PushSummary(), details=PushDetails(), message="no order ids given")
-        response = await self._client._send(
+        exchange = await self._client._send(
             "POST", PUSH_PATH, json_body={"create_label": label, "order_ids": ids}, timeout=timeout
         )
-        data = decipher_response(response)
-        return structure_response(response, data, PushResult)
+        data = decipher_response(exchange.response)
+        result = structure_response(exchange.response, data, PushResult)
+        if exchange.ambiguous_retry:
+            result = attrs.evolve(result, ambiguous_retry=True)
+        return result
