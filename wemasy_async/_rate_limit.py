@@ -14,8 +14,10 @@ remain, but not when the window ends (except in a 429). From the client's side:
   was sent cannot be from the same window: the server started a new one earlier than estimated, and the
   state follows it.
 * A 429 closes the gate for everyone until its ``Retry-After`` and marks the window full until then.
-* Once another client has been seen on the token, each new window starts with one request alone so the
-  count is learned before the rest go out; a sole client bursts the whole window at once.
+* Once another client has been seen on the token, requests go out one at a time (each new window starts
+  with one alone, so the other's share is learned first). Then its use can cost at most one 429 per
+  window: that 429 closes the gate until the window ends. A window with no sign of another client
+  lifts this, and a sole client bursts the whole window at once.
 
 Nothing here sleeps or reads a clock: every method takes ``now`` (monotonic seconds).
 """
@@ -82,6 +84,8 @@ class RateLimitView:
     #: Seconds until the gate a 429 closed opens again (0 when open).
     gate_closed_for: float
     in_flight: int
+    #: Another client has used this token lately, so requests go out one at a time.
+    shared: bool
     window_seconds: float
     sent: int
     throttled: int
@@ -110,7 +114,8 @@ class WindowBudget:
         self._answers = 0  # counted answers received in this epoch
         self._in_flight = 0
         self._probing = False
-        self._others_seen = False  # another client has used this token: probe each new window
+        self._others_seen = False  # another client used this token lately: one request at a time
+        self._others_in_epoch = False  # ...and in this epoch
 
     # --- asking ----------------------------------------------------------------------------------
 
@@ -125,9 +130,11 @@ class WindowBudget:
         if self.limit is None or (self._others_seen and self._window_end is None and self._answers == 0):
             # Learn the limit (first request ever) or the new window's count (another client is about).
             return self._grant(now, probe=True)
-        if self._granted + self._others < self.limit:
-            return self._grant(now, probe=False)
-        return Wait(self._window_end, "window")
+        if self._granted + self._others >= self.limit:
+            return Wait(self._window_end, "window")
+        if self._others_seen and self._in_flight:
+            return Wait(None, "shared")
+        return self._grant(now, probe=False)
 
     def _grant(self, now: float, *, probe: bool) -> Ticket:
         self._granted += 1
@@ -138,6 +145,7 @@ class WindowBudget:
 
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1
+        self._others_seen, self._others_in_epoch = self._others_in_epoch, False
         self._window_end = window_end
         # Requests still in flight may land in the new window: count them there, to be safe.
         self._granted = carried
@@ -185,7 +193,7 @@ class WindowBudget:
             self._gate_until = max(self._gate_until, until)
             # The window is full until then; our in-flight requests are refused too, and count for nothing.
             self._new_epoch(window_end=self._gate_until, carried=0, others=limit)
-            self._others_seen = True
+            self._others_seen = self._others_in_epoch = True  # only someone else's use brings us a 429
             return
 
         if ticket.epoch != self._epoch:
@@ -199,12 +207,14 @@ class WindowBudget:
         if ticket.answers_before > 0 and count <= ticket.answers_before:
             # Fewer requests in this window than we had seen answered before sending: the server began a
             # new window since. It began before this answer, so its end is before now + window_seconds.
-            self._new_epoch(window_end=now + self.window_seconds, carried=self._in_flight, others=count)
+            # Its count so far includes this request of ours: booking it as ours (not as another
+            # client's) keeps the count safe without mistaking ourselves for someone else.
+            self._new_epoch(window_end=now + self.window_seconds, carried=self._in_flight + count, others=0)
             self._answers = 1
             return
         others = count - self._granted
         if others > 0:
-            self._others_seen = True
+            self._others_seen = self._others_in_epoch = True
             self._others = max(self._others, others)
         self._answers += 1
 
@@ -224,6 +234,7 @@ class WindowBudget:
             window_ends_in=(self._window_end - now) if window_open and self._window_end is not None else None,
             gate_closed_for=max(0.0, self._gate_until - now),
             in_flight=self._in_flight,
+            shared=self._others_seen,
             window_seconds=self.window_seconds,
             sent=self.stats.sent,
             throttled=self.stats.throttled,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import attrs
 from aiohttp import web
 
+from .._scheduler import forget_shared_budgets
 from ._throttle import FixedWindowThrottle, ThrottleDecision
 
 __all__ = ["CannedResponse", "Fault", "FaultSwitches", "RequestRecord", "WemasyEmulator"]
@@ -103,6 +104,8 @@ class RequestRecord:
     counted: bool = False
     #: The request headers, ``Authorization`` left out.
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: The headers of the answer (empty when the connection was dropped).
+    response_headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
 
 class _Dropped(Exception):
@@ -206,6 +209,10 @@ class WemasyEmulator:
         self.queued: list[int] = []
         self._queued_set: set[int] = set()
         self._scripted: deque[Fault | CannedResponse] = deque()
+        #: Requests being handled right now, and the most at any one moment.
+        self.active_requests = 0
+        self.max_concurrent = 0
+        self._activity = threading.Condition()
         self._random = random.Random(seed)
         self._clock = clock
         self._wall_clock = wall_clock
@@ -254,7 +261,8 @@ class WemasyEmulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (port 0: a free one) and return the base URL."""
-        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        # In-flight handlers (a slow-response fault) are cut short on close, not waited for.
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -269,6 +277,17 @@ class WemasyEmulator:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self._base_url is not None:
+            # A later server on the same port is another server: budgets learned here must not carry over.
+            forget_shared_budgets(self._base_url)
+
+    async def _close_in_thread(self) -> None:
+        await self.close()
+        # Handlers held by a slow-response fault would be left pending when the thread's loop stops.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def __aenter__(self) -> WemasyEmulator:
         await self.start()
@@ -288,7 +307,7 @@ class WemasyEmulator:
             try:
                 yield self
             finally:
-                asyncio.run_coroutine_threadsafe(self.close(), loop).result(timeout=30)
+                asyncio.run_coroutine_threadsafe(self._close_in_thread(), loop).result(timeout=30)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=30)
@@ -329,13 +348,33 @@ class WemasyEmulator:
             if style == "http-date":
                 headers["Retry-After"] = email.utils.formatdate(math.ceil(reset_at), usegmt=True)
             elif style == "fractional":
-                headers["Retry-After"] = f"{decision.resets_in:.3f}"
+                # Rounded up, so a client that waits exactly this long is never early.
+                headers["Retry-After"] = f"{math.ceil(decision.resets_in * 1000) / 1000:.3f}"
             else:
                 headers["Retry-After"] = str(math.ceil(decision.resets_in))
             headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
         return headers
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._activity:
+            self.active_requests += 1
+            self.max_concurrent = max(self.max_concurrent, self.active_requests)
+            self._activity.notify_all()
+        try:
+            return await self._answer(request)
+        finally:
+            with self._activity:
+                self.active_requests -= 1
+
+    def wait_for_active(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until ``count`` requests are being handled at once (thread-safe); False on timeout.
+
+        From async code: ``await asyncio.to_thread(emulator.wait_for_active)``.
+        """
+        with self._activity:
+            return self._activity.wait_for(lambda: self.active_requests >= count, timeout)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         arrived = self._clock()
         path = request.path[len(API_PREFIX) :] if request.path.startswith(API_PREFIX + "/") else request.path
         token = _bearer(request)
@@ -353,7 +392,7 @@ class WemasyEmulator:
             order_ids = tuple(body["order_ids"])
         counted = False
 
-        def log(status: int | None) -> None:
+        def log(status: int | None, response_headers: Mapping[str, str] | None = None) -> None:
             self.requests.append(
                 RequestRecord(
                     at=arrived,
@@ -365,6 +404,7 @@ class WemasyEmulator:
                     fault=fault,
                     counted=counted,
                     headers=headers,
+                    response_headers=dict(response_headers or {}),
                 )
             )
 
@@ -405,7 +445,7 @@ class WemasyEmulator:
         wants_json = _wants_json(request)
 
         def answer(status: int, payload: Any) -> web.StreamResponse:
-            log(status)
+            log(status, rate_headers)
             if not wants_json and status in (401, 422):
                 # Laravel redirects a browser: to the login page, or back to the form.
                 target = "/login" if status == 401 else request.headers.get("Referer", "/")
@@ -431,7 +471,7 @@ class WemasyEmulator:
         if token in self.forbidden_tokens:
             return answer(403, self._error(403, "This action is unauthorized."))
         if isinstance(fault, CannedResponse):
-            log(fault.status)
+            log(fault.status, {**rate_headers, **fault.headers})
             return web.json_response(fault.json, status=fault.status, headers={**rate_headers, **fault.headers})
         if fault is Fault.SERVER_ERROR:
             return answer(500, self._error(500, "Server Error"))

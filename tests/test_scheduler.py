@@ -1,0 +1,318 @@
+"""The scheduler against the emulator over loopback, with short windows (5 requests per 0.5 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import TOKEN, budget_key
+from wemasy_async import (
+    APITimeoutError,
+    RateLimitError,
+    RetryEvent,
+    RetryPolicy,
+    ServerError,
+    ValidationError,
+    WaitEvent,
+    WemasyClient,
+)
+from wemasy_async._scheduler import shared_budget
+from wemasy_async.testing import Fault, RequestRecord, WemasyEmulator
+
+LIMIT, WINDOW = 5, 0.5
+FAST_RETRIES = RetryPolicy(backoff_base=0.001)
+
+
+@pytest.fixture
+def emulator(wemasy_emulator: WemasyEmulator) -> WemasyEmulator:
+    wemasy_emulator.limit, wemasy_emulator.window_seconds = LIMIT, WINDOW
+    wemasy_emulator.faults.retry_after = "fractional"
+    return wemasy_emulator
+
+
+@pytest.fixture
+async def client(emulator: WemasyEmulator) -> AsyncIterator[WemasyClient]:
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, retry=FAST_RETRIES) as c:
+        yield c
+
+
+def statuses(emulator: WemasyEmulator) -> list[int | None]:
+    return [r.status for r in emulator.requests]
+
+
+def throttled_per_window(records: list[RequestRecord]) -> int:
+    """The most 429s the server gave within any one window length."""
+    times = [r.at for r in records if r.status == 429]
+    return max((sum(1 for u in times if t <= u < t + WINDOW) for t in times), default=0)
+
+
+async def test_sole_client_spends_the_whole_budget_without_a_429(
+    client: WemasyClient, emulator: WemasyEmulator
+) -> None:
+    """23 concurrent calls: every one answered, no 429, and no faster than the windows allow."""
+    results = await asyncio.gather(*(client.sendcloud.status() for _ in range(23)))
+    assert len(results) == 23
+    assert statuses(emulator) == [200] * 23
+    span = emulator.requests[-1].at - emulator.requests[0].at
+    assert span >= (math.ceil(23 / LIMIT) - 1) * WINDOW - 0.01
+    view = client.rate_limit
+    assert (view.limit, view.sent, view.throttled) == (LIMIT, 23, 0)
+    assert view.waited_seconds > 0
+
+
+async def test_window_partly_used_by_another_client_costs_at_most_one_429_per_window(
+    client: WemasyClient, emulator: WemasyEmulator
+) -> None:
+    """Another client spent 3 of 5 before we start: at most one 429 in any window, nothing lost."""
+    emulator.throttle.spend(budget_key(), 3)
+    await asyncio.gather(*(client.sendcloud.status() for _ in range(17)))
+    assert statuses(emulator).count(200) == 17
+    assert throttled_per_window(emulator.requests) <= 1
+
+
+async def test_another_client_active_throughout_costs_at_most_one_429_per_window(
+    client: WemasyClient, emulator: WemasyEmulator
+) -> None:
+    """Another process keeps spending 2 of every window: each window may cost us one 429, no more."""
+    stop = asyncio.Event()
+
+    async def other_process() -> None:
+        while not stop.is_set():
+            emulator.throttle.spend(budget_key(), 2)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), WINDOW)
+
+    other = asyncio.create_task(other_process())
+    try:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(12)))
+    finally:
+        stop.set()
+        await other
+    assert statuses(emulator).count(200) == 12
+    assert throttled_per_window(emulator.requests) <= 1
+
+
+async def test_two_clients_with_one_token_share_one_budget(emulator: WemasyEmulator) -> None:
+    """Two clients in one process, same token, sending at once: they share the budget, so no 429."""
+    async with (
+        WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW) as a,
+        WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW) as b,
+    ):
+        assert a.rate_limit is not None
+        await asyncio.gather(*(c.sendcloud.status() for c in (a, b) for _ in range(9)))
+    assert statuses(emulator) == [200] * 18
+
+
+async def test_another_token_has_its_own_budget(client: WemasyClient, emulator: WemasyEmulator) -> None:
+    """One token's spent window does not hold back another token."""
+    await asyncio.gather(*(client.sendcloud.status() for _ in range(LIMIT)))
+    async with WemasyClient(token="other-token", base_url=emulator.base_url, window_seconds=WINDOW) as other:
+        await other.sendcloud.status()
+        assert other.rate_limit.sent == 1
+    assert client.rate_limit.remaining == 0
+    assert emulator.requests[-1].token == "other-token"
+    assert emulator.requests[-1].at - emulator.requests[0].at < WINDOW
+
+
+async def test_after_a_429_nothing_reaches_the_server_before_retry_after(
+    client: WemasyClient, emulator: WemasyEmulator
+) -> None:
+    """A 429 closes the gate for every task; the throttled calls are re-sent, not failed."""
+    await client.sendcloud.status()  # the window is learned: 4 left, the client believes
+    emulator.throttle.spend(budget_key(), LIMIT)  # ...but another process takes them
+    results = await asyncio.gather(*(client.sendcloud.status() for _ in range(6)))
+    assert len(results) == 6
+    first_429 = next(r for r in emulator.requests if r.status == 429)
+    reopens = first_429.at + float(first_429.response_headers["Retry-After"])
+    later = [r for r in emulator.requests if r.at > first_429.at and r.status != 429]
+    assert later
+    assert min(r.at for r in later) >= reopens
+    assert client.rate_limit.throttled >= 1
+
+
+async def test_server_errors_are_retried_with_backoff(client: WemasyClient, emulator: WemasyEmulator) -> None:
+    """A 500 and a proxy's 502 are re-sent; the caller sees only the success."""
+    emulator.inject(Fault.SERVER_ERROR, Fault.BAD_GATEWAY_HTML)
+    assert (await client.sendcloud.status()).active is True
+    assert statuses(emulator) == [500, 502, 200]
+    assert client.rate_limit.retried == 2
+
+
+async def test_validation_errors_are_never_retried(client: WemasyClient, emulator: WemasyEmulator) -> None:
+    """A 422 is raised at once: re-sending the same body cannot help."""
+    emulator.unknown_order_ids = {7}
+    with pytest.raises(ValidationError):
+        await client.sendcloud.push_shipments([7])
+    assert statuses(emulator) == [422]
+
+
+async def test_retries_stop_after_max_attempts(emulator: WemasyEmulator) -> None:
+    """A call that keeps failing raises its last error after max_attempts sends."""
+    emulator.faults.server_error_rate = 1.0
+    policy = RetryPolicy(max_attempts=3, backoff_base=0.001)
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, retry=policy) as client:
+        with pytest.raises(ServerError):
+            await client.sendcloud.status()
+    assert statuses(emulator) == [500, 500, 500]
+
+
+async def test_retries_stop_when_waits_would_pass_max_wait(emulator: WemasyEmulator) -> None:
+    """The total of retry waits per call is capped."""
+    emulator.faults.server_error_rate = 1.0
+    policy = RetryPolicy(max_attempts=1000, max_wait=0.05, backoff_base=0.02, backoff_cap=0.02)
+    retries: list[RetryEvent] = []
+    async with WemasyClient(
+        token=TOKEN,
+        base_url=emulator.base_url,
+        window_seconds=WINDOW,
+        retry=policy,
+        on_event=lambda e: retries.append(e) if isinstance(e, RetryEvent) else None,
+    ) as client:
+        with pytest.raises(ServerError):
+            await client.sendcloud.status()
+    assert sum(r.delay for r in retries) <= policy.max_wait
+    assert len(emulator.requests) == len(retries) + 1 < policy.max_attempts
+
+
+async def test_retry_after_beyond_the_callers_limit_raises_rate_limit_error(emulator: WemasyEmulator) -> None:
+    """A server that says "come back in an hour" is answered with a RateLimitError the caller can act on."""
+    emulator.window_seconds = 3600.0
+    emulator.throttle.spend(budget_key(), LIMIT)
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=RetryPolicy(max_wait=60)) as client:
+        with pytest.raises(RateLimitError, match="max_wait=60") as info:
+            await client.sendcloud.status()
+    assert info.value.retry_after is not None
+    assert info.value.retry_after > 3500
+    assert statuses(emulator) == [429]
+
+
+async def test_a_push_resent_after_a_lost_answer_is_marked_ambiguous(
+    client: WemasyClient, emulator: WemasyEmulator
+) -> None:
+    """The first push was queued but its answer lost; the retry reports it skipped and says why."""
+    emulator.inject(Fault.DROP_AFTER_PROCESSING)
+    result = await client.sendcloud.push_shipments([1, 2])
+    assert result.ambiguous_retry is True
+    assert result.details.skipped_orders == ("1", "2")
+    assert emulator.queued == [1, 2]
+    clean = await client.sendcloud.push_shipments([3])
+    assert clean.ambiguous_retry is False
+
+
+async def test_timeouts_are_retried_and_mark_the_push_ambiguous(emulator: WemasyEmulator) -> None:
+    """A timed-out push is re-sent and marked ambiguous; it succeeds once the server is quick again."""
+    emulator.faults.delay_seconds = 0.3
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, timeout=0.1, retry=FAST_RETRIES
+    ) as client:
+        task = asyncio.create_task(client.sendcloud.push_shipments([4]))
+        assert await asyncio.to_thread(emulator.wait_for_active)
+        emulator.faults.delay_seconds = 0.0
+        result = await task
+        assert client.rate_limit.retried == 1
+    assert result.ambiguous_retry is True
+    assert emulator.queued == [4]
+
+
+async def test_every_wait_and_retry_is_hooked_and_logged(
+    emulator: WemasyEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_event sees each wait for the window and each retry; the same goes to the debug log."""
+    caplog.set_level(logging.DEBUG, logger="wemasy_async")
+    events: list[object] = []
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, retry=FAST_RETRIES, on_event=events.append
+    ) as client:
+        emulator.inject(Fault.SERVER_ERROR)
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(LIMIT + 2)))
+    retries = [e for e in events if isinstance(e, RetryEvent)]
+    waits = [e for e in events if isinstance(e, WaitEvent)]
+    assert [(r.attempt, r.cause) for r in retries] == [(2, "500")]
+    assert {w.reason for w in waits} >= {"probe", "window"}
+    assert any("retrying GET" in m for m in caplog.messages)
+    assert any("rate limit: waiting" in m for m in caplog.messages)
+
+
+async def test_cancelled_waiters_free_their_places(client: WemasyClient, emulator: WemasyEmulator) -> None:
+    """Calls cancelled while waiting for the window hold nothing: later calls go as if they never were."""
+    await asyncio.gather(*(client.sendcloud.status() for _ in range(LIMIT)))
+    waiting = [asyncio.create_task(client.sendcloud.status()) for _ in range(10)]
+    await asyncio.sleep(0)  # let them queue
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    budget = shared_budget(emulator.base_url, TOKEN)
+    assert budget.view().in_flight == 0
+    assert not budget._waiters
+    await asyncio.gather(*(client.sendcloud.status() for _ in range(LIMIT)))
+    assert statuses(emulator) == [200] * (2 * LIMIT)
+
+
+async def test_a_call_cancelled_in_flight_frees_its_place(client: WemasyClient, emulator: WemasyEmulator) -> None:
+    """Cancelling a call whose request is out releases its slot; the request stays counted."""
+    emulator.faults.delay_seconds = 5.0
+    task = asyncio.create_task(client.sendcloud.status())
+    assert await asyncio.to_thread(emulator.wait_for_active)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    view = client.rate_limit
+    assert view.in_flight == 0
+    assert view.sent == 1
+
+
+async def test_concurrency_cap_holds(emulator: WemasyEmulator) -> None:
+    """max_concurrency bounds how many requests the server sees at once."""
+    emulator.limit = 100
+    emulator.faults.delay_seconds = 0.05
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, max_concurrency=2) as c:
+        await asyncio.gather(*(c.sendcloud.status() for _ in range(8)))
+    assert emulator.max_concurrent == 2
+
+
+async def test_rate_ceiling_keeps_below_the_servers_limit(emulator: WemasyEmulator) -> None:
+    """A client ceiling of 5 per second spreads 10 calls over at least a second despite budget to spare."""
+    emulator.limit = 100
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, rate_ceiling=(5, 1.0)
+    ) as client:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(10)))
+    assert emulator.requests[-1].at - emulator.requests[0].at >= 0.9
+
+
+async def test_a_raised_limit_is_used_at_once(client: WemasyClient, emulator: WemasyEmulator) -> None:
+    """When the server's limit goes up, the next answers raise the client's budget within the window."""
+    await client.sendcloud.status()
+    emulator.limit = 20
+    await asyncio.gather(*(client.sendcloud.status() for _ in range(15)))
+    assert client.rate_limit.limit == 20
+    assert statuses(emulator).count(429) == 0
+
+
+async def test_missing_rate_limit_headers_do_not_stall_the_client(
+    client: WemasyClient, emulator: WemasyEmulator
+) -> None:
+    """Without X-RateLimit headers the client assumes the documented 60 per window and keeps going."""
+    emulator.limit = 100
+    emulator.faults.rate_limit_headers = False
+    emulator.faults.delay_seconds = 0.02
+    await asyncio.gather(*(client.sendcloud.status() for _ in range(20)))
+    assert client.rate_limit.limit == 60
+    assert emulator.max_concurrent > 1
+
+
+async def test_slow_server_timeout_surfaces_after_retries(emulator: WemasyEmulator) -> None:
+    """A server slower than the timeout on every attempt ends in APITimeoutError."""
+    emulator.faults.delay_seconds = 1.0
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW, timeout=0.05, retry=policy
+    ) as client:
+        with pytest.raises(APITimeoutError):
+            await client.sendcloud.status()
+    assert client.rate_limit.retried == 1
