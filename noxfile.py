@@ -31,3 +31,11 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[test]", "mypy>=1.10")
     session.run("mypy", "--strict", "wemasy_async")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The benchmarks: print the SDK's figures beside its baselines and record them in benchmarks/RESULTS.md."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/bench_rate_limit.py")
+    session.run("python", "benchmarks/bench_overhead.py")

@@ -89,7 +89,7 @@ def test_another_clients_use_is_counted_from_remaining() -> None:
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 3))  # 7 used: ours 1, others 6
     assert budget.view(0.1).remaining == 3
-    for remaining in (2, 1, 0):
+    for remaining in (2, 1, 0):  # near the limit with another client about: one at a time
         budget.answered(grant(budget, 0.2), 0.3, 200, hints(10, remaining))
     assert refused(budget, 0.3).reason == "window"
 
@@ -106,16 +106,29 @@ def test_once_another_client_is_seen_each_window_starts_with_a_probe() -> None:
     assert budget.view(0.2 + W).remaining == 7
 
 
-def test_while_another_client_is_about_requests_go_one_at_a_time() -> None:
-    """With someone else spending the same window, only one request is at risk of a 429 at any time."""
+def test_near_the_limit_with_another_client_about_requests_go_one_at_a_time() -> None:
+    """With someone else spending the same window, the last slots (as many as they used) go one by one."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
-    budget.answered(probe, 0.1, 200, hints(10, 5))  # someone else used 4
-    one = grant(budget, 0.1)
+    budget.answered(probe, 0.1, 200, hints(10, 7))  # someone else used 2: 7 free
+    burst = [grant(budget, 0.1) for _ in range(5)]  # in parallel while more than 2 are free
+    assert len(burst) == 5
     assert refused(budget, 0.1).reason == "shared"
-    budget.answered(one, 0.2, 200, hints(10, 4))
-    assert isinstance(budget.try_acquire(0.2), Ticket)
-    assert budget.view(0.2).shared
+    for ticket, remaining in zip(burst, (6, 5, 4, 3, 2), strict=True):
+        budget.answered(ticket, 0.2, 200, hints(10, remaining))
+    last = grant(budget, 0.2)
+    assert refused(budget, 0.2).reason == "shared"
+    budget.answered(last, 0.3, 200, hints(10, 1))
+    assert isinstance(budget.try_acquire(0.3), Ticket)
+    assert budget.view(0.3).shared
+
+
+def test_far_from_the_limit_another_client_holds_nothing_back() -> None:
+    """A huge budget shared with another client is still spent in parallel."""
+    budget = WindowBudget(W)
+    probe = grant(budget, 0.0)
+    budget.answered(probe, 0.1, 200, hints(1_000_000, 999_000))  # someone else used 999
+    assert len([grant(budget, 0.1) for _ in range(500)]) == 500
 
 
 def test_a_window_without_the_other_client_lets_the_budget_burst_again() -> None:

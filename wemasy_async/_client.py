@@ -1,7 +1,8 @@
 """WemasyClient: configuration, session ownership, and the one path every request takes.
 
-That path, for every call: retries around [concurrency slot -> optional ceiling -> the token's shared
-budget -> one HTTP exchange -> the answer reported back to the budget], same-origin redirects included.
+That path, for every call (``_send``): retries around [concurrency slot -> optional ceiling -> the
+token's shared budget -> one HTTP exchange -> the answer reported back to the budget], same-origin
+redirects included.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import random
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import aiohttp
-import attrs
 from aiolimiter import AsyncLimiter
 
 from ._errors import APIConnectionError, ConfigurationError, RateLimitError, WemasyError
@@ -31,13 +31,14 @@ from ._protocol import (
     follow_redirect,
     normalize_base_url,
     parse_rate_limit_headers,
+    rate_limit_hints,
     validate_token,
 )
 from ._rate_limit import RateLimitView
 from ._retry import RetryPolicy
 from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._transport import AiohttpTransport
-from ._types import NOT_GIVEN, NotGiven, Timeout
+from ._types import NOT_GIVEN, Timeout
 from .resources.sendcloud import SendcloudResource
 
 __all__ = ["BASE_URL_ENV_VAR", "Exchange", "WemasyClient"]
@@ -47,9 +48,8 @@ BASE_URL_ENV_VAR: Final = "WEMASY_BASE_URL"
 logger = logging.getLogger("wemasy_async")
 
 
-@attrs.frozen
-class Exchange:
-    """The final answer of a call, after retries and redirects."""
+class Exchange(NamedTuple):
+    """The final answer of a call, after retries and redirects (a tuple: made on every call)."""
 
     response: RawResponse
     attempts: int
@@ -131,6 +131,8 @@ class WemasyClient:
         self._on_event = on_event
         self._random = random.Random()
         self._session = session
+        self._transport_cache: AiohttpTransport | None = None
+        self._prepared: dict[tuple[str, str], PreparedRequest] = {}
         self._owns_session = session is None
         self._closed = False
         self.sendcloud = SendcloudResource(self)
@@ -158,6 +160,7 @@ class WemasyClient:
     async def close(self) -> None:
         """Close the session if the client created it; a session passed in is left open."""
         self._closed = True
+        self._transport_cache = None
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -165,9 +168,22 @@ class WemasyClient:
     def _transport(self) -> AiohttpTransport:
         if self._closed:
             raise WemasyError("this WemasyClient is closed; make a new one")
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return AiohttpTransport(self._session)
+        if self._transport_cache is None:
+            if self._session is None:
+                # Our own session carries the auth headers and timeout, so calls need not repeat them. It
+                # never follows redirects and is never handed out, so the token goes nowhere else.
+                headers = build_request(
+                    "GET", self.base_url, "/", token=self._token, user_agent=self.user_agent
+                ).headers
+                self._session = aiohttp.ClientSession(
+                    headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False
+                )
+                self._transport_cache = AiohttpTransport(
+                    self._session, session_headers=headers, session_timeout=self.timeout
+                )
+            else:
+                self._transport_cache = AiohttpTransport(self._session)
+        return self._transport_cache
 
     async def request(
         self,
@@ -199,12 +215,24 @@ class WemasyClient:
         json_body: Any = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> Exchange:
-        """Send one call with retries; the final answer is returned, not yet deciphered."""
-        transport = self._transport()
-        request = build_request(
-            method, self.base_url, path, token=self._token, json_body=json_body, user_agent=self.user_agent
+        """Send one call with retries; the final answer is returned, not yet deciphered.
+
+        Each attempt holds a concurrency slot, and every HTTP exchange in it (redirect hops included) is
+        paid for from the budget. This is the hot path of every call, so it is one coroutine around the
+        transport.
+        """
+        transport = (
+            self._transport_cache if self._transport_cache is not None and not self._closed else self._transport()
         )
-        seconds = self.timeout if isinstance(timeout, NotGiven) else timeout
+        request = self._prepared.get((method, path)) if json_body is None else None
+        if request is None:
+            request = build_request(
+                method, self.base_url, path, token=self._token, json_body=json_body, user_agent=self.user_agent
+            )
+            if json_body is None and len(self._prepared) < 64:
+                self._prepared[(method, path)] = request  # a request without a body is the same every time
+        seconds = self.timeout if timeout is NOT_GIVEN else timeout
+        budget = self._budget
         policy = self.retry
         waited = 0.0
         ambiguous = False
@@ -212,15 +240,38 @@ class WemasyClient:
         while True:
             failure: RawResponse | APIConnectionError
             try:
-                response = await self._exchange(transport, request, seconds)
+                async with self._slots:
+                    hop = request
+                    for _ in range(self.max_redirects + 1):
+                        if self._ceiling is not None:
+                            if not self._ceiling.has_capacity():
+                                self._emit(WaitEvent(reason="ceiling", seconds=None))
+                            await self._ceiling.acquire()
+                        ticket = budget.try_acquire() or await budget.acquire(self._on_event)
+                        try:
+                            response = await transport.send(hop, timeout=seconds)
+                        except BaseException:
+                            # No answer (or cancelled mid-flight): the server may have counted it.
+                            budget.no_answer(ticket)
+                            raise
+                        status = response.status
+                        budget.answered(ticket, status, rate_limit_hints(response.headers, status))
+                        if logger.isEnabledFor(logging.DEBUG):
+                            logger.debug("%s %s -> %d", hop.method, hop.url, status)
+                        if not 300 <= status < 400:
+                            break
+                        next_hop = follow_redirect(hop, response)
+                        if next_hop is None:
+                            break
+                        hop = next_hop
             except APIConnectionError as exc:
                 failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
             else:
-                if not policy.retries_status(response.status):
-                    return Exchange(response=response, attempts=attempt, ambiguous_retry=ambiguous)
-                failure, cause = response, str(response.status)
+                if status < 500 and status != 429:  # RetryPolicy.retries_status, inlined on the hot path
+                    return Exchange(response, attempt, ambiguous)
+                failure, cause = response, str(status)
                 hint = parse_rate_limit_headers(response.headers, now=time.time()).retry_after
-                if response.status == 429:
+                if status == 429:
                     # The budget's gate holds every caller until then; this call just queues again.
                     delay = 0.0
                     if hint is not None and waited + hint > policy.max_wait:
@@ -236,7 +287,7 @@ class WemasyClient:
             waited += delay
             if isinstance(failure, APIConnectionError) and failure.ambiguous:
                 ambiguous = True
-            self._budget.count_retry()
+            budget.count_retry()
             logger.debug("retrying %s %s (attempt %d) after %s in %.3f s", method, path, attempt, cause, delay)
             self._emit(RetryEvent(attempt=attempt, delay=delay, cause=cause, method=request.method, path=path))
             if delay > 0:
@@ -254,35 +305,3 @@ class WemasyClient:
             error.args = (error.message,)
             return error
         raise AssertionError("a 429 always deciphers to RateLimitError")  # pragma: no cover
-
-    async def _exchange(
-        self, transport: AiohttpTransport, request: PreparedRequest, seconds: float | None
-    ) -> RawResponse:
-        """One send, following same-origin redirects, each hop paid for from the budget."""
-        async with self._slots:
-            for _ in range(self.max_redirects + 1):
-                response = await self._send_once(transport, request, seconds)
-                next_request = follow_redirect(request, response)
-                if next_request is None:
-                    return response
-                request = next_request
-            return response
-
-    async def _send_once(
-        self, transport: AiohttpTransport, request: PreparedRequest, seconds: float | None
-    ) -> RawResponse:
-        if self._ceiling is not None:
-            if not self._ceiling.has_capacity():
-                self._emit(WaitEvent(reason="ceiling", seconds=None))
-            await self._ceiling.acquire()
-        ticket = await self._budget.acquire(self._on_event)
-        started = time.monotonic()
-        try:
-            response = await transport.send(request, timeout=seconds)
-        except BaseException:
-            # No answer (or the caller was cancelled mid-flight): the server may have counted it.
-            self._budget.no_answer(ticket)
-            raise
-        self._budget.answered(ticket, response.status, parse_rate_limit_headers(response.headers, now=time.time()))
-        logger.debug("%s %s -> %d in %.3f s", request.method, request.url, response.status, time.monotonic() - started)
-        return response

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import cattrs
@@ -20,8 +20,8 @@ converter = cattrs.Converter(forbid_extra_keys=False)
 
 def _text_or_none(value: object, _: object = None) -> str | None:
     # Ids and timestamps are documented as strings; an id sent as a number is kept, as text.
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"expected a string, got {type(value).__name__}")
@@ -40,14 +40,16 @@ def _credentials(value: object, _: object = None) -> Mapping[str, Any] | None:
 def _integration(data: Any, _: object = None) -> SendcloudIntegration:
     if not isinstance(data, dict):
         raise ValueError(f"integration must be an object, got {type(data).__name__}")
+    get = data.get
+    credentials = get("credentials")
     return SendcloudIntegration(
-        id=_text_or_none(data.get("id")),
-        is_active=data.get("is_active"),
-        is_connected=data.get("is_connected"),
-        credentials=_credentials(data.get("credentials")),
-        created_at=_text_or_none(data.get("created_at")),
-        updated_at=_text_or_none(data.get("updated_at")),
-        raw=data,
+        _text_or_none(get("id")),
+        get("is_active"),
+        get("is_connected"),
+        credentials if type(credentials) is dict else _credentials(credentials),
+        _text_or_none(get("created_at")),
+        _text_or_none(get("updated_at")),
+        data,
     )
 
 
@@ -126,6 +128,17 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
+_hooks: dict[type[Any], Callable[[Any, Any], Any]] = {}
+
+
+def _hook(cls: type[Any]) -> Callable[[Any, Any], Any]:
+    # Looked up once per class: the models are parsed on every call.
+    hook = _hooks.get(cls)
+    if hook is None:
+        hook = _hooks[cls] = converter.get_structure_hook(cls)
+    return hook
+
+
 def structure_response(response: RawResponse, data: Any, cls: type[T], *, key: str | None = None) -> T:
     """Build ``cls`` from ``data`` (or from ``data[key]``); a wrong shape raises InvalidResponseError."""
     if not isinstance(data, dict):
@@ -135,6 +148,7 @@ def structure_response(response: RawResponse, data: Any, cls: type[T], *, key: s
             raise invalid_shape(response, f"no {key!r} field")
         data = data[key]
     try:
-        return converter.structure(data, cls)
+        result: T = _hook(cls)(data, cls)
     except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as exc:
         raise invalid_shape(response, _describe(exc)) from None
+    return result

@@ -14,10 +14,12 @@ remain, but not when the window ends (except in a 429). From the client's side:
   was sent cannot be from the same window: the server started a new one earlier than estimated, and the
   state follows it.
 * A 429 closes the gate for everyone until its ``Retry-After`` and marks the window full until then.
-* Once another client has been seen on the token, requests go out one at a time (each new window starts
-  with one alone, so the other's share is learned first). Then its use can cost at most one 429 per
-  window: that 429 closes the gate until the window ends. A window with no sign of another client
-  lifts this, and a sole client bursts the whole window at once.
+* Once another client has been seen on the token, each new window starts with one request alone (so the
+  other's share is learned first), and the last slots of a window go out one at a time: parallel
+  sending stops while fewer slots are free than the other client has used in this window. Its use then
+  costs at most one 429 per window (that 429 closes the gate until the window ends), unless it spends
+  more than that within one round trip. Far from the limit nothing is held back. A window with no sign
+  of another client lifts all this, and a sole client bursts the whole window at once.
 
 Nothing here sleeps or reads a clock: every method takes ``now`` (monotonic seconds).
 """
@@ -84,7 +86,7 @@ class RateLimitView:
     #: Seconds until the gate a 429 closed opens again (0 when open).
     gate_closed_for: float
     in_flight: int
-    #: Another client has used this token lately, so requests go out one at a time.
+    #: Another client has used this token lately, so a window's last slots go out one at a time.
     shared: bool
     window_seconds: float
     sent: int
@@ -114,7 +116,7 @@ class WindowBudget:
         self._answers = 0  # counted answers received in this epoch
         self._in_flight = 0
         self._probing = False
-        self._others_seen = False  # another client used this token lately: one request at a time
+        self._others_seen = False  # another client used this token lately: careful near the limit
         self._others_in_epoch = False  # ...and in this epoch
 
     # --- asking ----------------------------------------------------------------------------------
@@ -130,9 +132,10 @@ class WindowBudget:
         if self.limit is None or (self._others_seen and self._window_end is None and self._answers == 0):
             # Learn the limit (first request ever) or the new window's count (another client is about).
             return self._grant(now, probe=True)
-        if self._granted + self._others >= self.limit:
+        free = self.limit - self._granted - self._others
+        if free <= 0:
             return Wait(self._window_end, "window")
-        if self._others_seen and self._in_flight:
+        if self._others_seen and self._in_flight and free <= max(1, self._others):
             return Wait(None, "shared")
         return self._grant(now, probe=False)
 
@@ -141,7 +144,7 @@ class WindowBudget:
         self._in_flight += 1
         self._probing = probe
         self.stats.sent += 1
-        return Ticket(epoch=self._epoch, granted_at=now, answers_before=self._answers, probe=probe)
+        return Ticket(self._epoch, now, self._answers, probe)
 
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1

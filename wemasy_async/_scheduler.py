@@ -64,7 +64,9 @@ SchedulerEvent = WaitEvent | RetryEvent
 @runtime_checkable
 class Budget(Protocol):
     """What the client needs of a rate-limit budget. The in-process one is :class:`RateLimitBudget`;
-    one shared across processes can implement the same five methods."""
+    one shared across processes can implement the same methods."""
+
+    def try_acquire(self) -> Ticket | None: ...
 
     async def acquire(self, on_wait: Callable[[WaitEvent], None] | None = None) -> Ticket: ...
 
@@ -98,6 +100,12 @@ class RateLimitBudget:
             raise ValueError(f"window_seconds must be positive, got {value!r}")
         with self._lock:
             self.state.window_seconds = value
+
+    def try_acquire(self) -> Ticket | None:
+        """A ticket if one is free right now, without waiting (the common case, kept cheap)."""
+        with self._lock:
+            decision = self.state.try_acquire(self._clock())
+        return decision if isinstance(decision, Ticket) else None
 
     async def acquire(self, on_wait: Callable[[WaitEvent], None] | None = None) -> Ticket:
         """Wait until a request may be sent; the ticket must then be settled exactly once."""
@@ -141,7 +149,7 @@ class RateLimitBudget:
             on_wait(WaitEvent(reason=decision.reason, seconds=seconds))
 
     def _wake_all(self) -> None:
-        # Called with the lock held. Each future is woken on its own loop.
+        # Called with the lock held, when there are waiters. Each future is woken on its own loop.
         waiters, self._waiters = self._waiters, []
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -157,17 +165,20 @@ class RateLimitBudget:
     def release(self, ticket: Ticket) -> None:
         with self._lock:
             self.state.release(ticket)
-            self._wake_all()
+            if self._waiters:
+                self._wake_all()
 
     def no_answer(self, ticket: Ticket) -> None:
         with self._lock:
             self.state.no_answer(ticket)
-            self._wake_all()
+            if self._waiters:
+                self._wake_all()
 
     def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> None:
         with self._lock:
             self.state.answered(ticket, self._clock(), status, hints)
-            self._wake_all()
+            if self._waiters:
+                self._wake_all()
 
     def count_retry(self) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -13,24 +14,50 @@ __all__ = ["AiohttpTransport"]
 
 
 class AiohttpTransport:
-    """Sends requests on an aiohttp session; redirects are never followed here (see ``follow_redirect``)."""
+    """Sends requests on an aiohttp session; redirects are never followed here (see ``follow_redirect``).
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    ``session_headers`` and ``session_timeout`` say what a session the client made itself already sends
+    with every request; only what differs is passed per request, since aiohttp's per-request merging of
+    headers and options costs as much as the rest of the SDK's work on a call. A caller's session gets
+    everything per request.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        session_headers: Mapping[str, str] | None = None,
+        session_timeout: float | None = None,
+    ) -> None:
         self.session = session
+        self._session_headers = session_headers
+        self._session_timeout = session_timeout
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     async def send(self, request: PreparedRequest, *, timeout: float | None) -> RawResponse:
-        # aiohttp's exceptions can hold the request headers, token included, so none is chained: the
-        # error keeps only its type and text.
-        try:
-            async with self.session.request(
+        defaults = self._session_headers
+        if defaults is not None and timeout == self._session_timeout:
+            extra = {k: v for k, v in request.headers.items() if defaults.get(k) != v}
+            context = self.session.request(
+                request.method, request.url, headers=extra or None, data=request.body, allow_redirects=False
+            )
+        else:
+            client_timeout = self._timeouts.get(timeout)
+            if client_timeout is None:
+                client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
+            context = self.session.request(
                 request.method,
                 request.url,
-                headers=dict(request.headers),
+                headers=request.headers,
                 data=request.body,
                 allow_redirects=False,
                 raise_for_status=False,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as response:
+                timeout=client_timeout,
+            )
+        # aiohttp's exceptions can hold the request headers, token included, so none is chained: the
+        # error keeps only its type and text.
+        try:
+            async with context as response:
                 body = await response.read()
                 return RawResponse(
                     status=response.status,

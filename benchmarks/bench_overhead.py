@@ -1,0 +1,151 @@
+"""Overhead benchmark: the SDK's calls per second against a bare aiohttp loop, with no rate-limit pressure.
+
+Both send the same GET of the status endpoint to the same emulator (in its own process, with a limit too
+high to matter), at the same concurrency; the bare loop also decodes the JSON. Rounds alternate so
+drift on a shared machine hits both alike; the medians of the rounds are compared. Client CPU per call
+is reported too: it is the SDK's own cost, whatever the server's speed.
+
+Wall-clock figures on a shared 2-core machine vary by 15% from round to round, so where valgrind is
+installed the benchmark also counts the client's instructions per call with callgrind (the difference
+between a 200-call and a 1200-call run, so start-up cancels out). That count repeats to within 0.5%
+and is the figure to trust: with the client as the bottleneck, calls per second go as its inverse.
+
+    python benchmarks/bench_overhead.py [--calls 4000] [--concurrency 32] [--rounds 7] [--no-instructions]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from emulator_process import emulator_in_subprocess
+from results import machine, record
+
+from wemasy_async import WemasyClient
+
+STATUS = "/services/webshop/v1/integrations/sendcloud/status"
+TOKEN = "bench-token"
+
+
+async def bare_loop(base_url: str, calls: int, concurrency: int) -> None:
+    slots = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def one() -> None:
+            async with slots, session.get(base_url + STATUS) as response:
+                data = await response.json()
+                assert data["integration"]
+
+        await asyncio.gather(*(one() for _ in range(calls)))
+
+
+async def sdk(base_url: str, calls: int, concurrency: int) -> None:
+    async with WemasyClient(token=TOKEN, base_url=base_url, max_concurrency=concurrency) as client:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(calls)))
+
+
+CLIENTS: dict[str, Callable[[str, int, int], Awaitable[None]]] = {"bare aiohttp loop": bare_loop, "sdk": sdk}
+
+
+def instructions_per_call(client: str, base_url: str, concurrency: int) -> float:
+    """Client instructions per call under callgrind: (1200 calls - 200 calls) / 1000."""
+
+    def count(calls: int) -> int:
+        command = [
+            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            sys.executable, __file__, "--client", client, "--url", base_url,
+            "--calls", str(calls), "--concurrency", str(concurrency),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if found is None:
+            raise RuntimeError("callgrind printed no instruction count")
+        return int(found.group(1))
+
+    return (count(1200) - count(200)) / 1000
+
+
+async def timed(
+    run: Callable[[str, int, int], Awaitable[None]], base_url: str, calls: int, c: int
+) -> tuple[float, float]:
+    """Calls per second (wall) and client CPU microseconds per call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    await run(base_url, calls, c)
+    return calls / (time.perf_counter() - wall), (time.process_time() - cpu) / calls * 1e6
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-instructions", action="store_true", help="skip the callgrind count")
+    parser.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)  # one client only, for callgrind
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        await CLIENTS[args.client](args.url, args.calls, args.concurrency)
+        return
+
+    with emulator_in_subprocess(limit=1_000_000_000, window_seconds=60.0) as base_url:
+        await timed(bare_loop, base_url, 500, args.concurrency)  # warm both paths up
+        await timed(sdk, base_url, 500, args.concurrency)
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in CLIENTS}
+        for _ in range(args.rounds):
+            for name, client in CLIENTS.items():
+                results[name].append(await timed(client, base_url, args.calls, args.concurrency))
+        instructions: dict[str, float] = {}
+        if not args.no_instructions and shutil.which("valgrind"):
+            instructions = {name: instructions_per_call(name, base_url, args.concurrency) for name in CLIENTS}
+
+    rate = {name: statistics.median(r for r, _ in rounds) for name, rounds in results.items()}
+    cpu = {name: statistics.median(c for _, c in rounds) for name, rounds in results.items()}
+    ratio = rate["sdk"] / rate["bare aiohttp loop"]
+    lines = [
+        f"{args.calls} calls of the status endpoint per round, concurrency {args.concurrency}, median of "
+        f"{args.rounds} alternating rounds; the emulator in its own process. Target: SDK >= 0.9x the bare loop.",
+        "",
+        "| client | calls/s (median) | calls/s (each round) | client CPU us/call (median) | "
+        "client instructions/call (callgrind) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rounds in results.items():
+        everything = ", ".join(f"{r:.0f}" for r, _ in rounds)
+        counted = f"{instructions[name]:,.0f}" if instructions else "not measured"
+        lines.append(f"| {name} | {rate[name]:.0f} | {everything} | {cpu[name]:.0f} | {counted} |")
+    extra = cpu["sdk"] - cpu["bare aiohttp loop"]
+    lines += ["", f"SDK / bare loop, wall clock: {ratio:.3f}x calls per second; {extra:+.0f} us client CPU per call."]
+    if instructions:
+        by_count = instructions["bare aiohttp loop"] / instructions["sdk"]
+        verdict = "met" if by_count >= 0.9 else "MISSED"
+        lines.append(
+            f"SDK / bare loop, by instruction count (a CPU-bound client): {by_count:.3f}x ({verdict}; target 0.9x)."
+        )
+    else:
+        lines.append(f"Target 0.9x: {'met' if ratio >= 0.9 else 'MISSED'} on wall clock (no callgrind count).")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_record:
+        record(
+            "overhead",
+            "## Overhead: calls per second with no rate-limit pressure\n\n"
+            f"`python benchmarks/bench_overhead.py --calls {args.calls} --concurrency {args.concurrency} "
+            f"--rounds {args.rounds}` ({machine()})\n\n{table}\n",
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
