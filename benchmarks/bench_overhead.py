@@ -7,7 +7,7 @@ is reported too: it is the SDK's own cost, whatever the server's speed.
 
 Wall-clock figures on a shared 2-core machine vary by 15% from round to round, so where valgrind is
 installed the benchmark also counts the client's instructions per call with callgrind (the difference
-between a 200-call and a 1200-call run, so start-up cancels out). That count repeats to within 0.5%
+between a 200-call and a 1200-call run, so start-up cancels out). That count repeats to about 1%
 and is the figure to trust: with the client as the bottleneck, calls per second go as its inverse.
 
     python benchmarks/bench_overhead.py [--calls 4000] [--concurrency 32] [--rounds 7] [--no-instructions]

@@ -24,6 +24,7 @@ from wemasy_async import (
 from wemasy_async._protocol import (
     RawResponse,
     build_request,
+    ci_headers,
     decipher_response,
     follow_redirect,
     normalize_base_url,
@@ -41,7 +42,7 @@ def answer(status: int, body: bytes | str | object, headers: dict[str, str] | No
         body = json.dumps(body)
     if isinstance(body, str):
         body = body.encode()
-    return RawResponse(status=status, headers=headers or {}, body=body, method="GET", url="https://h/api/x")
+    return RawResponse(status=status, headers=ci_headers(headers or {}), body=body, method="GET", url="https://h/api/x")
 
 
 # --- building requests ---------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def test_redirect_status_is_a_redirect_error_with_location() -> None:
 
 
 def redirect(status: int, location: str) -> RawResponse:
-    return RawResponse(status=status, headers={"Location": location}, body=b"")
+    return RawResponse(status=status, headers=ci_headers({"Location": location}), body=b"")
 
 
 @pytest.mark.parametrize("status", [307, 308])

@@ -11,12 +11,12 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
 
 import aiohttp
+import attrs
 from aiolimiter import AsyncLimiter
 
 from ._errors import APIConnectionError, ConfigurationError, RateLimitError, WemasyError
@@ -31,7 +31,6 @@ from ._protocol import (
     follow_redirect,
     normalize_base_url,
     parse_rate_limit_headers,
-    rate_limit_hints,
     validate_token,
 )
 from ._rate_limit import RateLimitView
@@ -230,7 +229,10 @@ class WemasyClient:
                 method, self.base_url, path, token=self._token, json_body=json_body, user_agent=self.user_agent
             )
             if json_body is None and len(self._prepared) < 64:
-                self._prepared[(method, path)] = request  # a request without a body is the same every time
+                # A request without a body is the same every time; its headers are the session's own.
+                if request.headers == transport.session_headers:
+                    request = attrs.evolve(request, headers=transport.session_headers)
+                self._prepared[(method, path)] = request
         seconds = self.timeout if timeout is NOT_GIVEN else timeout
         budget = self._budget
         policy = self.retry
@@ -255,7 +257,8 @@ class WemasyClient:
                             budget.no_answer(ticket)
                             raise
                         status = response.status
-                        budget.answered(ticket, status, rate_limit_hints(response.headers, status))
+                        hints = parse_rate_limit_headers(response.headers)
+                        budget.answered(ticket, status, hints)
                         if logger.isEnabledFor(logging.DEBUG):
                             logger.debug("%s %s -> %d", hop.method, hop.url, status)
                         if not 300 <= status < 400:
@@ -267,10 +270,10 @@ class WemasyClient:
             except APIConnectionError as exc:
                 failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
             else:
-                if status < 500 and status != 429:  # RetryPolicy.retries_status, inlined on the hot path
+                if status < 300 or not policy.retries_status(status):
                     return Exchange(response, attempt, ambiguous)
                 failure, cause = response, str(status)
-                hint = parse_rate_limit_headers(response.headers, now=time.time()).retry_after
+                hint = hints.retry_after
                 if status == 429:
                     # The budget's gate holds every caller until then; this call just queues again.
                     delay = 0.0

@@ -30,14 +30,18 @@ class AiohttpTransport:
         session_timeout: float | None = None,
     ) -> None:
         self.session = session
-        self._session_headers = session_headers
+        #: What the session sends with every request already (None for a caller's session).
+        self.session_headers = session_headers
         self._session_timeout = session_timeout
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     async def send(self, request: PreparedRequest, *, timeout: float | None) -> RawResponse:
-        defaults = self._session_headers
+        defaults = self.session_headers
         if defaults is not None and timeout == self._session_timeout:
-            extra = {k: v for k, v in request.headers.items() if defaults.get(k) != v}
+            if request.headers is defaults:  # the client's cached body-less requests share the object
+                extra = None
+            else:
+                extra = {k: v for k, v in request.headers.items() if defaults.get(k) != v}
             context = self.session.request(
                 request.method, request.url, headers=extra or None, data=request.body, allow_redirects=False
             )
