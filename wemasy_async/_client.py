@@ -220,9 +220,7 @@ class WemasyClient:
         paid for from the budget. This is the hot path of every call, so it is one coroutine around the
         transport.
         """
-        transport = (
-            self._transport_cache if self._transport_cache is not None and not self._closed else self._transport()
-        )
+        transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         request = self._prepared.get((method, path)) if json_body is None else None
         if request is None:
             request = build_request(
