@@ -133,7 +133,7 @@ async def test_invalid_token_is_an_authentication_error(client: WemasyClient) ->
 async def test_token_without_permission_is_permission_denied(client: WemasyClient) -> None:
     """403 from a token that lacks the permission."""
     with pytest.raises(PermissionDeniedError):
-        await client.sendcloud.push_shipments([1])
+        await client.sendcloud.status()
 
 
 @pytest.mark.wemasy_emulator(unknown_order_ids={20, 40})
@@ -142,7 +142,7 @@ async def test_unknown_order_ids_are_a_validation_error_naming_their_indices(
 ) -> None:
     """422 lists each offending index; nothing is queued."""
     with pytest.raises(ValidationError) as info:
-        await client.sendcloud.push_shipments([10, 20, 30, 40])
+        await client.request("POST", PUSH, json={"create_label": False, "order_ids": [10, 20, 30, 40]})
     assert info.value.index_errors() == {
         1: ("The selected order_ids.1 is invalid.",),
         3: ("The selected order_ids.3 is invalid.",),
@@ -155,7 +155,7 @@ async def test_unknown_order_ids_are_a_validation_error_naming_their_indices(
 async def test_too_many_ids_is_a_whole_request_validation_error(client: WemasyClient) -> None:
     """More ids than the server takes at once is a 422 on order_ids itself."""
     with pytest.raises(ValidationError) as info:
-        await client.sendcloud.push_shipments([1, 2, 3, 4])
+        await client.request("POST", PUSH, json={"create_label": False, "order_ids": [1, 2, 3, 4]})
     assert info.value.errors == {"order_ids": ("The order_ids field must not have more than 3 items.",)}
     assert info.value.index_errors() == {}
 
@@ -164,7 +164,7 @@ async def test_too_many_ids_is_a_whole_request_validation_error(client: WemasyCl
 async def test_oversized_body_is_payload_too_large(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
     """413 when the push body is larger than the server accepts; nothing is queued."""
     with pytest.raises(PayloadTooLargeError) as info:
-        await client.sendcloud.push_shipments(range(1, 40))
+        await client.request("POST", PUSH, json={"create_label": False, "order_ids": list(range(1, 40))})
     assert info.value.message == "The POST data is too large."
     assert wemasy_emulator.queued == []
 
@@ -220,7 +220,7 @@ async def test_proxy_html_page_is_a_server_error_keeping_the_page(
     """An nginx 502 page (no JSON, no rate-limit headers) is a ServerError with its text."""
     wemasy_emulator.inject(Fault.BAD_GATEWAY_HTML)
     with pytest.raises(ServerError) as info:
-        await client.sendcloud.push_shipments([1])
+        await client.sendcloud.status()
     assert info.value.status_code == 502
     assert info.value.body is None
     assert "<title>502 Bad Gateway</title>" in info.value.raw_text
@@ -239,7 +239,7 @@ async def test_dropped_connection_is_a_connection_error(client: WemasyClient, we
     """A connection closed without an answer is an ambiguous APIConnectionError."""
     wemasy_emulator.inject(Fault.DROP_AFTER_PROCESSING)
     with pytest.raises(APIConnectionError) as info:
-        await client.sendcloud.push_shipments([1])
+        await client.request("POST", PUSH, json={"create_label": False, "order_ids": [1]})
     assert info.value.ambiguous is True
     assert wemasy_emulator.queued == [1]  # the server did the work; only the answer was lost
 
@@ -274,7 +274,7 @@ async def test_success_status_with_undocumented_body_is_invalid_response(
     """A 200 that is HTML (a captive portal) or cut-short JSON raises InvalidResponseError with the text."""
     wemasy_emulator.inject(fault)
     with pytest.raises(InvalidResponseError) as info:
-        await client.sendcloud.push_shipments([1])
+        await client.sendcloud.status()
     assert info.value.status_code == 200
     assert info.value.raw_text
     assert info.value.raw_text.startswith("<html>") is (fault is Fault.HTML_OK)
@@ -438,11 +438,11 @@ async def test_token_never_appears_in_reprs_errors_or_logs(
             except WemasyError as exc:
                 errors.append(exc)
 
-        await collect(lambda: client.sendcloud.push_shipments([13]))  # 422
+        await collect(lambda: client.request("POST", PUSH, json={"create_label": False, "order_ids": [13]}))  # 422
         wemasy_emulator.inject(Fault.SERVER_ERROR, Fault.BAD_GATEWAY_HTML, Fault.DROP)
         await collect(client.sendcloud.status)  # 500
         await collect(client.sendcloud.status)  # a proxy's 502
-        await collect(lambda: client.sendcloud.push_shipments([1]))  # dropped (aiohttp re-sends a dropped GET)
+        await collect(lambda: client.request("POST", PUSH, json={"create_label": False, "order_ids": [1]}))  # dropped
         wemasy_emulator.faults.delay_seconds = 1.0
         await collect(client.sendcloud.status)  # timeout
         wemasy_emulator.faults.delay_seconds = 0.0

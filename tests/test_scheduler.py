@@ -25,6 +25,7 @@ from wemasy_async._scheduler import shared_budget
 from wemasy_async.testing import Fault, RequestRecord, WemasyEmulator
 
 LIMIT, WINDOW = 5, 0.5
+PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
 FAST_RETRIES = RetryPolicy(backoff_base=0.001)
 
 
@@ -147,7 +148,7 @@ async def test_validation_errors_are_never_retried(client: WemasyClient, emulato
     """A 422 is raised at once: re-sending the same body cannot help."""
     emulator.unknown_order_ids = {7}
     with pytest.raises(ValidationError):
-        await client.sendcloud.push_shipments([7])
+        await client.request("POST", PUSH, json={"create_label": False, "order_ids": [7]})
     assert statuses(emulator) == [422]
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ._batching import DEFAULT_CHUNK_SIZE, PushStream
 from ._client import WemasyClient
 from ._errors import (
     STATUS_ERRORS,
@@ -21,6 +22,7 @@ from ._errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    PushFailedError,
     RateLimitError,
     RedirectError,
     ServerError,
@@ -28,7 +30,7 @@ from ._errors import (
     ValidationError,
     WemasyError,
 )
-from ._models import PushDetails, PushResult, PushSummary, SendcloudIntegration
+from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary, SendcloudIntegration
 from ._rate_limit import RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
 from ._scheduler import Budget, RateLimitBudget, RetryEvent, WaitEvent
@@ -36,6 +38,7 @@ from ._types import NOT_GIVEN
 from ._version import __version__
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "NOT_GIVEN",
     "NO_RETRIES",
     "STATUS_ERRORS",
@@ -45,14 +48,18 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Budget",
+    "ChunkFailure",
     "ConfigurationError",
     "InvalidOrderIdError",
     "InvalidResponseError",
     "NotFoundError",
+    "OrderRejection",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PushDetails",
+    "PushFailedError",
     "PushResult",
+    "PushStream",
     "PushSummary",
     "RateLimitBudget",
     "RateLimitError",

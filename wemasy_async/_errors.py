@@ -10,9 +10,12 @@ they keep only the *response* headers, and the request's method and URL.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from ._models import PushResult
 
 __all__ = [
     "STATUS_ERRORS",
@@ -27,6 +30,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PushFailedError",
     "RateLimitError",
     "RedirectError",
     "ServerError",
@@ -60,6 +64,19 @@ class InvalidOrderIdError(UsageError):
         super().__init__(message)
         self.order_id = order_id
         self.position = position
+
+
+class PushFailedError(WemasyError):
+    """Some order ids of a push were rejected or failed. ``result`` is the full result: what was accepted,
+    ``rejected`` (with the server's messages) and ``failed`` (with the ids and the errors)."""
+
+    def __init__(self, result: PushResult) -> None:
+        self.result = result
+        failed = len(result.failed_order_ids)
+        super().__init__(
+            f"{len(result.rejected)} order ids rejected and {failed} failed of a push "
+            f"({result.summary.total_orders} accepted by the server)"
+        )
 
 
 class APIConnectionError(WemasyError):

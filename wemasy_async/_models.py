@@ -11,7 +11,15 @@ from typing import Any
 
 import attrs
 
-__all__ = ["PushDetails", "PushResult", "PushSummary", "SendcloudIntegration", "parse_flag"]
+__all__ = [
+    "ChunkFailure",
+    "OrderRejection",
+    "PushDetails",
+    "PushResult",
+    "PushSummary",
+    "SendcloudIntegration",
+    "parse_flag",
+]
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
@@ -86,6 +94,23 @@ class PushDetails:
 
 
 @attrs.frozen
+class OrderRejection:
+    """An order id the server refused in validation, with its message (``The selected order_ids.5 is invalid.``)."""
+
+    order_id: int
+    message: str
+
+
+@attrs.frozen
+class ChunkFailure:
+    """Order ids whose request failed after its retries, with the error that ended it. They may be pushed
+    again later: the server reports an order it already queued as skipped."""
+
+    order_ids: tuple[int, ...]
+    error: BaseException = attrs.field(eq=False)
+
+
+@attrs.frozen
 class PushResult:
     """The answer to ``POST .../orders/sendcloud/shipments/push``.
 
@@ -101,9 +126,38 @@ class PushResult:
     #: True when the push was re-sent after a failure that may have reached the server (a timeout, a
     #: dropped connection): orders reported as skipped may then have been queued by that earlier attempt.
     ambiguous_retry: bool = False
+    #: Ids the server refused in validation (batch pushes), each with its message.
+    rejected: tuple[OrderRejection, ...] = ()
+    #: Requests that failed after their retries, each with the ids it held and its error.
+    failed: tuple[ChunkFailure, ...] = ()
+    #: Ids that stood more than once in the input; each was pushed once (the first occurrence).
+    duplicates: tuple[int, ...] = ()
+    #: Ids the server accepted (answered 200 for) but listed in none of new, retry or skipped.
+    unreported: tuple[int, ...] = ()
+    #: Push requests answered 200 that make up this result.
+    requests: int = 0
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property
     def creates_labels(self) -> bool | None:
         """``labels_will_be_created`` read as a boolean (``None`` if unreadable)."""
         return parse_flag(self.labels_will_be_created)
+
+    @property
+    def failed_order_ids(self) -> tuple[int, ...]:
+        """Every id of every failed request: the ids to push again later."""
+        return tuple(order_id for failure in self.failed for order_id in failure.order_ids)
+
+    @property
+    def ok(self) -> bool:
+        """True when no id was rejected or failed."""
+        return not self.rejected and not self.failed
+
+    def raise_for_failures(self) -> PushResult:
+        """Raise :class:`PushFailedError` (which carries this result) if any id was rejected or failed;
+        otherwise return the result, so a strict caller can write ``(await push(...)).raise_for_failures()``."""
+        if not self.ok:
+            from ._errors import PushFailedError
+
+            raise PushFailedError(self)
+        return self

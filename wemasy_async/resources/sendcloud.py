@@ -7,9 +7,17 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .._batching import check_create_label, validated_order_ids
+from .._batching import (
+    DEFAULT_CHUNK_CONCURRENCY,
+    DEFAULT_CHUNK_SIZE,
+    Progress,
+    PushStream,
+    check_create_label,
+    prepare_order_ids,
+)
 from .._converter import structure_response
-from .._models import PushDetails, PushResult, PushSummary, SendcloudIntegration
+from .._errors import UsageError
+from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
 from .._types import NOT_GIVEN, Timeout
 
@@ -44,28 +52,84 @@ class SendcloudResource:
         order_ids: Iterable[int],
         *,
         create_label: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrency: int = DEFAULT_CHUNK_CONCURRENCY,
+        progress: Progress | None = None,
+        strict: bool = False,
         timeout: Timeout = NOT_GIVEN,
     ) -> PushResult:
         """Validate the orders and queue them for SendCloud shipments (labels too if ``create_label``).
 
-        Every id must be a positive int; a bad one raises :class:`InvalidOrderIdError` naming it and its
-        position, before any request is sent. An empty input sends nothing and returns an empty result.
-        A push is safe to retry: the server reports an already-queued order as skipped. If it was re-sent
-        after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
+        ``order_ids`` may be any iterable (a list, a range, a generator of a million). Every id must be a
+        positive int; a bad one raises :class:`InvalidOrderIdError` naming it and its position, before any
+        request is sent. Repeated ids are pushed once and listed in ``result.duplicates``. The ids go in
+        chunks of ``chunk_size``, ``max_concurrency`` at a time, through the token's shared rate-limit
+        budget; the merged result sums the chunks' summaries and concatenates their details in input
+        order. Every distinct id ends in exactly one place: the server's details (new, retry or skipped),
+        ``result.rejected`` (with the server's validation message) or ``result.failed`` (with the ids and
+        the error of a request that failed after its retries). ``progress(done, total)`` is called as
+        chunks complete. With ``strict=True`` any rejected or failed id raises :class:`PushFailedError`,
+        which carries the full result.
 
-        >>> result = await client.sendcloud.push_shipments([1001, 1002], create_label=True)
-        >>> result.summary.new_orders
-        2
+        A push is safe to repeat: the server reports an already-queued order as skipped. If a request was
+        re-sent after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
+
+        >>> result = await client.sendcloud.push_shipments(range(1001, 3001), create_label=True)
+        >>> result.summary.new_orders, len(result.rejected), result.failed_order_ids
+        (1998, 2, ())
         """
-        ids = validated_order_ids(order_ids)
-        label = check_create_label(create_label)
-        if not ids:
-            return PushResult(summary=PushSummary(), details=PushDetails(), message="no order ids given")
-        exchange = await self._client._send(
-            "POST", PUSH_PATH, json_body={"create_label": label, "order_ids": ids}, timeout=timeout
+        stream = self.iter_push_shipments(
+            order_ids,
+            create_label=create_label,
+            chunk_size=chunk_size,
+            max_concurrency=max_concurrency,
+            progress=progress,
+            timeout=timeout,
         )
-        data = decipher_response(exchange.response)
-        result = structure_response(exchange.response, data, PushResult)
-        if exchange.ambiguous_retry:
-            result = attrs.evolve(result, ambiguous_retry=True)
-        return result
+        async with stream:
+            async for _ in stream:
+                pass
+        result = stream.result()
+        if not stream.total:
+            result = attrs.evolve(result, message="no order ids given")
+        return result.raise_for_failures() if strict else result
+
+    def iter_push_shipments(
+        self,
+        order_ids: Iterable[int],
+        *,
+        create_label: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrency: int = DEFAULT_CHUNK_CONCURRENCY,
+        progress: Progress | None = None,
+        timeout: Timeout = NOT_GIVEN,
+    ) -> PushStream:
+        """Like :meth:`push_shipments`, but yields each chunk's result as it completes, so a batch script
+        can show progress and a web service can stop early. The ids are checked here, before any request.
+
+        >>> async with client.sendcloud.iter_push_shipments(ids) as stream:
+        ...     async for chunk in stream:
+        ...         print(f"{stream.done}/{stream.total}", chunk.summary)
+        ...     merged = stream.result()
+
+        Leaving the ``async with`` (or calling ``aclose()``) after breaking out cancels the chunks not yet
+        sent and waits until nothing is left running.
+        """
+        ids, duplicates = prepare_order_ids(order_ids)
+        label = check_create_label(create_label)
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise UsageError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+
+        async def push_once(chunk: list[int]) -> PushResult:
+            exchange = await self._client._send(
+                "POST", PUSH_PATH, json_body={"create_label": label, "order_ids": chunk}, timeout=timeout
+            )
+            data = decipher_response(exchange.response)
+            result = structure_response(exchange.response, data, PushResult)
+            return attrs.evolve(result, ambiguous_retry=exchange.ambiguous_retry, requests=1)
+
+        return PushStream(
+            ids, duplicates, push_once, chunk_size=chunk_size, max_concurrency=max_concurrency, progress=progress
+        )

@@ -1,0 +1,200 @@
+"""Batch pushes: validation, de-duplication, chunking, splitting, merging, and an account of every id."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import pytest
+
+from tests.conftest import TOKEN
+from wemasy_async import (
+    NO_RETRIES,
+    InvalidOrderIdError,
+    PermissionDeniedError,
+    PushDetails,
+    PushFailedError,
+    PushResult,
+    PushSummary,
+    RetryPolicy,
+    ServerError,
+    WemasyClient,
+)
+from wemasy_async._batching import merge_results, prepare_order_ids
+from wemasy_async.testing import Fault, WemasyEmulator
+
+
+def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emulator: WemasyEmulator) -> None:
+    """Each distinct input id is in exactly one of: the server's details, rejected, failed; and what the
+    result calls accepted is what the emulator queued or skipped."""
+    distinct = list(dict.fromkeys(ids))
+    details = result.details
+    accepted = [int(x) for x in (*details.new_orders, *details.retry_orders, *details.skipped_orders)]
+    rejected = [r.order_id for r in result.rejected]
+    failed = list(result.failed_order_ids)
+    places = Counter(accepted + rejected + failed)
+    assert sorted(places) == sorted(distinct)
+    assert set(places.values()) <= {1}
+    assert not result.unreported
+    assert set(emulator.queued) >= {int(x) for x in (*details.new_orders, *details.retry_orders)}
+    assert not set(emulator.queued) & set(rejected)
+    assert len(emulator.queued) == len(set(emulator.queued))  # nothing queued twice
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+def test_repeated_ids_are_pushed_once_and_reported() -> None:
+    """The first occurrence stays in place; each later one is listed as a duplicate."""
+    assert prepare_order_ids(iter([5, 1, 5, 2, 1, 5])) == ([5, 1, 2], [5, 1, 5])
+
+
+def test_merge_sums_summaries_and_concatenates_details_in_order() -> None:
+    """The merged result is the sum of the chunks' counts and their details one after the other."""
+
+    def chunk(new: tuple[str, ...], skipped: tuple[str, ...]) -> PushResult:
+        return PushResult(
+            summary=PushSummary(len(new) + len(skipped), len(new), 0, len(skipped), len(new)),
+            details=PushDetails(new_orders=new, skipped_orders=skipped),
+            total_chunks=1,
+            labels_will_be_created="no",
+            requests=1,
+        )
+
+    merged = merge_results([chunk(("1", "2"), ("3",)), chunk(("4",), ())], duplicates=[2])
+    assert merged.summary == PushSummary(4, 3, 0, 1, 3)
+    assert merged.details.new_orders == ("1", "2", "4")
+    assert (merged.total_chunks, merged.requests, merged.duplicates) == (2, 2, (2,))
+    assert merged.labels_will_be_created == "no"
+
+
+# --- against the emulator ------------------------------------------------------------------------
+
+
+async def test_large_input_goes_in_chunks_and_merges_in_input_order(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """2,345 ids from a generator, in chunks of 500: five requests, details in input order."""
+    wemasy_emulator.failed_order_ids = {7, 1999}
+    ids = list(range(1, 2346))
+    result = await client.sendcloud.push_shipments((i for i in ids), chunk_size=500, max_concurrency=3)
+    assert result.requests == 5
+    assert wemasy_emulator.requests[0].order_ids == tuple(range(1, 501))
+    assert [int(x) for x in result.details.new_orders] == [i for i in ids if i not in (7, 1999)]
+    assert result.details.retry_orders == ("7", "1999")
+    assert result.summary.total_orders == 2345
+    assert result.ok
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_duplicates_are_pushed_once(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
+    """Repeated ids reach the server once and are listed on the result."""
+    result = await client.sendcloud.push_shipments([3, 1, 3, 2, 1])
+    assert result.duplicates == (3, 1)
+    assert wemasy_emulator.queued == [3, 1, 2]
+    assert_every_id_accounted_once(result, [3, 1, 2], wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(unknown_order_ids={20, 40})
+async def test_ids_named_by_a_422_are_rejected_and_the_rest_re_sent(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """order_ids.N errors move those ids to rejected with the server's message; the others go through."""
+    ids = [10, 20, 30, 40, 50]
+    result = await client.sendcloud.push_shipments(ids)
+    assert [(r.order_id, r.message) for r in result.rejected] == [
+        (20, "The selected order_ids.1 is invalid."),
+        (40, "The selected order_ids.3 is invalid."),
+    ]
+    assert wemasy_emulator.queued == [10, 30, 50]
+    assert [r.status for r in wemasy_emulator.requests] == [422, 200]
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(max_ids_per_request=3)
+async def test_a_whole_request_422_splits_the_chunk(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
+    """Too many ids for the server: the chunk is halved until every piece goes through."""
+    ids = list(range(1, 26))
+    result = await client.sendcloud.push_shipments(ids, chunk_size=10)
+    assert result.ok
+    assert [int(x) for x in result.details.new_orders] == ids
+    assert all(len(r.order_ids or ()) <= 3 for r in wemasy_emulator.requests if r.status == 200)
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(max_body_bytes=60)
+async def test_a_413_splits_the_chunk(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
+    """A body too large for the server is halved, as a whole-request 422 is."""
+    ids = list(range(100, 120))
+    result = await client.sendcloud.push_shipments(ids)
+    assert result.ok
+    assert 413 in [r.status for r in wemasy_emulator.requests]
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_chunk_that_keeps_failing_keeps_its_ids_and_cause(wemasy_emulator: WemasyEmulator) -> None:
+    """A chunk whose request fails after its retries lands in failed with its ids and the error."""
+    wemasy_emulator.inject(Fault.SERVER_ERROR, Fault.SERVER_ERROR)  # both attempts of the first chunk
+    async with WemasyClient(
+        token=TOKEN, base_url=wemasy_emulator.base_url, retry=RetryPolicy(max_attempts=2, backoff_base=0)
+    ) as client:
+        result = await client.sendcloud.push_shipments(range(1, 8), chunk_size=3, max_concurrency=1)
+    (failure,) = result.failed
+    assert failure.order_ids == (1, 2, 3)
+    assert isinstance(failure.error, ServerError)
+    assert wemasy_emulator.queued == [4, 5, 6, 7]
+    assert not result.ok
+    assert_every_id_accounted_once(result, range(1, 8), wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(forbidden_tokens={TOKEN})
+async def test_strict_raises_one_error_carrying_the_whole_result(client: WemasyClient) -> None:
+    """strict=True turns failures into PushFailedError; its result still names every id and cause."""
+    with pytest.raises(PushFailedError) as info:
+        await client.sendcloud.push_shipments([1, 2, 3], chunk_size=2, strict=True)
+    result = info.value.result
+    assert result.failed_order_ids == (1, 2, 3)
+    assert all(isinstance(f.error, PermissionDeniedError) for f in result.failed)
+    assert "3 failed" in str(info.value)
+
+
+async def test_progress_reports_ids_done_of_total(client: WemasyClient) -> None:
+    """progress(done, total) is called per chunk, rising to the total."""
+    seen: list[tuple[int, int]] = []
+    await client.sendcloud.push_shipments(range(1, 11), chunk_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert len(seen) == 4
+    assert [t for _, t in seen] == [10] * 4
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1] == (10, 10)
+
+
+async def test_leaving_the_stream_early_cancels_the_rest_and_keeps_what_arrived(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A caller that stops after the first chunk leaves nothing running; the partial result is there."""
+    wemasy_emulator.faults.delay_seconds = 0.05
+    async with client.sendcloud.iter_push_shipments(range(1, 101), chunk_size=10, max_concurrency=2) as stream:
+        first = await anext(stream)
+    assert all(worker.done() for worker in stream._workers)  # no task of the stream can send any more
+    partial = stream.result()
+    assert partial.summary.total_orders == first.summary.total_orders == 10
+    assert stream.done == 10
+    assert 0 < len(wemasy_emulator.queued) <= 30  # the first chunk and at most the two then in flight
+
+
+async def test_bad_ids_are_refused_before_the_stream_starts(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """iter_push_shipments checks every id when called, before any request."""
+    with pytest.raises(InvalidOrderIdError, match="position 3"):
+        client.sendcloud.iter_push_shipments([1, 2, 3, 0])
+    assert wemasy_emulator.requests == []
+
+
+async def test_a_send_once_client_still_accounts_for_everything(wemasy_emulator: WemasyEmulator) -> None:
+    """With no retries, a dropped request's ids end in failed, and the rest are accepted."""
+    wemasy_emulator.inject(Fault.DROP)
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=NO_RETRIES) as client:
+        result = await client.sendcloud.push_shipments(range(1, 7), chunk_size=2, max_concurrency=1)
+    assert result.failed_order_ids == (1, 2)
+    assert_every_id_accounted_once(result, range(1, 7), wemasy_emulator)
