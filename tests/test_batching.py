@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import TOKEN
 from wemasy_async import (
@@ -198,3 +201,57 @@ async def test_a_send_once_client_still_accounts_for_everything(wemasy_emulator:
         result = await client.sendcloud.push_shipments(range(1, 7), chunk_size=2, max_concurrency=1)
     assert result.failed_order_ids == (1, 2)
     assert_every_id_accounted_once(result, range(1, 7), wemasy_emulator)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ids=st.lists(st.integers(1, 60), max_size=80),
+    chunk_size=st.integers(1, 25),
+    max_ids=st.integers(1, 30),
+    unknown=st.sets(st.integers(1, 60), max_size=8),
+    failed_before=st.sets(st.integers(1, 60), max_size=8),
+    error_rate=st.sampled_from([0.0, 0.1, 0.3]),
+    drop_rate=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 1000),
+)
+def test_every_id_ends_in_exactly_one_place(
+    ids: list[int],
+    chunk_size: int,
+    max_ids: int,
+    unknown: set[int],
+    failed_before: set[int],
+    error_rate: float,
+    drop_rate: float,
+    seed: int,
+) -> None:
+    """Whatever the ids, chunking, server limits, validation failures and faults: each distinct id is
+    accepted, rejected or failed, once; the emulator queued each accepted new or retry id exactly once,
+    and no rejected id."""
+
+    async def scenario() -> tuple[PushResult, WemasyEmulator]:
+        emulator = WemasyEmulator(
+            limit=100_000,
+            max_ids_per_request=max_ids,
+            unknown_order_ids=unknown,
+            failed_order_ids=failed_before,
+            seed=seed,
+        )
+        emulator.faults.server_error_rate = error_rate
+        emulator.faults.drop_rate = drop_rate
+        async with (
+            emulator,
+            WemasyClient(
+                token=TOKEN, base_url=emulator.base_url, retry=RetryPolicy(max_attempts=2, backoff_base=0)
+            ) as client,
+        ):
+            result = await client.sendcloud.push_shipments(ids, chunk_size=chunk_size, max_concurrency=3)
+        return result, emulator
+
+    result, emulator = asyncio.run(scenario())
+    assert_every_id_accounted_once(result, ids, emulator)
+    assert {r.order_id for r in result.rejected} <= unknown
+    assert result.duplicates == tuple(x for i, x in enumerate(ids) if x in ids[:i])
+    for order_id in result.details.retry_orders:
+        assert int(order_id) in failed_before
+    # No fault here acts after the server did its work, so what it queued is exactly what it reported.
+    assert sorted(emulator.queued) == sorted(int(x) for x in (*result.details.new_orders, *result.details.retry_orders))
