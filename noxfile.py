@@ -39,3 +39,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/bench_rate_limit.py")
     session.run("python", "benchmarks/bench_overhead.py")
+    session.run("python", "benchmarks/bench_batch.py")

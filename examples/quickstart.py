@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from wemasy_async import ValidationError, WemasyClient
+from wemasy_async import WemasyClient
 from wemasy_async.testing import WemasyEmulator
 
 
@@ -26,10 +26,11 @@ async def main() -> None:
             result = await client.sendcloud.push_shipments([2, 4])
             print(f"push 2: new={result.details.new_orders} skipped={result.details.skipped_orders}")
 
-            try:
-                await client.sendcloud.push_shipments([5, 13])
-            except ValidationError as error:
-                print(f"push 3 refused: {error.message} -> {error.index_errors()}")
+            # Batches of any size: order 13 is refused by the server, the rest go through.
+            result = await client.sendcloud.push_shipments(range(5, 2005), chunk_size=500)
+            print(f"push 3: {result.summary.new_orders} new in {result.requests} requests")
+            for rejection in result.rejected:
+                print(f"  rejected {rejection.order_id}: {rejection.message}")
 
 
 if __name__ == "__main__":
