@@ -185,6 +185,26 @@ async def test_leaving_the_stream_early_cancels_the_rest_and_keeps_what_arrived(
     assert 0 < len(wemasy_emulator.queued) <= 30  # the first chunk and at most the two then in flight
 
 
+async def test_breaking_out_of_a_bare_async_for_cancels_the_rest(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """Without async with, breaking out and dropping the stream still stops the chunks not yet sent."""
+    wemasy_emulator.faults.delay_seconds = 0.05
+
+    async def first_chunk_only() -> tuple[PushResult, list[asyncio.Future[None]]]:
+        stream = client.sendcloud.iter_push_shipments(range(1, 101), chunk_size=10, max_concurrency=2)
+        workers = list(stream._workers)
+        async for chunk in stream:
+            return chunk, workers  # breaks out; the stream is dropped here
+        raise AssertionError("the stream yielded nothing")
+
+    chunk, workers = await first_chunk_only()
+    await asyncio.gather(*workers, return_exceptions=True)  # they end: cancelled, not run to the last chunk
+    assert all(w.cancelled() for w in workers)
+    assert chunk.summary.total_orders == 10
+    assert len(wemasy_emulator.queued) <= 30
+
+
 async def test_bad_ids_are_refused_before_the_stream_starts(
     client: WemasyClient, wemasy_emulator: WemasyEmulator
 ) -> None:

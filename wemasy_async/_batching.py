@@ -219,10 +219,33 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
     )
 
 
+class _Feed:
+    """What the workers share. They hold this, not the stream, so a stream the caller drops (a bare
+    ``async for`` left with ``break``) is collected at once and cancels them."""
+
+    def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce) -> None:
+        self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
+        self.index = itertools.count()
+        self.push_once = push_once
+        self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
+
+
+async def _work(feed: _Feed) -> None:
+    for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
+        index = next(feed.index)
+        try:
+            outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug, not an API failure: hand it to the reader
+            outcome = exc
+        feed.queue.put_nowait((index, outcome))
+
+
 class PushStream:
     """The chunk results of a batch push, as each completes (an async iterator).
 
-    Leaving it (``async with``, or breaking out and closing it) cancels the chunks not yet sent; nothing
+    Leaving it (``async with``, or breaking out of ``async for``) cancels the chunks not yet sent; nothing
     is left running. ``duplicates``, ``total`` and ``done`` are known from the start and kept current;
     :meth:`result` merges what has arrived so far.
 
@@ -245,26 +268,17 @@ class PushStream:
         #: Distinct ids in the batch, and how many have an outcome so far.
         self.total = len(ids)
         self.done = 0
-        self._chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
         self._count = -(-len(ids) // chunk_size)
-        self._index = itertools.count()
-        self._push_once = push_once
         self._progress = progress
-        self._queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
+        self._feed = _Feed(ids, chunk_size, push_once)
         self._results: list[tuple[int, PushResult]] = []
         self._received = 0
-        self._workers = [asyncio.ensure_future(self._work()) for _ in range(min(max_concurrency, self._count))]
+        self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, self._count))]
 
-    async def _work(self) -> None:
-        for chunk in self._chunks:  # shared by the workers: next() never awaits, so each chunk goes once
-            index = next(self._index)
-            try:
-                outcome: PushResult | BaseException = await push_chunk(chunk, self._push_once)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # a bug, not an API failure: hand it to the reader
-                outcome = exc
-            self._queue.put_nowait((index, outcome))
+    def __del__(self) -> None:
+        # Dropped without aclose(), as after a bare `async for ... break`: stop sending.
+        for worker in self._workers:
+            worker.cancel()
 
     def __aiter__(self) -> PushStream:
         return self
@@ -273,7 +287,7 @@ class PushStream:
         if self._received >= self._count:
             await self.aclose()
             raise StopAsyncIteration
-        index, outcome = await self._queue.get()
+        index, outcome = await self._feed.queue.get()
         self._received += 1
         if isinstance(outcome, BaseException):
             await self.aclose()
