@@ -25,7 +25,6 @@ __all__ = [
     "check_create_label",
     "merge_results",
     "prepare_order_ids",
-    "validated_order_ids",
 ]
 
 #: Ids per push request. 500 ids make a ~4 KB body; at Wemasy's 60 requests a minute that is 30,000 ids
@@ -46,67 +45,53 @@ def _describe(value: object) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def validated_order_ids(order_ids: Iterable[int]) -> list[int]:
-    """The ids as a list of ints, or InvalidOrderIdError naming the first bad one and its position.
-
-    Accepted: positive ints and integer-like objects (``numpy.int64``). Refused: bool (``True`` is not
-    order 1), floats, strings, zero and negatives.
-    """
-    if isinstance(order_ids, (str, bytes)) or not isinstance(order_ids, Iterable):
-        raise UsageError(f"order_ids must be an iterable of ints, got {type(order_ids).__name__}")
-    ids: list[int] = []
-    append = ids.append
-    for position, value in enumerate(order_ids):
-        if type(value) is int:  # the common case, kept cheap for a million ids
-            if value > 0:
-                append(value)
-                continue
-            raise InvalidOrderIdError(
-                f"order id at position {position} is {value}: order ids must be positive",
-                order_id=value,
-                position=position,
-            )
-        if isinstance(value, bool):
-            raise InvalidOrderIdError(
-                f"order id at position {position} is {_describe(value)}: a bool is not an order id",
-                order_id=value,
-                position=position,
-            )
-        try:
-            number = operator.index(value)
-        except TypeError:
-            raise InvalidOrderIdError(
-                f"order id at position {position} is {_describe(value)}: order ids must be ints",
-                order_id=value,
-                position=position,
-            ) from None
-        if number <= 0:
-            raise InvalidOrderIdError(
-                f"order id at position {position} is {number}: order ids must be positive",
-                order_id=value,
-                position=position,
-            )
-        append(number)
-    return ids
+def _checked(value: object, position: int) -> int:
+    """The order id an input value stands for, or InvalidOrderIdError naming it and its position."""
+    if isinstance(value, bool):
+        raise InvalidOrderIdError(
+            f"order id at position {position} is {_describe(value)}: a bool is not an order id",
+            order_id=value,
+            position=position,
+        )
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidOrderIdError(
+            f"order id at position {position} is {_describe(value)}: order ids must be ints",
+            order_id=value,
+            position=position,
+        ) from None
+    if number <= 0:
+        raise InvalidOrderIdError(
+            f"order id at position {position} is {number}: order ids must be positive",
+            order_id=value,
+            position=position,
+        )
+    return number
 
 
 def prepare_order_ids(order_ids: Iterable[int]) -> tuple[list[int], list[int]]:
-    """Validate every id (as :func:`validated_order_ids`) and drop repeats, keeping first occurrences.
+    """Check every id and drop repeats (keeping first occurrences), in one pass with one list and one set.
 
-    Returns the distinct ids in input order and the repeated ones. One pass, one list and one set.
+    Returns the distinct ids in input order and the repeated ones. Accepted: positive ints and
+    integer-like objects (``numpy.int64``). Refused, with an InvalidOrderIdError naming the first bad
+    id and its position: bool (``True`` is not order 1), floats, strings, zero and negatives.
     """
-    ids = validated_order_ids(order_ids)
+    if isinstance(order_ids, (str, bytes)) or not isinstance(order_ids, Iterable):
+        raise UsageError(f"order_ids must be an iterable of ints, got {type(order_ids).__name__}")
     seen: set[int] = set()
     distinct: list[int] = []
     duplicates: list[int] = []
     add, keep, repeat = seen.add, distinct.append, duplicates.append
-    for order_id in ids:
+    for position, value in enumerate(order_ids):
+        # A positive int is the common case, kept cheap for a million ids.
+        order_id = value if type(value) is int and value > 0 else _checked(value, position)
         if order_id in seen:
             repeat(order_id)
         else:
             add(order_id)
             keep(order_id)
-    return (distinct if duplicates else ids), duplicates
+    return distinct, duplicates
 
 
 def check_create_label(create_label: object) -> bool:
@@ -118,7 +103,11 @@ def check_create_label(create_label: object) -> bool:
 def _unreported(sent: Sequence[int], result: PushResult) -> list[int]:
     details = result.details
     listed = itertools.chain(details.new_orders, details.retry_orders, details.skipped_orders)
-    reported = {int(x) for x in listed if x.isdigit()}
+    try:
+        reported = set(map(int, listed))
+    except ValueError:  # an id the server spelled otherwise cannot match one we sent
+        listed = itertools.chain(details.new_orders, details.retry_orders, details.skipped_orders)
+        reported = {int(x) for x in listed if x.strip().isdigit()}
     return [order_id for order_id in sent if order_id not in reported]
 
 
