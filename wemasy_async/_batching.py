@@ -15,6 +15,8 @@ import operator
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 
+import attrs
+
 from ._errors import InvalidOrderIdError, PayloadTooLargeError, UsageError, ValidationError, WemasyError
 from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary
 
@@ -130,21 +132,16 @@ async def push_chunk(ids: list[int], push_once: PushOnce) -> PushResult:
         offset, piece = pieces.pop()
         try:
             result = await push_once(piece)
-        except ValidationError as error:
-            named = {i: m for i, m in error.index_errors().items() if 0 <= i < len(piece)}
+        except (ValidationError, PayloadTooLargeError) as error:
+            named = error.index_errors() if isinstance(error, ValidationError) else {}
+            named = {i: m for i, m in named.items() if 0 <= i < len(piece)}
             if named:
                 for i in sorted(named):
                     rejected.append((offset + i, OrderRejection(piece[i], " ".join(named[i]))))
                 rest = [order_id for i, order_id in enumerate(piece) if i not in named]
                 if rest:
                     pieces.append((offset, rest))
-            elif _splits(error) and len(piece) > 1:
-                half = len(piece) // 2
-                pieces += [(offset + half, piece[half:]), (offset, piece[:half])]
-            else:
-                failed.append((offset, ChunkFailure(tuple(piece), error)))
-        except PayloadTooLargeError as error:
-            if len(piece) > 1:
+            elif len(piece) > 1 and (isinstance(error, PayloadTooLargeError) or _splits(error)):
                 half = len(piece) // 2
                 pieces += [(offset + half, piece[half:]), (offset, piece[:half])]
             else:
@@ -155,18 +152,11 @@ async def push_chunk(ids: list[int], push_once: PushOnce) -> PushResult:
             accepted.append((offset, result))
             unreported += _unreported(piece, result)
     merged = merge_results([r for _, r in sorted(accepted, key=lambda pair: pair[0])])
-    return PushResult(
-        summary=merged.summary,
-        details=merged.details,
-        message=merged.message,
-        total_chunks=merged.total_chunks,
-        labels_will_be_created=merged.labels_will_be_created,
-        ambiguous_retry=merged.ambiguous_retry,
+    return attrs.evolve(
+        merged,
         rejected=tuple(r for _, r in sorted(rejected, key=lambda pair: pair[0])),
         failed=tuple(f for _, f in sorted(failed, key=lambda pair: pair[0])),
         unreported=tuple(unreported),
-        requests=merged.requests,
-        raw=merged.raw,
     )
 
 
