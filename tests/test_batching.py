@@ -205,6 +205,19 @@ async def test_breaking_out_of_a_bare_async_for_cancels_the_rest(
     assert len(wemasy_emulator.queued) <= 30
 
 
+async def test_cancelling_a_push_leaves_nothing_running(client: WemasyClient, wemasy_emulator: WemasyEmulator) -> None:
+    """A caller that cancels push_shipments mid-batch leaves no task of it behind."""
+    wemasy_emulator.faults.delay_seconds = 0.05
+    before = asyncio.all_tasks()
+    push = asyncio.create_task(client.sendcloud.push_shipments(range(1, 201), chunk_size=10, max_concurrency=3))
+    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
+    push.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await push
+    assert asyncio.all_tasks() - before == set()
+    assert len(wemasy_emulator.requests) < 20
+
+
 async def test_bad_ids_are_refused_before_the_stream_starts(
     client: WemasyClient, wemasy_emulator: WemasyEmulator
 ) -> None:
