@@ -157,6 +157,7 @@ class WemasyEmulator:
         forbidden_tokens: tokens that authenticate but lack permission (403).
         unknown_order_ids: ids that do not exist (422 ``The selected order_ids.N is invalid.``).
         failed_order_ids: ids whose earlier shipment failed; their next push reports them as retry.
+        queued_order_ids: ids already pushed before; a push reports them as skipped.
         integration: the ``integration`` object the status endpoint returns.
         error_bodies: ``documented`` (``{"error": true, "message"}``) or ``laravel`` (``{"message"}``).
         seed: seeds the random fault switches.
@@ -174,6 +175,7 @@ class WemasyEmulator:
         forbidden_tokens: Collection[str] = (),
         unknown_order_ids: Collection[int] = (),
         failed_order_ids: Collection[int] = (),
+        queued_order_ids: Collection[int] = (),
         integration: Mapping[str, Any] | None = None,
         error_bodies: Literal["documented", "laravel"] = "documented",
         seed: int = 0,
@@ -207,7 +209,7 @@ class WemasyEmulator:
         self.requests: list[RequestRecord] = []
         #: Order ids in the order they were queued by pushes (an id queued twice would show twice).
         self.queued: list[int] = []
-        self._queued_set: set[int] = set()
+        self._queued_set: set[int] = set(queued_order_ids)
         self._scripted: deque[Fault | CannedResponse] = deque()
         #: Requests being handled right now, and the most at any one moment.
         self.active_requests = 0
