@@ -136,3 +136,22 @@ def test_serve_runs_the_emulator_until_ctrl_c() -> None:
             assert process.wait(timeout=10) == EXIT_OK
         finally:
             process.kill()
+
+
+def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: WemasyEmulator) -> None:
+    """SIGINT mid-batch: exit 130, one JSON document saying what was accepted before it, nothing lost."""
+    wemasy_emulator.faults.delay_seconds = 0.2
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-1000", "--chunk-size", "10", "--json"]
+    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert wemasy_emulator.wait_for_active(count=1, timeout=20)
+            process.send_signal(signal.SIGINT)
+            out, _ = process.communicate(timeout=20)
+        finally:
+            process.kill()
+    assert process.returncode == 130
+    document = json.loads(out)
+    assert document["interrupted"] is True
+    assert document["complete"] is False
+    assert document["summary"]["total_orders"] < 1000
