@@ -258,9 +258,17 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         async with WemasyClient(token="demo-token", base_url=emulator.base_url, window_seconds=args.window) as client:
             started = time.monotonic()
-            args.ids, args.file, args.create_label, args.failed_out = [f"{ids[0]}-{ids[-1]}"], None, False, None
-            args.concurrency, args.json = DEFAULT_CHUNK_CONCURRENCY, False
-            code, result = await _push_and_report(args, client)
+            push = argparse.Namespace(
+                ids=[f"{ids[0]}-{ids[-1]}"],
+                file=None,
+                create_label=False,
+                chunk_size=args.chunk_size,
+                concurrency=DEFAULT_CHUNK_CONCURRENCY,
+                json=False,
+                failed_out=None,
+                no_progress=args.no_progress,
+            )
+            code, result = await _push_and_report(push, client)
             if code == EXIT_INCOMPLETE and not result.failed:
                 code = EXIT_OK  # the unknown ids were planted: rejecting them is the demo working
             elapsed = time.monotonic() - started
