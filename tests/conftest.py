@@ -13,11 +13,6 @@ from wemasy_async.testing import WemasyEmulator
 TOKEN = "wm-tok-9f8e7d6c5b4a-SECRET"
 
 
-def budget_key(token: str = TOKEN) -> str:
-    """The emulator's throttle key for a token, to spend its window as another client would."""
-    return f"user:{token}"
-
-
 @pytest.fixture
 async def client(wemasy_emulator: WemasyEmulator) -> AsyncIterator[WemasyClient]:
     """A client that sends each call once, so every error surfaces as the server gave it."""

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN, budget_key
+from tests.conftest import TOKEN
 from wemasy_async import (
     NO_RETRIES,
     APIConnectionError,
@@ -193,7 +193,7 @@ async def test_throttled_call_raises_rate_limit_error_with_retry_after(
     """429 carries the wait however the server spells Retry-After."""
     wemasy_emulator.limit, wemasy_emulator.window_seconds = 1, 30.0
     wemasy_emulator.faults.retry_after = style
-    wemasy_emulator.throttle.spend(budget_key(), 1)  # another client used the window up
+    wemasy_emulator.spend(TOKEN, 1)  # another client used the window up
     with pytest.raises(RateLimitError) as info:
         await client.sendcloud.status()
     assert info.value.retry_after is not None
@@ -446,7 +446,7 @@ async def test_token_never_appears_in_reprs_errors_or_logs(
         wemasy_emulator.faults.delay_seconds = 1.0
         await collect(client.sendcloud.status)  # timeout
         wemasy_emulator.faults.delay_seconds = 0.0
-        wemasy_emulator.throttle.spend(budget_key(), wemasy_emulator.limit)
+        wemasy_emulator.spend(TOKEN, wemasy_emulator.limit)
         await collect(client.sendcloud.status)  # 429: another client spent the window
     kinds = {type(e) for e in errors}
     assert kinds >= {ValidationError, ServerError, APIConnectionError, RateLimitError, APITimeoutError}

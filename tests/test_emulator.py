@@ -66,7 +66,7 @@ async def test_429_has_retry_after_reset_and_zero_remaining_and_costs_nothing(
     assert headers["Retry-After"] == "30"
     assert abs(int(headers["X-RateLimit-Reset"]) - (time.time() + 30)) <= 2
     assert [r.counted for r in wemasy_emulator.requests] == [True, False]
-    assert wemasy_emulator.throttle.used(f"user:{TOKEN}") == 1
+    assert wemasy_emulator.used(TOKEN) == 1
 
 
 @pytest.mark.wemasy_emulator(limit=1, window_seconds=30)

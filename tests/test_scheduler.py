@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import TOKEN, budget_key
+from tests.conftest import TOKEN
 from wemasy_async import (
     APITimeoutError,
     RateLimitError,
@@ -70,7 +70,7 @@ async def test_window_partly_used_by_another_client_costs_at_most_one_429_per_wi
     client: WemasyClient, emulator: WemasyEmulator
 ) -> None:
     """Another client spent 3 of 5 before we start: at most one 429 in any window, nothing lost."""
-    emulator.throttle.spend(budget_key(), 3)
+    emulator.spend(TOKEN, 3)
     await asyncio.gather(*(client.sendcloud.status() for _ in range(17)))
     assert statuses(emulator).count(200) == 17
     assert throttled_per_window(emulator.requests) <= 1
@@ -84,7 +84,7 @@ async def test_another_client_active_throughout_costs_at_most_one_429_per_window
 
     async def other_process() -> None:
         while not stop.is_set():
-            emulator.throttle.spend(budget_key(), 2)
+            emulator.spend(TOKEN, 2)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), WINDOW)
 
@@ -125,7 +125,7 @@ async def test_after_a_429_nothing_reaches_the_server_before_retry_after(
 ) -> None:
     """A 429 closes the gate for every task; the throttled calls are re-sent, not failed."""
     await client.sendcloud.status()  # the window is learned: 4 left, the client believes
-    emulator.throttle.spend(budget_key(), LIMIT)  # ...but another process takes them
+    emulator.spend(TOKEN, LIMIT)  # ...but another process takes them
     results = await asyncio.gather(*(client.sendcloud.status() for _ in range(6)))
     assert len(results) == 6
     first_429 = next(r for r in emulator.requests if r.status == 429)
@@ -183,7 +183,7 @@ async def test_retries_stop_when_waits_would_pass_max_wait(emulator: WemasyEmula
 async def test_retry_after_beyond_the_callers_limit_raises_rate_limit_error(emulator: WemasyEmulator) -> None:
     """A server that says "come back in an hour" is answered with a RateLimitError the caller can act on."""
     emulator.window_seconds = 3600.0
-    emulator.throttle.spend(budget_key(), LIMIT)
+    emulator.spend(TOKEN, LIMIT)
     async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=RetryPolicy(max_wait=60)) as client:
         with pytest.raises(RateLimitError, match="max_wait=60") as info:
             await client.sendcloud.status()

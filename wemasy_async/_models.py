@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from ._errors import PushFailedError
+
 __all__ = [
     "ChunkFailure",
     "OrderRejection",
@@ -157,7 +159,5 @@ class PushResult:
         """Raise :class:`PushFailedError` (which carries this result) if any id was rejected or failed;
         otherwise return the result, so a strict caller can write ``(await push(...)).raise_for_failures()``."""
         if not self.ok:
-            from ._errors import PushFailedError
-
             raise PushFailedError(self)
         return self

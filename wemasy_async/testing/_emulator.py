@@ -108,10 +108,6 @@ class RequestRecord:
     response_headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
 
-class _Dropped(Exception):
-    pass
-
-
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -242,6 +238,14 @@ class WemasyEmulator:
     def inject(self, *faults: Fault | CannedResponse) -> None:
         """Apply these faults (or canned answers) to the next requests, one each, in order."""
         self._scripted.extend(faults)
+
+    def spend(self, token: str, count: int) -> None:
+        """Count ``count`` requests against ``token``'s current window, as another client using it would."""
+        self.throttle.spend(f"user:{token}", count)
+
+    def used(self, token: str) -> int:
+        """Requests counted in ``token``'s current window."""
+        return self.throttle.used(f"user:{token}")
 
     @property
     def queued_order_ids(self) -> frozenset[int]:
