@@ -51,7 +51,6 @@ class Exchange(NamedTuple):
     """The final answer of a call, after retries and redirects (a tuple: made on every call)."""
 
     response: RawResponse
-    attempts: int
     #: The call was re-sent after a failure that may have reached the server (timeout, dropped connection).
     ambiguous_retry: bool
 
@@ -269,7 +268,7 @@ class WemasyClient:
                 failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
             else:
                 if status < 300 or not policy.retries_status(status):
-                    return Exchange(response, attempt, ambiguous)
+                    return Exchange(response, ambiguous)
                 failure, cause = response, str(status)
                 hint = hints.retry_after
                 if status == 429:

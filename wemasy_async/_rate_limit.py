@@ -43,7 +43,6 @@ class Ticket:
     """Permission to send one request, and what the budget needs to read its answer."""
 
     epoch: int
-    granted_at: float
     #: Counted answers of this epoch received before the grant (see the module doc).
     answers_before: int
     #: Sent alone to learn the limit or the window's count.
@@ -131,20 +130,20 @@ class WindowBudget:
             return Wait(None, "probe")
         if self.limit is None or (self._others_seen and self._window_end is None and self._answers == 0):
             # Learn the limit (first request ever) or the new window's count (another client is about).
-            return self._grant(now, probe=True)
+            return self._grant(probe=True)
         free = self.limit - self._granted - self._others
         if free <= 0:
             return Wait(self._window_end, "window")
         if self._others_seen and self._in_flight and free <= max(1, self._others):
             return Wait(None, "shared")
-        return self._grant(now, probe=False)
+        return self._grant(probe=False)
 
-    def _grant(self, now: float, *, probe: bool) -> Ticket:
+    def _grant(self, *, probe: bool) -> Ticket:
         self._granted += 1
         self._in_flight += 1
         self._probing = probe
         self.stats.sent += 1
-        return Ticket(self._epoch, now, self._answers, probe)
+        return Ticket(self._epoch, self._answers, probe)
 
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1
