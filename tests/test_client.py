@@ -185,7 +185,7 @@ async def test_bad_request_keeps_body_and_headers(client: WemasyClient, wemasy_e
 
 @pytest.mark.parametrize(
     ("style", "low", "high"),
-    [("seconds", 30, 30), ("http-date", 29, 31), ("fractional", 29.0, 30.0)],
+    [("seconds", 29, 30), ("rounded-up", 30, 30), ("http-date", 29, 31), ("fractional", 29.0, 30.0)],
 )
 async def test_throttled_call_raises_rate_limit_error_with_retry_after(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, style: Any, low: float, high: float

@@ -63,10 +63,50 @@ async def test_429_has_retry_after_reset_and_zero_remaining_and_costs_nothing(
     assert status == 429
     assert body == {"error": True, "message": "Too Many Attempts."}
     assert headers["X-RateLimit-Remaining"] == "0"
-    assert headers["Retry-After"] == "30"
+    assert headers["Retry-After"] in ("29", "30")
     assert abs(int(headers["X-RateLimit-Reset"]) - (time.time() + 30)) <= 2
     assert [r.counted for r in wemasy_emulator.requests] == [True, False]
     assert wemasy_emulator.used(TOKEN) == 1
+
+
+class FakeClocks:
+    """A monotonic clock and a wall clock that move together, by hand."""
+
+    def __init__(self, wall: float) -> None:
+        self.now = 0.0
+        self.wall0 = wall
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.wall0 + self.now
+
+
+@pytest.mark.parametrize(
+    ("style", "at", "retry_after"),
+    [("seconds", 0.4, "29"), ("seconds", 29.3, "0"), ("rounded-up", 0.4, "30"), ("rounded-up", 29.3, "1")],
+)
+async def test_retry_after_is_rounded_down_as_laravel_does(
+    http: aiohttp.ClientSession, style: Any, at: float, retry_after: str
+) -> None:
+    """Laravel's Retry-After is the window's whole seconds left, rounded down ("0" in its last second), and
+    X-RateLimit-Reset the epoch second in which the window ends; rounding up is a switch."""
+    clocks = FakeClocks(wall=1_800_000_000.25)
+    emulator = WemasyEmulator(limit=1, window_seconds=30, clock=clocks.monotonic, wall_clock=clocks.wall)
+    emulator.faults.retry_after = style
+    async with emulator:
+        await call(http, emulator)
+        clocks.now = at
+        status, headers, _ = await call(http, emulator)
+    assert status == 429
+    assert headers["Retry-After"] == retry_after
+    window_end = clocks.wall0 + 30
+    if style == "seconds":
+        assert int(headers["X-RateLimit-Reset"]) == int(window_end)
+        # The true end lies in [now + Retry-After, now + Retry-After + 1 s).
+        assert clocks.wall() + int(retry_after) <= window_end < clocks.wall() + int(retry_after) + 1
+    assert email.utils.parsedate_to_datetime(headers["Date"]).timestamp() == int(clocks.wall())
 
 
 @pytest.mark.wemasy_emulator(limit=1, window_seconds=30)

@@ -327,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drop-rate", type=float, default=0.0, help="fraction of connections dropped")
     serve.add_argument("--delay", type=float, default=0.0, help="seconds each answer is held back")
     serve.add_argument("--no-rate-limit-headers", action="store_true", help="strip X-RateLimit-* headers")
-    serve.add_argument("--retry-after", choices=["seconds", "fractional", "http-date"], default="seconds")
+    serve.add_argument("--retry-after", choices=["seconds", "rounded-up", "fractional", "http-date"], default="seconds")
 
     demo = commands.add_parser("demo", help="push a batch through an in-process emulator and show the figures")
     demo.add_argument("--ids", type=int, default=3000, help="how many order ids (default 3000)")

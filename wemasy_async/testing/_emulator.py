@@ -84,9 +84,11 @@ class FaultSwitches:
     delay_seconds: float = 0.0
     #: Send ``X-RateLimit-Limit`` and ``-Remaining``; False models a proxy that strips them.
     rate_limit_headers: bool = True
-    #: ``Retry-After`` on a 429: whole seconds (as Laravel; rounded up), ``fractional`` seconds (for fast
-    #: tests), or an RFC 9110 ``http-date``.
-    retry_after: Literal["seconds", "fractional", "http-date"] = "seconds"
+    #: ``Retry-After`` on a 429: ``seconds`` as Laravel sends it, the whole seconds left in the window rounded
+    #: *down* (``0`` in its last second; ``X-RateLimit-Reset`` likewise names the epoch second in which the
+    #: window ends); ``rounded-up`` whole seconds (a server that is never early); ``fractional`` seconds,
+    #: rounded up to the millisecond; or an RFC 9110 ``http-date`` (the epoch second in which it ends).
+    retry_after: Literal["seconds", "rounded-up", "fractional", "http-date"] = "seconds"
 
 
 @attrs.frozen
@@ -157,7 +159,9 @@ class WemasyEmulator:
         integration: the ``integration`` object the status endpoint returns.
         error_bodies: ``documented`` (``{"error": true, "message"}``) or ``laravel`` (``{"message"}``).
         seed: seeds the random fault switches.
-        clock: a monotonic clock for the throttle and the request log; ``wall_clock`` for unix times.
+        clock: a monotonic clock for the throttle and the request log; ``wall_clock`` for unix times (the
+            ``Date`` header, ``X-RateLimit-Reset`` and HTTP-date ``Retry-After``): give it an offset to
+            model a server whose clock is wrong.
     """
 
     def __init__(
@@ -263,7 +267,12 @@ class WemasyEmulator:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_response_prepare.append(self._date_header)
         return app
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        # The server's own clock (``wall_clock``), which may differ from the client's, as real servers' do.
+        response.headers["Date"] = email.utils.formatdate(self._wall_clock(), usegmt=True)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (port 0: a free one) and return the base URL."""
@@ -349,16 +358,21 @@ class WemasyEmulator:
             return {}
         headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
         if not decision.allowed:
-            reset_at = self._wall_clock() + decision.resets_in
+            # Laravel: Retry-After = timer - now in whole seconds, X-RateLimit-Reset = now + Retry-After, where
+            # both `timer` (the window's end) and `now` are whole epoch seconds. The window's true end then
+            # lies in [now + Retry-After, now + Retry-After + 1 s).
+            wall = self._wall_clock()
+            reset_at = wall + decision.resets_in
             style = self.faults.retry_after
             if style == "http-date":
-                headers["Retry-After"] = email.utils.formatdate(math.ceil(reset_at), usegmt=True)
+                headers["Retry-After"] = email.utils.formatdate(math.floor(reset_at), usegmt=True)
             elif style == "fractional":
-                # Rounded up, so a client that waits exactly this long is never early.
                 headers["Retry-After"] = f"{math.ceil(decision.resets_in * 1000) / 1000:.3f}"
-            else:
+            elif style == "rounded-up":
                 headers["Retry-After"] = str(math.ceil(decision.resets_in))
-            headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
+            else:
+                headers["Retry-After"] = str(math.floor(decision.resets_in))
+            headers["X-RateLimit-Reset"] = str(math.floor(reset_at))
         return headers
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
