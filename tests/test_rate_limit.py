@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import email.utils
-import random
+import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.simulation import Faults, simulate
 from wemasy_async._protocol import RateLimitHeaders, parse_rate_limit_headers
 from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
-from wemasy_async.testing import FixedWindowThrottle
 
 W = 60.0
 
@@ -32,55 +32,76 @@ def refused(budget: WindowBudget, now: float) -> Wait:
     return decision
 
 
-def learned(limit: int = 10, now: float = 0.0, rtt: float = 0.1) -> WindowBudget:
-    """A budget whose first request (alone) learned the limit and opened a window."""
+def grants(budget: WindowBudget, now: float) -> list[Ticket]:
+    """Every ticket the budget gives at ``now``."""
+    out = []
+    while isinstance(decision := budget.try_acquire(now), Ticket):
+        out.append(decision)
+    return out
+
+
+def learned(limit: int = 10, now: float = 0.0, rtt: float = 0.1, answered: int = 1) -> WindowBudget:
+    """A budget whose first requests (the ramp) learned the limit and opened a window: ``answered`` of
+    them are answered by the end, nothing is in flight."""
     budget = WindowBudget(W)
-    ticket = grant(budget, now)
-    budget.answered(ticket, now + rtt, 200, hints(limit, limit - 1))
+    count = 0
+    while count < answered:
+        batch = []
+        while len(batch) < answered - count and isinstance(decision := budget.try_acquire(now), Ticket):
+            batch.append(decision)
+        for ticket in batch:
+            count += 1
+            budget.answered(ticket, now + rtt, 200, hints(limit, limit - count))
     return budget
 
 
-def test_first_request_goes_alone_to_learn_the_limit() -> None:
-    """Until an answer says the limit, only one request is out; then the rest of the window opens."""
+def test_first_request_goes_alone_then_the_window_opens_in_a_ramp() -> None:
+    """Until an answer says the limit, only one request is out; then no more in flight than answers heard
+    in the window (slow start: the requests in flight double each round trip)."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
     assert refused(budget, 0.0) == Wait(None, "probe")
     budget.answered(probe, 0.1, 200, hints(10, 9))
-    tickets = [grant(budget, 0.1) for _ in range(9)]
-    assert len(tickets) == 9
-    assert refused(budget, 0.1).reason == "window"
     assert budget.view(0.1).limit == 10
+    remaining = 9
+    for expected in (1, 2, 4):
+        tickets = grants(budget, 0.1)
+        assert len(tickets) == expected
+        for ticket in tickets:
+            remaining -= 1
+            budget.answered(ticket, 0.1, 200, hints(10, remaining))
+    assert remaining == 2
+    assert len(grants(budget, 0.1)) == 2
 
 
-def test_window_end_is_first_answer_plus_window_and_then_a_full_window_opens() -> None:
+def test_window_end_is_first_answer_plus_window_and_then_a_new_window_opens() -> None:
     """When the budget is spent, the wait ends at the window's estimated end, never before."""
-    budget = learned(limit=3, now=0.0, rtt=0.1)
-    for remaining in (1, 0):
-        budget.answered(grant(budget, 1.0), 1.1, 200, hints(3, remaining))
-    wait = refused(budget, 1.1)
-    assert wait.until == pytest.approx(0.1 + W)
+    budget = learned(limit=3, now=0.0, rtt=0.1, answered=3)
+    wait = refused(budget, 0.2)
+    assert wait == Wait(pytest.approx(0.1 + W), "window")
     assert isinstance(budget.try_acquire(0.1 + W - 0.001), Wait)
-    assert [isinstance(budget.try_acquire(0.1 + W), Ticket) for _ in range(4)] == [True, True, True, False]
+    assert len(grants(budget, 0.1 + W)) == 1  # a new window opens with one request alone
 
 
 def test_failed_probe_lets_the_next_caller_probe() -> None:
     """A probe that got no answer does not block everyone: another request may go to learn."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
-    budget.no_answer(probe)
-    assert grant(budget, 0.1).probe
+    budget.no_answer(probe, 0.5)
+    assert isinstance(budget.try_acquire(0.5), Ticket)
 
 
 def test_remaining_with_requests_in_flight_is_not_double_counted() -> None:
     """Answers that come back out of order, for a sole client, never shrink the budget below L."""
-    budget = learned(limit=10)
-    flight = [grant(budget, 1.0) for _ in range(5)]
-    # The server counted all five (remaining 4) before any answer arrived; they arrive in reverse.
+    budget = learned(limit=10, answered=3)
+    flight = grants(budget, 1.0)
+    assert len(flight) == 3
+    # The server counted all three (remaining 4) before any answer arrived; they arrive in reverse.
     for offset, ticket in enumerate(reversed(flight)):
         budget.answered(ticket, 1.1 + offset / 100, 200, hints(10, 4))
     assert budget.view(1.2).remaining == 4
-    assert len([grant(budget, 1.2) for _ in range(4)]) == 4
-    assert isinstance(budget.try_acquire(1.2), Wait)
+    assert len(grants(budget, 1.2)) == 4
+    assert refused(budget, 1.2).reason == "window"
 
 
 def test_another_clients_use_is_counted_from_remaining() -> None:
@@ -89,58 +110,88 @@ def test_another_clients_use_is_counted_from_remaining() -> None:
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 3))  # 7 used: ours 1, others 6
     assert budget.view(0.1).remaining == 3
+    assert budget.view(0.1).shared
     for remaining in (2, 1, 0):  # near the limit with another client about: one at a time
-        budget.answered(grant(budget, 0.2), 0.3, 200, hints(10, remaining))
+        ticket = grant(budget, 0.2)
+        assert isinstance(budget.try_acquire(0.2), Wait)
+        budget.answered(ticket, 0.3, 200, hints(10, remaining))
     assert refused(budget, 0.3).reason == "window"
 
 
-def test_once_another_client_is_seen_each_window_starts_with_a_probe() -> None:
-    """A new window opens with one request, so the other client's share is known before bursting."""
+def test_every_window_starts_with_one_request_alone() -> None:
+    """A new window opens with one request, so other clients' share is known before sending more."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 5))
     first = grant(budget, 0.1 + W)
-    assert first.probe
     assert refused(budget, 0.1 + W).reason == "probe"
     budget.answered(first, 0.2 + W, 200, hints(10, 7))  # the other client used 2 of the new window
     assert budget.view(0.2 + W).remaining == 7
 
 
 def test_near_the_limit_with_another_client_about_requests_go_one_at_a_time() -> None:
-    """With someone else spending the same window, the last slots (as many as they used) go one by one."""
+    """With someone else spending the same window, the last slots go one by one: once no more are free
+    than twice what the others used (plus ours in flight), only one request is out at a time."""
+    budget = learned(limit=100, answered=7)
+    ours, others, now = 7, 10, 0.2  # the others used 10 of the window meanwhile
+    batches = []
+    while True:
+        batch = grants(budget, now)
+        batches.append(len(batch))
+        ours += len(batch)
+        for ticket in batch:
+            budget.answered(ticket, now, 200, hints(100, 100 - ours - others))
+        if len(batch) == 1:
+            break
+        now += 0.1
+    assert max(batches) > 1  # far from the limit, in parallel
+    free = 100 - ours - others
+    assert 1 < free <= 2 * others + 1
+    while free:  # the rest, one by one
+        (ticket,) = grants(budget, now)
+        ours, free = ours + 1, free - 1
+        budget.answered(ticket, now, 200, hints(100, 100 - ours - others))
+    assert refused(budget, now).reason == "window"
+
+
+def test_the_others_use_of_the_last_window_is_expected_again() -> None:
+    """Other processes that used most of the last window will again: the next one is spent one at a time
+    from the start, so that each process meets at most one 429 in it."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
-    budget.answered(probe, 0.1, 200, hints(10, 7))  # someone else used 2: 7 free
-    burst = [grant(budget, 0.1) for _ in range(5)]  # in parallel while more than 2 are free
-    assert len(burst) == 5
-    assert refused(budget, 0.1).reason == "shared"
-    for ticket, remaining in zip(burst, (6, 5, 4, 3, 2), strict=True):
-        budget.answered(ticket, 0.2, 200, hints(10, remaining))
-    last = grant(budget, 0.2)
-    assert refused(budget, 0.2).reason == "shared"
-    budget.answered(last, 0.3, 200, hints(10, 1))
-    assert isinstance(budget.try_acquire(0.3), Ticket)
-    assert budget.view(0.3).shared
+    budget.answered(probe, 0.1, 200, hints(10, 1))  # the others used 8 of 10
+    first = grant(budget, 0.1 + W)
+    budget.answered(first, 0.2 + W, 200, hints(10, 8))  # the others used 1 of the new window so far
+    for step, remaining in enumerate((7, 6, 5)):
+        now = 0.3 + W + step
+        ticket = grant(budget, now)
+        assert refused(budget, now).reason in ("shared", "probe")
+        budget.answered(ticket, now + 0.1, 200, hints(10, remaining))
+    assert budget.view(3.5 + W).shared
 
 
 def test_far_from_the_limit_another_client_holds_nothing_back() -> None:
-    """A huge budget shared with another client is still spent in parallel."""
+    """A huge budget shared with another client is still spent in parallel once the ramp is up."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(1_000_000, 999_000))  # someone else used 999
-    assert len([grant(budget, 0.1) for _ in range(500)]) == 500
+    in_flight: list[Ticket] = []
+    for step in range(10):
+        in_flight = grants(budget, 0.1 + step)
+        for ticket in in_flight:
+            budget.answered(ticket, 0.1 + step, 200, hints(1_000_000, 900_000))
+    assert len(in_flight) >= 500
 
 
-def test_a_window_without_the_other_client_lets_the_budget_burst_again() -> None:
-    """Once a whole window passes with no one else's use, the sole client bursts again."""
+def test_a_window_without_the_other_client_lifts_the_caution() -> None:
+    """Once a whole window passes with no one else's use, the sole client is no longer careful."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 5))  # someone else: 4
-    second = grant(budget, 0.1 + W)  # new window: a probe, which finds no one else
+    assert budget.view(0.1).shared
+    second = grant(budget, 0.1 + W)  # new window: it finds no one else
     budget.answered(second, 0.2 + W, 200, hints(10, 9))
-    third = grant(budget, 0.2 + 2 * W)  # the window after a clean one: no probe, a burst
-    assert not third.probe
-    assert isinstance(budget.try_acquire(0.2 + 2 * W), Ticket)
+    grant(budget, 0.2 + 2 * W)
     assert not budget.view(0.2 + 2 * W).shared
 
 
@@ -155,44 +206,66 @@ def test_a_server_window_that_began_early_is_followed() -> None:
     assert view.window_ends_in == pytest.approx(W)
 
 
-def test_429_closes_the_gate_for_everyone_until_retry_after() -> None:
-    """After a 429, nobody gets a ticket before Retry-After; then a new window is probed first."""
-    budget = learned(limit=10)
-    a, b = grant(budget, 1.0), grant(budget, 1.0)
-    budget.answered(a, 1.1, 429, hints(10, 0, retry_after=5.0))
-    assert refused(budget, 1.1) == Wait(pytest.approx(6.1), "gate")
-    assert isinstance(budget.try_acquire(6.0), Wait)
-    budget.answered(b, 1.2, 429, hints(10, 0, retry_after=4.9))  # the other in-flight one: same gate
-    assert budget.view(1.2).gate_closed_for == pytest.approx(4.9)
-    after = grant(budget, 6.11)
-    assert after.probe
-    assert budget.view(6.1).throttled == 2
+def test_429_closes_the_gate_until_the_estimated_window_end_within_retry_after() -> None:
+    """After a 429 nobody gets a ticket before the window has surely ended: the budget's own estimate,
+    kept within [now + Retry-After, now + Retry-After + 1 s) since Laravel rounds Retry-After down."""
+    budget = learned(limit=10, rtt=0.1, answered=3)  # window estimated to end at 60.1
+    a, b = grants(budget, 1.0)[:2]
+    budget.answered(a, 59.5, 429, hints(10, 0, retry_after=0.0))  # "0": the window ends within a second
+    assert refused(budget, 59.5) == Wait(pytest.approx(60.1), "gate")
+    budget.answered(b, 59.6, 429, hints(10, 0, retry_after=0.0))
+    assert budget.view(59.6).gate_closed_for == pytest.approx(0.5)
+    after = grant(budget, 60.1)
+    assert refused(budget, 60.1).reason == "probe"
+    budget.answered(after, 60.2, 200, hints(10, 9))
+    assert budget.view(60.2).throttled == 2
 
 
-@pytest.mark.parametrize("retry_after", [0.0, None])
-def test_429_that_says_retry_now_still_waits_a_little(retry_after: float | None) -> None:
-    """Retry-After: 0 (or absent, with no window known) does not let callers spin on the server."""
+@pytest.mark.parametrize(
+    ("estimate_answered_at", "retry_after", "gate_opens"),
+    [
+        (None, 0.0, 11.0),  # no estimate: the end of the rounding interval
+        (None, 5.0, 16.0),
+        (0.0, 3.0, 14.0),  # an estimate (60.0) past now + Retry-After + 1 s is cut to it
+        (-49.5, 0.0, 10.5),  # an estimate inside the interval is kept
+        (-49.9, 2.0, 12.0),  # an estimate before now + Retry-After cannot be right: the interval's start
+    ],
+)
+def test_the_gate_stays_closed_until_the_window_has_surely_ended(
+    estimate_answered_at: float | None, retry_after: float, gate_opens: float
+) -> None:
+    """Retry-After: 0 arrives while up to a second of the window remains; the gate never opens early."""
+    budget = WindowBudget(W)
+    if estimate_answered_at is not None:
+        first = grant(budget, estimate_answered_at - 0.1)
+        budget.answered(first, estimate_answered_at, 200, hints(10, 9))
+    ticket = grant(budget, 9.9)
+    budget.answered(ticket, 10.0, 429, hints(10, 0, retry_after=retry_after))
+    assert budget.gate_until == pytest.approx(gate_opens)
+
+
+def test_429_without_retry_after_waits_for_the_window_estimate_or_a_whole_window() -> None:
+    """No hint: the gate waits for the budget's estimate, or a full window when it has none."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
-    budget.answered(probe, 0.1, 429, hints(10, 0, retry_after=retry_after))
-    wait = refused(budget, 0.1)
-    assert wait.until is not None
-    assert wait.until > 0.1
+    budget.answered(probe, 0.1, 429, hints(10, 0))
+    assert budget.gate_until == pytest.approx(0.1 + W)
 
 
 def test_retry_after_as_http_date_and_absurd_values_reach_the_gate() -> None:
-    """An HTTP-date Retry-After closes the gate until that date; an absurd one closes it that long."""
+    """An HTTP-date Retry-After (read against the answer's Date) and an absurd one both close the gate."""
     wall = 1_800_000_000.0
-    for value, expected in [(email.utils.formatdate(wall + 20, usegmt=True), 20.0), ("99999999", 99999999.0)]:
+    date = email.utils.formatdate(wall, usegmt=True)
+    for value, expected in [(email.utils.formatdate(wall + 20, usegmt=True), 21.0), ("1e23", 7 * 86400.0 + 1)]:
         budget = WindowBudget(W)
         probe = grant(budget, 0.0)
-        headers = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "Retry-After": value}
-        budget.answered(probe, 0.0, 429, parse_rate_limit_headers(headers, now=wall))
+        headers = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "Retry-After": value, "Date": date}
+        budget.answered(probe, 0.0, 429, parse_rate_limit_headers(headers, now=wall + 500))
         assert budget.view(0.0).gate_closed_for == pytest.approx(expected)
 
 
 def test_a_limit_that_changes_applies_at_once() -> None:
-    """A lower X-RateLimit-Limit stops sending sooner; a higher one allows more."""
+    """A lower X-RateLimit-Limit stops sending sooner."""
     budget = learned(limit=10)
     t = grant(budget, 1.0)
     budget.answered(t, 1.1, 200, hints(3, 1))  # the plan was cut to 3; 2 are used
@@ -204,15 +277,18 @@ def test_a_limit_that_changes_applies_at_once() -> None:
 def test_missing_headers_fall_back_to_the_documented_limit() -> None:
     """If a proxy strips the rate-limit headers, the budget assumes 60 per window rather than stalling."""
     budget = WindowBudget(W)
-    probe = grant(budget, 0.0)
-    budget.answered(probe, 0.1, 200, hints(None, None))
-    assert budget.view(0.1).limit == 60
-    assert len([grant(budget, 0.2) for _ in range(59)]) == 59
-    assert isinstance(budget.try_acquire(0.2), Wait)
+    sent = 0
+    for _ in range(10):
+        for ticket in grants(budget, 0.2):
+            sent += 1
+            budget.answered(ticket, 0.2, 200, hints(None, None))
+    assert budget.view(0.2).limit == 60
+    assert sent == 60
+    assert refused(budget, 0.2).reason == "window"
 
 
 def test_a_released_ticket_gives_its_place_back() -> None:
-    """A caller cancelled before sending does not use up the window."""
+    """A request that never left (cancelled before sending, connection refused) does not use the window."""
     budget = learned(limit=2)
     ticket = grant(budget, 1.0)
     assert isinstance(budget.try_acquire(1.0), Wait)
@@ -226,13 +302,48 @@ def test_settling_a_ticket_twice_changes_nothing() -> None:
     budget = learned(limit=3)
     ticket = grant(budget, 1.0)
     budget.answered(ticket, 1.1, 200, hints(3, 1))
-    budget.no_answer(ticket)
+    budget.no_answer(ticket, 1.2)
     budget.release(ticket)
     assert budget.view(1.1).in_flight == 0
     assert budget.view(1.1).remaining == 1
 
 
-@settings(max_examples=1000, deadline=None)
+def test_a_window_of_dropped_requests_still_ends() -> None:
+    """Requests that got no answer may have opened a window, which ends a window after the last of them
+    was given up: the budget waits for that, not for an answer that cannot come."""
+    budget = learned(limit=3, answered=3)
+    lost = [grant(budget, W + 1.0)]
+    budget.no_answer(lost[0], W + 1.5)
+    for _ in range(2):
+        tickets = grants(budget, W + 2.0)
+        for ticket in tickets:
+            budget.no_answer(ticket, W + 2.5)
+        lost += tickets
+    assert len(lost) == 3
+    wait = refused(budget, W + 2.5)
+    assert wait == Wait(pytest.approx(2 * W + 2.5), "window")
+    assert isinstance(budget.try_acquire(2 * W + 2.5), Ticket)
+
+
+def test_a_limit_lowered_across_a_window_end_does_not_stall() -> None:
+    """Requests granted in one window and answered in the next, each saying the limit dropped, leave the
+    new window full of carried requests: it still ends."""
+    budget = learned(limit=10, answered=3)
+    flight = grants(budget, 1.0)
+    assert len(flight) == 3
+    for ticket in flight:  # answered after the window's end, by a server whose limit is now 2
+        budget.answered(ticket, W + 1.0, 200, hints(2, 0))
+    wait = refused(budget, W + 1.0)
+    assert wait.until is not None
+    assert isinstance(budget.try_acquire(wait.until), Ticket)
+
+
+# --- simulations -------------------------------------------------------------------------------------
+
+ROUND_TRIPS_TO_RAMP = 4  # slow start reaches 2**k requests in flight after k round trips
+
+
+@settings(max_examples=400, deadline=None)
 @given(
     limit=st.integers(1, 12),
     window=st.sampled_from([1.0, 2.0, 5.0]),
@@ -245,64 +356,119 @@ def test_settling_a_ticket_twice_changes_nothing() -> None:
 def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     limit: int, window: float, requests: int, concurrency: int, latency: float, jitter: float, seed: int
 ) -> None:
-    """Simulated against the emulator's own throttle with random latencies and reordering: zero 429s,
-    and the makespan is what the window or the concurrency allows, plus round trips."""
-    rng = random.Random(seed)
-    now = 0.0
-    server = FixedWindowThrottle(limit, window, lambda: now)
-    budget = WindowBudget(window)
-    # (time, kind, ticket, status, remaining): arrivals at the server, then answers at the client.
-    events: list[tuple[float, int, str, Ticket, int, int]] = []
-    order = 0
-    done = in_flight = throttled = 0
-    next_ask = 0.0
-    while done < requests:
-        if (
-            in_flight < concurrency
-            and done + in_flight < requests
-            and next_ask <= (events[0][0] if events else next_ask)
-        ):
-            now = max(now, next_ask)
-            decision = budget.try_acquire(now)
-            if isinstance(decision, Ticket):
-                in_flight += 1
-                order += 1
-                up = latency * (1 + jitter * rng.random())
-                events.append((now + up, order, "arrive", decision, 0, 0))
-                events.sort(key=lambda e: (e[0], e[1]))
-                continue
-            next_ask = decision.until if decision.until is not None else float("inf")
-            if not events:
-                now = next_ask
-                continue
-        if not events:
-            now = max(now, next_ask)
-            continue
-        when, _, kind, ticket, status, remaining = events.pop(0)
-        now = when
-        if kind == "arrive":
-            decision_ = server.hit("t")
-            status = 200 if decision_.allowed else 429
-            down = latency * (1 + jitter * rng.random())
-            order += 1
-            events.append((now + down, order, "answer", ticket, status, decision_.remaining))
-            events.sort(key=lambda e: (e[0], e[1]))
-        else:
-            in_flight -= 1
-            if status == 429:
-                throttled += 1
-                budget.answered(ticket, now, 429, hints(limit, 0, retry_after=window))
-                requests += 1  # it will be re-sent
-            else:
-                budget.answered(ticket, now, 200, hints(limit, remaining))
-            done += status != 429
-            next_ask = now
-    assert throttled == 0
-    windows = -(-requests // limit)
+    """Simulated against Laravel's throttle with random latencies and reordering: zero 429s, and the
+    makespan is what the window or the concurrency allows, plus round trips."""
+    outcome = simulate(
+        limit=limit,
+        window=window,
+        calls=[requests],
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+    )
+    assert not outcome.stalled
+    assert sum(outcome.throttled.values()) == 0
+    assert outcome.requests == requests
+    windows = math.ceil(requests / limit)
     ideal = (windows - 1) * window
-    rt = 2 * latency * (1 + jitter)  # the longest round trip
+    rt = latency * (1 + jitter)  # the longest round trip
+    ramp = math.ceil(math.log2(min(limit, concurrency) + 1)) + 1
     # Budget-bound: the ideal, one round trip per window (a window's end is known from its first
-    # answer), and the last window's sending. Concurrency-bound: ceil(N / concurrency) round trips.
-    budget_bound = ideal + windows * rt + -(-limit // concurrency) * rt
-    concurrency_bound = -(-requests // concurrency) * rt
-    assert now <= max(budget_bound, concurrency_bound) + rt
+    # answer), and the last window's sending, ramp included. Concurrency-bound: ceil(N / concurrency)
+    # round trips plus the ramp.
+    budget_bound = ideal + windows * rt + (ramp + math.ceil(limit / concurrency)) * rt
+    concurrency_bound = (math.ceil(requests / concurrency) + ramp) * rt
+    assert outcome.makespan <= max(budget_bound, concurrency_bound) + rt + 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 10),
+    window=st.sampled_from([1.0, 2.0]),
+    requests=st.integers(1, 40),
+    concurrency=st.integers(1, 12),
+    latency=st.floats(0.001, 0.2),
+    jitter=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+    drop_before=st.floats(0.0, 0.5),
+    drop_after=st.floats(0.0, 0.5),
+    timeout=st.floats(0.0, 0.5),
+    faults_until=st.floats(0.0, 10.0),
+    limit_changes=st.lists(st.tuples(st.floats(0.0, 10.0), st.integers(1, 10)), max_size=3),
+)
+def test_with_drops_timeouts_and_limit_changes_no_wait_is_endless_and_every_call_completes(
+    limit: int,
+    window: float,
+    requests: int,
+    concurrency: int,
+    latency: float,
+    jitter: float,
+    seed: int,
+    drop_before: float,
+    drop_after: float,
+    timeout: float,
+    faults_until: float,
+    limit_changes: list[tuple[float, int]],
+) -> None:
+    """When nothing is in flight every wait has a finite end, and once the server is healthy every call
+    completes, in about the time its windows take."""
+    assume(drop_before + drop_after + timeout <= 0.9)
+    faults = Faults(drop_before, drop_after, timeout, faults_until, tuple(limit_changes))
+    outcome = simulate(
+        limit=limit,
+        window=window,
+        calls=[requests],
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+        faults=faults,
+    )
+    assert outcome.endless_waits == []
+    assert not outcome.stalled
+    healthy_from = max([faults_until, *(at for at, _ in limit_changes)])
+    lowest = min([limit, *(new for _, new in limit_changes)])
+    # From then on: a window and a second (a 429's rounding) to clear what is left, then the windows.
+    assert outcome.makespan <= healthy_from + (math.ceil(requests / lowest) + 2) * (window + 1.0 + 2 * latency * 2)
+
+
+# Derandomized: which examples run is fixed, so this cannot flake. Uncoordinated processes meeting at most
+# one 429 each per window is not a theorem at any limit (at limits of 30 and more, two processes ramping
+# up together in their first window can meet two or three): it is checked here at Wemasy-like limits.
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    processes=st.integers(2, 8),
+    limit=st.integers(2, 12),
+    window=st.sampled_from([1.0, 2.0]),
+    per_process=st.integers(1, 20),
+    concurrency=st.integers(1, 16),
+    latency=st.floats(0.001, 0.05),
+    jitter=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_several_processes_without_a_shared_store_meet_at_most_one_429_each_per_window(
+    processes: int,
+    limit: int,
+    window: float,
+    per_process: int,
+    concurrency: int,
+    latency: float,
+    jitter: float,
+    seed: int,
+) -> None:
+    """P processes on one token, each with its own budget: every call completes and no process gets more
+    than one 429 in any one server window."""
+    outcome = simulate(
+        limit=limit,
+        window=window,
+        calls=[per_process] * processes,
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+    )
+    assert not outcome.stalled
+    assert outcome.endless_waits == []
+    worst = max(outcome.throttled.values(), default=0)
+    assert worst <= 1, outcome.throttled

@@ -250,7 +250,7 @@ async def test_cancelled_waiters_free_their_places(client: WemasyClient, emulato
     await asyncio.gather(*waiting, return_exceptions=True)
     budget = shared_budget(emulator.base_url, TOKEN)
     assert budget.view().in_flight == 0
-    assert not budget._waiters
+    assert not budget._queue
     await asyncio.gather(*(client.sendcloud.status() for _ in range(LIMIT)))
     assert statuses(emulator) == [200] * (2 * LIMIT)
 

@@ -12,17 +12,18 @@ from ._client import WemasyClient
 from ._errors import (
     STATUS_ERRORS,
     APIConnectionError,
+    APIResponseError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
+    DeadlineExceededError,
     InvalidOrderIdError,
     InvalidResponseError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    PushFailedError,
     RateLimitError,
     RedirectError,
     ServerError,
@@ -30,7 +31,16 @@ from ._errors import (
     ValidationError,
     WemasyError,
 )
-from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary, SendcloudIntegration
+from ._models import (
+    ChunkFailure,
+    OrderRejection,
+    PushDetails,
+    PushFailedError,
+    PushResult,
+    PushSummary,
+    SendcloudIntegration,
+)
+from ._protocol import RateLimitHeaders
 from ._rate_limit import RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
 from ._scheduler import Budget, RateLimitBudget, RetryEvent, WaitEvent
@@ -43,6 +53,7 @@ __all__ = [
     "NO_RETRIES",
     "STATUS_ERRORS",
     "APIConnectionError",
+    "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
@@ -50,6 +61,7 @@ __all__ = [
     "Budget",
     "ChunkFailure",
     "ConfigurationError",
+    "DeadlineExceededError",
     "InvalidOrderIdError",
     "InvalidResponseError",
     "NotFoundError",
@@ -63,6 +75,7 @@ __all__ = [
     "PushSummary",
     "RateLimitBudget",
     "RateLimitError",
+    "RateLimitHeaders",
     "RateLimitView",
     "RedirectError",
     "RetryEvent",

@@ -11,15 +11,16 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
 
-from ._errors import APIConnectionError, ConfigurationError, RateLimitError, WemasyError
+from ._errors import APIConnectionError, ConfigurationError, DeadlineExceededError, RateLimitError, WemasyError
 from ._protocol import (
     DEFAULT_BASE_URL,
     TOKEN_ENV_VAR,
@@ -36,23 +37,16 @@ from ._protocol import (
 from ._rate_limit import RateLimitView
 from ._retry import RetryPolicy
 from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
+from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport
 from ._types import NOT_GIVEN, Timeout
 from .resources.sendcloud import SendcloudResource
 
-__all__ = ["BASE_URL_ENV_VAR", "Exchange", "WemasyClient"]
+__all__ = ["BASE_URL_ENV_VAR", "WemasyClient"]
 
 BASE_URL_ENV_VAR: Final = "WEMASY_BASE_URL"
 
 logger = logging.getLogger("wemasy_async")
-
-
-class Exchange(NamedTuple):
-    """The final answer of a call, after retries and redirects (a tuple: made on every call)."""
-
-    response: RawResponse
-    #: The call was re-sent after a failure that may have reached the server (timeout, dropped connection).
-    ambiguous_retry: bool
 
 
 class WemasyClient:
@@ -72,7 +66,12 @@ class WemasyClient:
         session: an ``aiohttp.ClientSession`` you own; the client never closes it. Without one the
             client makes its own on first use and closes it in :meth:`close`.
         timeout: seconds for one HTTP exchange (``None``: no limit); each call may override it.
-        window_seconds: the length of the server's rate-limit window (60 s for Wemasy).
+        deadline: seconds a whole call may take, budget waits, retries and attempts included (``None``: no
+            limit, the default); each call may override it. For web handlers that must answer in time: a
+            call that cannot finish by then raises :class:`DeadlineExceededError`, at once when a wait is
+            known to end too late.
+        window_seconds: the length of the server's rate-limit window (60 s for Wemasy). ``None`` (the
+            default) keeps what the token's shared budget has: 60 s, or what another client named.
         max_concurrency: requests this client has in flight at once, at most.
         rate_ceiling: ``(requests, seconds)``: a smooth ceiling of this client's own, below the server's.
         retry: how failures are retried; see :class:`RetryPolicy`.
@@ -90,12 +89,13 @@ class WemasyClient:
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = 30.0,
-        window_seconds: float = 60.0,
+        deadline: float | None = None,
+        window_seconds: float | None = None,
         max_concurrency: int = 32,
         rate_ceiling: tuple[float, float] | None = None,
         retry: RetryPolicy | None = None,
         on_event: Callable[[SchedulerEvent], None] | None = None,
-        budget: Budget | None = None,
+        budget: Budget[Any] | None = None,
         allow_insecure_http: bool = False,
         max_redirects: int = 3,
         user_agent: str | None = None,
@@ -107,11 +107,14 @@ class WemasyClient:
         )
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"timeout must be positive seconds or None, got {timeout!r}")
-        if not window_seconds > 0:
+        if deadline is not None and not deadline > 0:
+            raise ConfigurationError(f"deadline must be positive seconds or None, got {deadline!r}")
+        if window_seconds is not None and not window_seconds > 0:
             raise ConfigurationError(f"window_seconds must be positive, got {window_seconds!r}")
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
         self.timeout = timeout
+        self.deadline = deadline
         self.max_redirects = max_redirects
         self.user_agent = f"{user_agent} {USER_AGENT}" if user_agent else USER_AGENT
         self.retry = retry if retry is not None else RetryPolicy()
@@ -123,7 +126,7 @@ class WemasyClient:
             if not (requests > 0 and seconds > 0):
                 raise ConfigurationError(f"rate_ceiling must be (requests, seconds), both positive: {rate_ceiling!r}")
             self._ceiling = AsyncLimiter(requests, seconds)
-        self._budget: Budget = (
+        self._budget: Budget[Any] = (
             budget if budget is not None else shared_budget(self.base_url, self._token, window_seconds=window_seconds)
         )
         self._on_event = on_event
@@ -190,6 +193,7 @@ class WemasyClient:
         *,
         json: Any = None,
         timeout: Timeout = NOT_GIVEN,
+        deadline: Deadline = NOT_GIVEN,
     ) -> Any:
         """Call any Wemasy endpoint (``path`` relative to ``base_url``) and return its decoded JSON.
 
@@ -198,8 +202,19 @@ class WemasyClient:
         >>> await client.request("GET", "/services/webshop/v1/integrations/sendcloud/status")
         {'error': False, 'integration': {...}}
         """
-        exchange = await self._send(method, path, json_body=json, timeout=timeout)
+        exchange = await self._send(
+            method, path, json_body=json, timeout=timeout, deadline_at=self.deadline_at(deadline)
+        )
         return decipher_response(exchange.response)
+
+    def deadline_at(self, deadline: Deadline) -> float | None:
+        """The ``time.monotonic()`` time by which a call started now with ``deadline`` must end."""
+        seconds = self.deadline if deadline is NOT_GIVEN else deadline
+        if seconds is None:
+            return None
+        if not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise ConfigurationError(f"deadline must be positive seconds or None, got {seconds!r}")
+        return time.monotonic() + seconds
 
     def _emit(self, event: SchedulerEvent) -> None:
         if self._on_event is not None:
@@ -212,12 +227,14 @@ class WemasyClient:
         *,
         json_body: Any = None,
         timeout: Timeout = NOT_GIVEN,
+        deadline_at: float | None = None,
     ) -> Exchange:
         """Send one call with retries; the final answer is returned, not yet deciphered.
 
         Each attempt holds a concurrency slot, and every HTTP exchange in it (redirect hops included) is
-        paid for from the budget. This is the hot path of every call, so it is one coroutine around the
-        transport.
+        paid for from the budget. A 429 is the budget's business: its gate holds every caller until the
+        window has surely ended, and the throttled request queues again without using an attempt. This is
+        the hot path of every call, so it is one coroutine around the transport.
         """
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         request = self._prepared.get((method, path)) if json_body is None else None
@@ -233,29 +250,52 @@ class WemasyClient:
         seconds = self.timeout if timeout is NOT_GIVEN else timeout
         budget = self._budget
         policy = self.retry
-        waited = 0.0
+        waited = 0.0  # backoff waits, and waits after 429s that named no time
         ambiguous = False
-        attempt = 1
+        attempt = sends = 1
         while True:
             failure: RawResponse | APIConnectionError
             try:
-                async with self._slots:
+                if deadline_at is None:
+                    await self._slots.acquire()
+                else:
+                    await self._until_deadline(self._slots.acquire(), deadline_at, request, ambiguous)
+                try:
                     hop = request
                     for _ in range(self.max_redirects + 1):
                         if self._ceiling is not None:
                             if not self._ceiling.has_capacity():
                                 self._emit(WaitEvent(reason="ceiling", seconds=None))
-                            await self._ceiling.acquire()
-                        ticket = budget.try_acquire() or await budget.acquire(self._on_event)
+                            acquiring = self._ceiling.acquire()
+                            await (
+                                acquiring
+                                if deadline_at is None
+                                else self._until_deadline(acquiring, deadline_at, hop, ambiguous)
+                            )
+                        ticket = budget.try_acquire() or await self._acquire(budget, hop, deadline_at, ambiguous)
+                        exchange_timeout = seconds
+                        if deadline_at is not None:
+                            left = deadline_at - time.monotonic()
+                            exchange_timeout = left if seconds is None else min(seconds, left)
                         try:
-                            response = await transport.send(hop, timeout=seconds)
+                            response = await transport.send(hop, timeout=exchange_timeout)
+                        except APIConnectionError as exc:
+                            # One refused before a byte was sent (not ambiguous) was never counted: its
+                            # place goes back to the budget.
+                            await (budget.no_answer(ticket) if exc.ambiguous else budget.release(ticket))
+                            if deadline_at is not None and time.monotonic() >= deadline_at:
+                                what = "for an answer"
+                                raise self._deadline_error(
+                                    hop, ambiguous=exc.ambiguous or ambiguous, what=what
+                                ) from None
+                            raise
                         except BaseException:
                             # No answer (or cancelled mid-flight): the server may have counted it.
-                            budget.no_answer(ticket)
+                            await budget.no_answer(ticket)
                             raise
                         status = response.status
                         hints = parse_rate_limit_headers(response.headers)
-                        budget.answered(ticket, status, hints)
+                        gate = await budget.answered(ticket, status, hints)
                         if logger.isEnabledFor(logging.DEBUG):
                             logger.debug("%s %s -> %d", hop.method, hop.url, status)
                         if not 300 <= status < 400:
@@ -264,43 +304,80 @@ class WemasyClient:
                         if next_hop is None:
                             break
                         hop = next_hop
+                finally:
+                    self._slots.release()
             except APIConnectionError as exc:
                 failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
             else:
                 if status < 300 or not policy.retries_status(status):
                     return Exchange(response, ambiguous)
                 failure, cause = response, str(status)
-                hint = hints.retry_after
-                if status == 429:
-                    # The budget's gate holds every caller until then; this call just queues again.
-                    delay = 0.0
-                    if hint is not None and waited + hint > policy.max_wait:
-                        raise self._too_long(response, hint, policy)
-                    waited += hint or 0.0
-                else:
-                    delay = max(policy.backoff(attempt, self._random), hint or 0.0)
-            if attempt >= policy.max_attempts or waited + delay > policy.max_wait:
+                if status == 429 and policy.max_attempts > 1:
+                    # The gate holds every caller until then; this call just queues again, using no attempt.
+                    # A wait the server named is refused when it is longer than max_wait; waits it did not
+                    # name add up to at most max_wait.
+                    if hints.retry_after is None:
+                        waited += gate
+                    if gate > policy.max_wait or waited > policy.max_wait:
+                        raise self._too_long(response, gate, policy)
+                    sends += 1
+                    self._count_retry(sends, gate, cause, method, path)
+                    continue
+                delay = max(policy.backoff(attempt, self._random), hints.retry_after or 0.0)
+            if (
+                attempt >= policy.max_attempts
+                or waited + delay > policy.max_wait
+                or (deadline_at is not None and time.monotonic() + delay >= deadline_at)
+            ):
                 if isinstance(failure, APIConnectionError):
                     raise failure
                 decipher_response(failure)  # raises the status's error
             attempt += 1
+            sends += 1
             waited += delay
             if isinstance(failure, APIConnectionError) and failure.ambiguous:
                 ambiguous = True
-            budget.count_retry()
-            logger.debug("retrying %s %s (attempt %d) after %s in %.3f s", method, path, attempt, cause, delay)
-            self._emit(RetryEvent(attempt=attempt, delay=delay, cause=cause, method=request.method, path=path))
+            self._count_retry(sends, delay, cause, method, path)
             if delay > 0:
                 await asyncio.sleep(delay)
 
+    def _count_retry(self, attempt: int, delay: float, cause: str, method: str, path: str) -> None:
+        self._budget.count_retry()
+        logger.debug("retrying %s %s (attempt %d) after %s in %.3f s", method, path, attempt, cause, delay)
+        self._emit(RetryEvent(attempt=attempt, delay=delay, cause=cause, method=method, path=path))
+
+    async def _acquire(
+        self, budget: Budget[Any], hop: PreparedRequest, deadline_at: float | None, ambiguous: bool
+    ) -> Any:
+        """Wait for the budget, within the call's deadline and the retry policy's longest wait."""
+        try:
+            return await budget.acquire(self._on_event, max_gate_wait=self.retry.max_wait, deadline=deadline_at)
+        except TimeoutError:
+            raise self._deadline_error(hop, ambiguous=ambiguous, what="for the rate-limit budget") from None
+        except RateLimitError as error:
+            error.method, error.url = hop.method, hop.url
+            raise
+
+    async def _until_deadline(self, waiting: Any, deadline_at: float, hop: PreparedRequest, ambiguous: bool) -> None:
+        try:
+            await asyncio.wait_for(waiting, max(0.0, deadline_at - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise self._deadline_error(hop, ambiguous=ambiguous, what="for a free slot") from None
+
     @staticmethod
-    def _too_long(response: RawResponse, retry_after: float, policy: RetryPolicy) -> RateLimitError:
+    def _deadline_error(hop: PreparedRequest, *, ambiguous: bool, what: str) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"the call's deadline passed while waiting {what}", method=hop.method, url=hop.url, ambiguous=ambiguous
+        )
+
+    @staticmethod
+    def _too_long(response: RawResponse, wait: float, policy: RetryPolicy) -> RateLimitError:
         try:
             decipher_response(response)
         except RateLimitError as error:
             error.message = (
-                f"{error.message} The server asks to wait {retry_after:.0f} s, longer than this call's "
-                f"retry budget (RetryPolicy.max_wait={policy.max_wait:g} s)."
+                f"{error.message} The rate limit's gate is closed for {wait:.0f} s, longer than this call "
+                f"waits (RetryPolicy.max_wait={policy.max_wait:g} s)."
             )
             error.args = (error.message,)
             return error

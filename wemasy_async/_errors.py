@@ -1,36 +1,35 @@
 """The exceptions the SDK raises.
 
-Every exception derives from :class:`WemasyError`. A response with an error status raises a subclass of
-:class:`APIStatusError` chosen from one table (:data:`STATUS_ERRORS`); a request that never got an answer
-raises :class:`APIConnectionError` (or its subclass :class:`APITimeoutError`); a success status whose body
-is not the documented JSON raises :class:`InvalidResponseError`. None of them ever holds the API token:
-they keep only the *response* headers, and the request's method and URL.
+Every exception derives from :class:`WemasyError`. An answer that is an error is an
+:class:`APIResponseError`: one with an error status raises a subclass of :class:`APIStatusError` chosen
+from one table (:data:`STATUS_ERRORS`), a success status whose body is not the documented JSON raises
+:class:`InvalidResponseError`. A request that never got an answer raises :class:`APIConnectionError` (or
+its subclass :class:`APITimeoutError`; :class:`DeadlineExceededError` when a call's deadline passed). None
+of them ever holds the API token: they keep only the *response* headers, and the request's method and URL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
-
-if TYPE_CHECKING:
-    from ._models import PushResult
 
 __all__ = [
     "STATUS_ERRORS",
     "APIConnectionError",
+    "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "DeadlineExceededError",
     "InvalidOrderIdError",
     "InvalidResponseError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
-    "PushFailedError",
     "RateLimitError",
     "RedirectError",
     "ServerError",
@@ -66,19 +65,6 @@ class InvalidOrderIdError(UsageError):
         self.position = position
 
 
-class PushFailedError(WemasyError):
-    """Some order ids of a push were rejected or failed. ``result`` is the full result: what was accepted,
-    ``rejected`` (with the server's messages) and ``failed`` (with the ids and the errors)."""
-
-    def __init__(self, result: PushResult) -> None:
-        self.result = result
-        failed = len(result.failed_order_ids)
-        super().__init__(
-            f"{len(result.rejected)} order ids rejected and {failed} failed of a push "
-            f"({result.summary.total_orders} accepted by the server)"
-        )
-
-
 class APIConnectionError(WemasyError):
     """The request got no HTTP answer: the connection failed, was refused or dropped mid-response.
 
@@ -101,45 +87,25 @@ class APITimeoutError(APIConnectionError):
     """The request took longer than its timeout."""
 
 
-class InvalidResponseError(WemasyError):
-    """A success status whose body is not the documented JSON (an HTML page, truncated JSON, a wrong shape).
+class DeadlineExceededError(APITimeoutError):
+    """The call's ``deadline`` passed (waiting for the rate-limit budget, between retries, or in flight).
 
-    ``raw_text`` keeps the body as received so nothing is lost.
+    ``ambiguous`` is True when a request of the call may have reached the server.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        headers: Mapping[str, str] | None,
-        raw_text: str,
-        method: str = "",
-        url: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.headers = _frozen_headers(headers)
-        self.raw_text = raw_text
-        self.method = method
-        self.url = url
 
-    def __str__(self) -> str:
-        where = f" from {self.method} {self.url}" if self.method else ""
-        return f"HTTP {self.status_code}{where}: {self.message}"
-
-
-class APIStatusError(WemasyError):
-    """The server answered with an error status.
+class APIResponseError(WemasyError):
+    """An HTTP answer that is an error: an error status (:class:`APIStatusError`) or a success status whose
+    body is not the documented JSON (:class:`InvalidResponseError`).
 
     Attributes:
         status_code: the HTTP status.
-        message: the body's ``message`` (documented and stock Laravel shapes), else the reason phrase or
-            the HTML page's title.
+        message: what went wrong: for an error status the body's ``message`` (documented and stock Laravel
+            shapes), else the reason phrase or the HTML page's title.
         body: the decoded JSON body, or ``None`` when the body was not JSON.
-        raw_text: the body as received.
+        raw_text: the body as received, so nothing is lost.
         headers: the response headers (case-insensitive, read-only).
+        method, url: the request it answers.
     """
 
     def __init__(
@@ -147,9 +113,9 @@ class APIStatusError(WemasyError):
         message: str,
         *,
         status_code: int,
-        body: Any,
-        raw_text: str,
         headers: Mapping[str, str] | None,
+        raw_text: str,
+        body: Any = None,
         method: str = "",
         url: str = "",
     ) -> None:
@@ -165,6 +131,17 @@ class APIStatusError(WemasyError):
     def __str__(self) -> str:
         where = f" from {self.method} {self.url}" if self.method else ""
         return f"HTTP {self.status_code}{where}: {self.message}"
+
+
+class InvalidResponseError(APIResponseError):
+    """A success status whose body is not the documented JSON (an HTML page, truncated JSON, a wrong shape).
+
+    ``raw_text`` keeps the body as received so nothing is lost.
+    """
+
+
+class APIStatusError(APIResponseError):
+    """The server answered with an error status (see :class:`APIResponseError` for the attributes)."""
 
 
 class RedirectError(APIStatusError):

@@ -11,12 +11,13 @@ from typing import Any
 
 import attrs
 
-from ._errors import PushFailedError
+from ._errors import WemasyError
 
 __all__ = [
     "ChunkFailure",
     "OrderRejection",
     "PushDetails",
+    "PushFailedError",
     "PushResult",
     "PushSummary",
     "SendcloudIntegration",
@@ -161,3 +162,16 @@ class PushResult:
         if not self.ok:
             raise PushFailedError(self)
         return self
+
+
+class PushFailedError(WemasyError):
+    """Some order ids of a push were rejected or failed. ``result`` is the full result: what was accepted,
+    ``rejected`` (with the server's messages) and ``failed`` (with the ids and the errors)."""
+
+    def __init__(self, result: PushResult) -> None:
+        self.result = result
+        failed = len(result.failed_order_ids)
+        super().__init__(
+            f"{len(result.rejected)} order ids rejected and {failed} failed of a push "
+            f"({result.summary.total_orders} accepted by the server)"
+        )

@@ -31,6 +31,7 @@ from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "MAX_RETRY_AFTER",
     "TOKEN_ENV_VAR",
     "PreparedRequest",
     "RateLimitHeaders",
@@ -39,6 +40,7 @@ __all__ = [
     "decipher_response",
     "follow_redirect",
     "normalize_base_url",
+    "parse_http_date",
     "parse_rate_limit_headers",
     "parse_retry_after",
     "validate_token",
@@ -205,10 +207,32 @@ def follow_redirect(request: PreparedRequest, response: RawResponse) -> Prepared
     return None
 
 
+#: A ``Retry-After`` beyond this is absurd (a broken server or proxy); it is read as this many seconds.
+MAX_RETRY_AFTER = 7 * 86400.0
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """The unix time of an RFC 9110 HTTP-date, or None when missing or unreadable."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT even when the zone is written as -0000
+        return None
+    try:
+        return when.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date (RFC 9110).
 
-    ``now`` is the current unix time. Returns ``None`` for a missing or unreadable value; never negative.
+    ``now`` is the unix time the answer was made (its ``Date``, see :func:`parse_rate_limit_headers`).
+    Returns ``None`` for a missing or unreadable value; never negative, never more than
+    :data:`MAX_RETRY_AFTER`.
     """
     if value is None:
         return None
@@ -218,16 +242,13 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        when = parse_http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT even when the zone is written as -0000
-            return None
-        return max(0.0, when.timestamp() - now)
+        seconds = when - now
     if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def _count(value: str | None) -> int | None:
@@ -249,16 +270,19 @@ class RateLimitHeaders(NamedTuple):
 
     limit: int | None = None
     remaining: int | None = None
-    #: Seconds to wait, from ``Retry-After`` or, failing that, ``X-RateLimit-Reset``.
+    #: Seconds to wait, from ``Retry-After`` or, failing that, ``X-RateLimit-Reset``. Laravel rounds both
+    #: down: the window may last up to a second longer.
     retry_after: float | None = None
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitHeaders:
     """Read ``X-RateLimit-Limit``, ``X-RateLimit-Remaining``, ``Retry-After`` and ``X-RateLimit-Reset``.
 
-    ``headers`` must be case-insensitive (as aiohttp's are). ``now`` is the current unix time, needed only
-    when the answer says when to retry; by default the clock is read then. This runs on every answer, so
-    the common case (two well-formed counts, no wait) takes no helper calls.
+    ``headers`` must be case-insensitive (as aiohttp's are). An HTTP-date ``Retry-After`` and
+    ``X-RateLimit-Reset`` name a moment on the *server's* clock, so they are read against the answer's
+    ``Date`` header, which the same clock wrote; ``now`` (unix time, by default the local clock) is used
+    only when there is no readable ``Date``. This runs on every answer, so the common case (two
+    well-formed counts, no wait) takes no helper calls.
     """
     get = headers.get
     limit, remaining = get("X-RateLimit-Limit"), get("X-RateLimit-Remaining")
@@ -271,12 +295,13 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
         counts = (_count(limit), _count(remaining))
     if retry_after_header is None and reset is None:
         return RateLimitHeaders(*counts)
-    if now is None:
-        now = time.time()
-    retry_after = parse_retry_after(retry_after_header, now=now)
+    server_now = parse_http_date(get("Date"))
+    if server_now is None:
+        server_now = time.time() if now is None else now
+    retry_after = parse_retry_after(retry_after_header, now=server_now)
     reset_at = _count(reset)
     if retry_after is None and reset_at is not None:
-        retry_after = max(0.0, reset_at - now)
+        retry_after = min(MAX_RETRY_AFTER, max(0.0, reset_at - server_now))
     return RateLimitHeaders(counts[0], counts[1], retry_after)
 
 
@@ -352,23 +377,10 @@ def decipher_response(response: RawResponse, *, now: float | None = None) -> Any
         if status == 204 or not body or body.isspace():
             return None
         if not decoded:
-            raise InvalidResponseError(
-                "the response body is not JSON",
-                status_code=status,
-                headers=response.headers,
-                raw_text=response.text,
-                method=response.method,
-                url=response.url,
-            )
+            raise _invalid(response, "the response body is not JSON")
         if isinstance(data, dict) and data.get("error") is True:
-            raise InvalidResponseError(
-                "a success status with an error body: " + _error_message(status, decoded, data, body),
-                status_code=status,
-                headers=response.headers,
-                raw_text=response.text,
-                method=response.method,
-                url=response.url,
-            )
+            message = "a success status with an error body: " + _error_message(status, decoded, data, body)
+            raise _invalid(response, message, body=data)
         return data
     cls = error_class_for_status(status)
     common: dict[str, Any] = {
@@ -391,11 +403,16 @@ def decipher_response(response: RawResponse, *, now: float | None = None) -> Any
 
 def invalid_shape(response: RawResponse, what: str) -> InvalidResponseError:
     """The error for a JSON body that does not have the documented shape."""
+    return _invalid(response, f"the response is not the documented shape: {what}")
+
+
+def _invalid(response: RawResponse, message: str, *, body: Any = None) -> InvalidResponseError:
     return InvalidResponseError(
-        f"the response is not the documented shape: {what}",
+        message,
         status_code=response.status,
         headers=response.headers,
         raw_text=response.text,
+        body=body,
         method=response.method,
         url=response.url,
     )

@@ -7,19 +7,30 @@ remain, but not when the window ends (except in a 429). From the client's side:
 * A window's end is estimated as (first answer of the window) + ``window_seconds``. The server's window
   began when some request *arrived*, which is before that answer, so the estimate is never early: a
   request sent after it cannot land in the old window. It is late by at most one round trip.
+* A window whose requests all went unanswered (dropped, timed out) still ends: each of them arrived, if it
+  arrived at all, before it was given up, so every window it could have opened is over ``window_seconds``
+  after the last of them was settled. Once nothing is in flight the budget waits for that, never for an
+  answer that cannot come.
 * What is used in the window is our grants in it plus a lower bound on everyone else's:
   ``count - our grants``, where ``count = limit - X-RateLimit-Remaining`` of an answer. For a sole client
   that bound is 0 and the budget is spent exactly, however answers are reordered in flight.
 * An answer whose count is no larger than the number of our answers that came back before its request
   was sent cannot be from the same window: the server started a new one earlier than estimated, and the
   state follows it.
-* A 429 closes the gate for everyone until its ``Retry-After`` and marks the window full until then.
-* Once another client has been seen on the token, each new window starts with one request alone (so the
-  other's share is learned first), and the last slots of a window go out one at a time: parallel
-  sending stops while fewer slots are free than the other client has used in this window. Its use then
-  costs at most one 429 per window (that 429 closes the gate until the window ends), unless it spends
-  more than that within one round trip. Far from the limit nothing is held back. A window with no sign
-  of another client lifts all this, and a sole client bursts the whole window at once.
+* Each window opens with a ramp: one request alone, then at most two more per answer (slow start), so
+  the window's count, and so other clients' use of it, is known before many requests are committed. A
+  sole client pays a few round trips at the start of a window; a client that shares the token with
+  other processes learns of them before it can meet more than one 429.
+* Once another client has been seen on the token, the last slots of a window go out one at a time:
+  parallel sending stops while no more slots are free than the others may still use (twice what they
+  have used in this window, plus our requests in flight that hide theirs from the count, or what they
+  used in the last window, whichever is more). With several processes on one token and no shared store,
+  each then meets at most one 429 per window in the simulations at Wemasy's small limits. Far from the
+  limit nothing is held back, and a window with no sign of another client lifts all this.
+* A 429 closes the gate for everyone until the window has surely ended. Laravel's ``Retry-After`` is the
+  seconds left rounded *down*, so the window's true end lies in ``[now + Retry-After, now + Retry-After
+  + 1 s)``: the gate opens at the budget's own never-early estimate kept within that interval (its upper
+  end when there is no estimate). Without ``Retry-After`` it waits for the estimate, or a whole window.
 
 Nothing here sleeps or reads a clock: every method takes ``now`` (monotonic seconds).
 """
@@ -32,27 +43,30 @@ import attrs
 
 from ._protocol import RateLimitHeaders
 
-__all__ = ["RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowBudget"]
+__all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowBudget"]
 
-#: A 429 that says "retry now" (Retry-After: 0) still waits this long, so a late clock cannot spin.
+#: A 429 that says "retry now" still waits this long, so a late clock cannot spin.
 MIN_THROTTLE_WAIT = 0.05
+#: ``Retry-After`` and ``X-RateLimit-Reset`` are whole seconds rounded down: the window may last this much longer.
+RETRY_AFTER_ROUNDING = 1.0
 
 
 @attrs.define(eq=False)
 class Ticket:
-    """Permission to send one request, and what the budget needs to read its answer."""
+    """Permission to send one request, and what the budget needs to read its answer. Opaque to callers."""
 
     epoch: int
     #: Counted answers of this epoch received before the grant (see the module doc).
     answers_before: int
-    #: Sent alone to learn the limit or the window's count.
-    probe: bool = False
     settled: bool = False
 
 
 @attrs.frozen
 class Wait:
-    """No permission yet. ``until`` is when to ask again, or None to ask at the next answer."""
+    """No permission yet. ``until`` is when to ask again, or None to ask at the next answer.
+
+    ``until`` is None only while a request is in flight, so an answer (or its failure) is sure to come.
+    """
 
     until: float | None
     reason: str
@@ -107,79 +121,110 @@ class WindowBudget:
         self.assumed_limit = assumed_limit
         self.limit: int | None = None
         self.stats = RateLimitStats()
+        #: When the gate a 429 closed opens again (monotonic seconds).
+        self.gate_until = -math.inf
         self._window_end: float | None = None
-        self._gate_until = -math.inf
         self._epoch = 0
-        self._granted = 0  # our grants in this epoch, in-flight ones carried over included
-        self._others = 0  # lower bound of requests in this window that were not ours
-        self._answers = 0  # counted answers received in this epoch
+        self._granted = 0  # our grants counted in this window, in-flight ones carried over included
+        self._others = 0  # lower bound of requests in this window that were not ours (the limit after a 429)
+        self._others_learned = 0  # ...as the answers of this window showed it
+        self._others_before = 0  # others' use in the last window we heard about: what to expect of them
+        self._answers = 0  # counted answers of this epoch's requests
+        self._sent = 0  # this epoch's own grants (carried ones not included)
+        self._settled = 0  # ...and how many of them have been settled
         self._in_flight = 0
-        self._probing = False
-        self._others_seen = False  # another client used this token lately: careful near the limit
-        self._others_in_epoch = False  # ...and in this epoch
+        self._last_settled = -math.inf
 
     # --- asking ----------------------------------------------------------------------------------
 
     def try_acquire(self, now: float) -> Ticket | Wait:
         """A ticket to send now, or how long to wait before asking again."""
-        if now < self._gate_until:
-            return Wait(self._gate_until, "gate")
+        decision = self.peek(now)
+        if decision is not None:
+            return decision
+        self._granted += 1
+        self._sent += 1
+        self._in_flight += 1
+        self.stats.sent += 1
+        return Ticket(self._epoch, self._answers)
+
+    def peek(self, now: float) -> Wait | None:
+        """What :meth:`try_acquire` would answer, without taking a ticket: a wait, or None (one is free)."""
+        if now < self.gate_until:
+            return Wait(self.gate_until, "gate")
         if self._window_end is not None and now >= self._window_end:
             self._new_epoch(window_end=None, carried=self._in_flight, others=0)
-        if self._probing:
-            return Wait(None, "probe")
-        if self.limit is None or (self._others_seen and self._window_end is None and self._answers == 0):
-            # Learn the limit (first request ever) or the new window's count (another client is about).
-            return self._grant(probe=True)
-        free = self.limit - self._granted - self._others
+        limit = self.limit
+        if limit is None:
+            return Wait(None, "probe") if self._in_flight else None
+        if self._sent - self._settled >= max(1, self._settled):
+            return Wait(None, "probe")  # the ramp: no more in flight than answers heard in this window
+        free = limit - self._granted - self._others
         if free <= 0:
+            if self._window_end is None:
+                if self._in_flight:
+                    return Wait(None, "window")
+                # No answer dated this window, and none can come: it is over a window after the last
+                # request of ours was given up (see the module doc).
+                self._window_end = self._last_settled + self.window_seconds
+                if now >= self._window_end:
+                    self._new_epoch(window_end=None, carried=0, others=0)
+                    return None
             return Wait(self._window_end, "window")
-        if self._others_seen and self._in_flight and free <= max(1, self._others):
-            return Wait(None, "shared")
-        return self._grant(probe=False)
-
-    def _grant(self, *, probe: bool) -> Ticket:
-        self._granted += 1
-        self._in_flight += 1
-        self._probing = probe
-        self.stats.sent += 1
-        return Ticket(self._epoch, self._answers, probe)
+        if self._in_flight and (self._others_before or self._others_learned):
+            # Others may use as much again as they have in this window (they may be ramping up as we are, and
+            # our requests in flight hide as many of theirs from the count), or what they used in the last.
+            in_flight = self._sent - self._settled
+            others_may_use = max(2 * self._others_learned + in_flight, self._others_before - self._others_learned)
+            if free <= max(1, others_may_use):
+                return Wait(None, "shared")
+        return None
 
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1
-        self._others_seen, self._others_in_epoch = self._others_in_epoch, False
+        if self._answers:
+            self._others_before = self._others_learned
         self._window_end = window_end
         # Requests still in flight may land in the new window: count them there, to be safe.
         self._granted = carried
         self._others = others
-        self._answers = 0
+        self._others_learned = 0
+        self._answers = self._sent = self._settled = 0
 
-    def _settle(self, ticket: Ticket) -> bool:
+    def _settle(self, ticket: Ticket, now: float) -> bool:
         if ticket.settled:
             return False
         ticket.settled = True
         self._in_flight -= 1
-        if ticket.probe:
-            self._probing = False
+        if ticket.epoch == self._epoch:
+            self._settled += 1
+        if now > self._last_settled:
+            self._last_settled = now
         return True
 
     # --- hearing back ----------------------------------------------------------------------------
 
     def release(self, ticket: Ticket) -> None:
-        """The ticket was not used (the caller was cancelled before sending): give its place back."""
-        if self._settle(ticket):
-            self.stats.sent -= 1
-            if ticket.epoch == self._epoch and self._granted > 0:
+        """The ticket's request never reached the server (cancelled before sending, connection refused):
+        give its place back."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        self._in_flight -= 1
+        self.stats.sent -= 1
+        if ticket.epoch == self._epoch:
+            self._sent -= 1
+            if self._granted > 0:
                 self._granted -= 1
 
-    def no_answer(self, ticket: Ticket) -> None:
+    def no_answer(self, ticket: Ticket, now: float) -> None:
         """The request got no answer (dropped, timed out): it may have been counted, so it stays counted."""
-        self._settle(ticket)
+        self._settle(ticket, now)
 
-    def answered(self, ticket: Ticket, now: float, status: int, hints: RateLimitHeaders) -> None:
-        """Read one answer's status and rate-limit headers."""
-        if not self._settle(ticket):
-            return
+    def answered(self, ticket: Ticket, now: float, status: int, hints: RateLimitHeaders) -> float:
+        """Read one answer's status and rate-limit headers; return how long the gate is closed from now."""
+        if not self._settle(ticket, now):
+            return max(0.0, self.gate_until - now)
         if hints.limit is not None and hints.limit > 0:
             self.limit = hints.limit
         elif self.limit is None:
@@ -188,23 +233,16 @@ class WindowBudget:
 
         if status == 429:
             self.stats.throttled += 1
-            wait = hints.retry_after
-            if wait is None:
-                wait = self._window_end - now if self._window_end is not None else self.window_seconds
-            until = now + max(wait, MIN_THROTTLE_WAIT)
-            self._gate_until = max(self._gate_until, until)
-            # The window is full until then; our in-flight requests are refused too, and count for nothing.
-            self._new_epoch(window_end=self._gate_until, carried=0, others=limit)
-            self._others_seen = self._others_in_epoch = True  # only someone else's use brings us a 429
-            return
+            self._throttled(now, hints.retry_after, limit)
+            return self.gate_until - now
 
         if ticket.epoch != self._epoch:
-            return  # it belongs to an earlier window of ours and is already counted in this one
+            return max(0.0, self.gate_until - now)  # an earlier window's: already counted in this one
         if self._window_end is None:
             self._window_end = now + self.window_seconds
         if hints.remaining is None:
             self._answers += 1
-            return
+            return 0.0
         count = limit - hints.remaining
         if ticket.answers_before > 0 and count <= ticket.answers_before:
             # Fewer requests in this window than we had seen answered before sending: the server began a
@@ -212,13 +250,29 @@ class WindowBudget:
             # Its count so far includes this request of ours: booking it as ours (not as another
             # client's) keeps the count safe without mistaking ourselves for someone else.
             self._new_epoch(window_end=now + self.window_seconds, carried=self._in_flight + count, others=0)
-            self._answers = 1
-            return
+            self._answers = self._sent = self._settled = 1
+            return 0.0
         others = count - self._granted
-        if others > 0:
-            self._others_seen = self._others_in_epoch = True
+        if others > self._others_learned:
+            self._others_learned = others
             self._others = max(self._others, others)
         self._answers += 1
+        return 0.0
+
+    def _throttled(self, now: float, retry_after: float | None, limit: int) -> None:
+        estimate = self._window_end if self._window_end is not None and self._window_end > now else None
+        if retry_after is None:
+            until = estimate if estimate is not None else now + self.window_seconds
+        else:
+            # The window ends in [now + Retry-After, now + Retry-After + 1 s): keep the estimate inside it.
+            low, high = now + retry_after, now + retry_after + RETRY_AFTER_ROUNDING
+            until = high if estimate is None else min(max(estimate, low), high)
+        self.gate_until = max(self.gate_until, until, now + MIN_THROTTLE_WAIT)
+        # Only someone else's use brings a 429: expect it in the next window too.
+        others_before = max(self._others_before, self._others_learned, 1)
+        # The window is full until then; our in-flight requests are refused too, and count for nothing.
+        self._new_epoch(window_end=self.gate_until, carried=0, others=limit)
+        self._others_before = others_before
 
     # --- looking ---------------------------------------------------------------------------------
 
@@ -234,9 +288,9 @@ class WindowBudget:
             limit=self.limit,
             remaining=remaining,
             window_ends_in=(self._window_end - now) if window_open and self._window_end is not None else None,
-            gate_closed_for=max(0.0, self._gate_until - now),
+            gate_closed_for=max(0.0, self.gate_until - now),
             in_flight=self._in_flight,
-            shared=self._others_seen,
+            shared=bool(self._others_before or self._others_learned),
             window_seconds=self.window_seconds,
             sent=self.stats.sent,
             throttled=self.stats.throttled,

@@ -1,9 +1,11 @@
 """The shared rate-limit budget: one per (base URL, token) in the process, behind a small interface.
 
 Every request of every client asks the budget for a ticket before it is sent and reports the answer after.
-The state machine (:class:`WindowBudget`) decides; this module only waits. Waiting works across event
-loops and threads (a budget may be shared by clients on different loops), so it uses a thread lock and
-wakes each waiter on its own loop.
+The state machine (:class:`WindowBudget`) decides; this module only queues and waits. Callers wait first
+come, first served, and a freed slot wakes one of them: the first in the queue, which passes the turn on
+when it got a ticket, so waking costs a constant per grant however many wait. A budget may be shared by
+clients on different event loops and threads, so it uses a thread lock and wakes each waiter on its own
+loop.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
+from ._errors import RateLimitError
 from ._protocol import RateLimitHeaders
 from ._rate_limit import RateLimitView, Ticket, Wait, WindowBudget
 
@@ -28,10 +33,13 @@ __all__ = [
     "SchedulerEvent",
     "WaitEvent",
     "forget_shared_budgets",
+    "gate_closed_error",
     "shared_budget",
 ]
 
 logger = logging.getLogger("wemasy_async")
+
+TicketT = TypeVar("TicketT")
 
 
 @attrs.frozen
@@ -39,8 +47,10 @@ class WaitEvent:
     """A call is about to wait for the budget.
 
     ``reason`` is ``window`` (budget spent until the window ends), ``gate`` (a 429 closed it),
-    ``probe`` (a request is out learning the limit or the window's count) or ``ceiling`` (the client's
-    own ceiling). ``seconds`` is the expected wait, or None when it ends with the next answer.
+    ``probe`` (requests are out learning the limit or the window's count), ``shared`` (another client
+    uses the token, so the window's last slots go one at a time), ``queue`` (earlier calls wait first)
+    or ``ceiling`` (the client's own ceiling). ``seconds`` is the expected wait, or None when it ends
+    with an answer.
     """
 
     reason: str
@@ -62,23 +72,72 @@ SchedulerEvent = WaitEvent | RetryEvent
 
 
 @runtime_checkable
-class Budget(Protocol):
-    """What the client needs of a rate-limit budget. The in-process one is :class:`RateLimitBudget`;
-    one shared across processes can implement the same methods."""
+class Budget(Protocol[TicketT]):
+    """A token's rate-limit budget, as the client uses it. :class:`RateLimitBudget` is the in-process one;
+    a budget shared across processes implements the same methods.
 
-    def try_acquire(self) -> Ticket | None: ...
+    The client, for every HTTP exchange: takes a ticket (:meth:`try_acquire`, else :meth:`acquire`), sends,
+    then settles the ticket exactly once: :meth:`answered` with the status and parsed rate-limit headers,
+    :meth:`no_answer` when the request may have reached the server but got no answer (dropped, timed out,
+    cancelled in flight), or :meth:`release` when it surely did not (cancelled before sending, connection
+    refused). The ticket is opaque to the client.
 
-    async def acquire(self, on_wait: Callable[[WaitEvent], None] | None = None) -> Ticket: ...
+    What every budget must do:
 
-    def release(self, ticket: Ticket) -> None: ...
+    * Close its gate on a 429 for every caller until the server's window has surely ended. The client
+      re-sends a throttled request at once through :meth:`acquire`, without a delay of its own, and does
+      not count it as a failed attempt.
+    * Never make a caller wait for an answer when nothing is in flight: every wait then has an end.
+    * Raise :class:`RateLimitError` from :meth:`acquire`, at once, while the gate is closed for longer than
+      the caller's ``max_gate_wait``; raise :class:`TimeoutError` when no ticket can be had before the
+      caller's ``deadline`` (at once if the wait is known to end after it).
+    * Give up a waiter's place when its ``acquire`` is cancelled.
+    """
 
-    def no_answer(self, ticket: Ticket) -> None: ...
+    def try_acquire(self) -> TicketT | None:
+        """A ticket if one is free right now without waiting or I/O (a budget that needs I/O returns None)."""
+        ...
 
-    def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> None: ...
+    async def acquire(
+        self,
+        on_wait: Callable[[WaitEvent], None] | None = None,
+        *,
+        max_gate_wait: float = math.inf,
+        deadline: float | None = None,
+    ) -> TicketT:
+        """Wait for a ticket. ``deadline`` is a ``time.monotonic()`` time."""
+        ...
+
+    async def release(self, ticket: TicketT) -> None: ...
+
+    async def no_answer(self, ticket: TicketT) -> None: ...
+
+    async def answered(self, ticket: TicketT, status: int, hints: RateLimitHeaders) -> float:
+        """Report an answer; return the seconds the gate stays closed from now (0 when it is open)."""
+        ...
+
+    def count_retry(self) -> None: ...
 
     def view(self) -> RateLimitView: ...
 
-    def count_retry(self) -> None: ...
+    async def aclose(self) -> None:
+        """Let go of what the budget holds (connections, timers); the in-process budget holds nothing."""
+        ...
+
+
+def gate_closed_error(seconds: float, max_gate_wait: float) -> RateLimitError:
+    """The error for a call that will not wait behind a gate a 429 closed for ``seconds``."""
+    message = (
+        f"The rate limit's gate is closed for {seconds:.0f} s after a 429, longer than this call waits "
+        f"(RetryPolicy.max_wait={max_gate_wait:g} s)."
+    )
+    return RateLimitError(message, retry_after=seconds, status_code=429, body=None, raw_text="", headers=None)
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None] | None = None
 
 
 class RateLimitBudget:
@@ -88,7 +147,10 @@ class RateLimitBudget:
         self.state = WindowBudget(window_seconds)
         self._clock = clock
         self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._queue: deque[_Waiter] = deque()
+
+    def __repr__(self) -> str:
+        return f"RateLimitBudget(window_seconds={self.window_seconds:g}, waiting={len(self._queue)})"
 
     @property
     def window_seconds(self) -> float:
@@ -102,83 +164,151 @@ class RateLimitBudget:
             self.state.window_seconds = value
 
     def try_acquire(self) -> Ticket | None:
-        """A ticket if one is free right now, without waiting (the common case, kept cheap)."""
+        """A ticket if one is free right now and nobody waits before us (the common case, kept cheap)."""
         with self._lock:
+            if self._queue:
+                return None
             decision = self.state.try_acquire(self._clock())
         return decision if isinstance(decision, Ticket) else None
 
-    async def acquire(self, on_wait: Callable[[WaitEvent], None] | None = None) -> Ticket:
-        """Wait until a request may be sent; the ticket must then be settled exactly once."""
-        loop = asyncio.get_running_loop()
+    async def acquire(
+        self,
+        on_wait: Callable[[WaitEvent], None] | None = None,
+        *,
+        max_gate_wait: float = math.inf,
+        deadline: float | None = None,
+    ) -> Ticket:
+        """Wait in turn until a request may be sent; the ticket must then be settled exactly once."""
+        waiter = _Waiter(asyncio.get_running_loop())
         waited_since: float | None = None
         last_reason = ""
-        while True:
-            with self._lock:
-                now = self._clock()
-                decision = self.state.try_acquire(now)
-                if isinstance(decision, Ticket):
-                    if waited_since is not None:
-                        self.state.stats.waited_seconds += now - waited_since
-                    return decision
-                future: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((loop, future))
-            if waited_since is None:
-                waited_since = now
-            timeout = None if decision.until is None else max(0.0, decision.until - now)
-            if decision.reason != last_reason:
-                last_reason = decision.reason
-                self._report_wait(decision, timeout, on_wait)
-            try:
-                await asyncio.wait((future,), timeout=timeout)
-            finally:
+        try:
+            while True:
                 with self._lock:
-                    try:
-                        self._waiters.remove((loop, future))
-                    except ValueError:
-                        pass
+                    now = self._clock()
+                    first = not self._queue or self._queue[0] is waiter
+                    if first:
+                        decision: Ticket | Wait | None = self.state.try_acquire(now)
+                        if isinstance(decision, Ticket):
+                            if self._queue:
+                                self._queue.popleft()
+                                self._wake_first()  # a ticket may be free for the next one too
+                            if waited_since is not None:
+                                self.state.stats.waited_seconds += now - waited_since
+                            waiter.future = None
+                            return decision
                     else:
-                        future.cancel()
+                        decision = self.state.peek(now)
+                    gate = self.state.gate_until - now
+                    if gate > max_gate_wait:
+                        raise gate_closed_error(gate, max_gate_wait)
+                    if decision is not None and decision.until is not None:
+                        until: float | None = decision.until
+                    else:
+                        until = None
+                    if deadline is not None and (now >= deadline or (first and until is not None and until > deadline)):
+                        raise TimeoutError("no rate-limit budget before the deadline")
+                    if waiter.future is None:
+                        self._queue.append(waiter)
+                    waiter.future = waiter.loop.create_future()
+                    future = waiter.future
+                if waited_since is None:
+                    waited_since = now
+                # Only the first in the queue waits for the budget's time; the others wait for their turn.
+                timeout = max(0.0, until - now) if first and until is not None else None
+                if deadline is not None:
+                    timeout = min(timeout if timeout is not None else math.inf, max(0.0, deadline - now))
+                reason = decision.reason if decision is not None else "queue"
+                if not first and reason not in ("gate", "window"):
+                    reason = "queue"
+                if reason != last_reason:
+                    last_reason = reason
+                    seconds = max(0.0, decision.until - now) if decision is not None and decision.until else None
+                    self._report_wait(reason, seconds, on_wait)
+                await asyncio.wait((future,), timeout=timeout)
+        finally:
+            if waiter.future is not None:
+                with self._lock:
+                    self._leave(waiter)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        # A waiter that gives up (cancelled, timed out, refused): out of the queue, and if it was first, or
+        # had been woken to take a turn it will not use, the turn passes on.
+        future, waiter.future = waiter.future, None
+        was_first = bool(self._queue) and self._queue[0] is waiter
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            return
+        if future is not None and not future.done():
+            future.cancel()
+        elif future is not None:
+            was_first = True
+        if was_first:
+            self._wake_first()
 
     @staticmethod
-    def _report_wait(decision: Wait, seconds: float | None, on_wait: Callable[[WaitEvent], None] | None) -> None:
+    def _report_wait(reason: str, seconds: float | None, on_wait: Callable[[WaitEvent], None] | None) -> None:
         if seconds is None:
-            logger.debug("rate limit: waiting (%s) for the next answer", decision.reason)
+            logger.debug("rate limit: waiting (%s)", reason)
         else:
-            logger.debug("rate limit: waiting %.3f s (%s)", seconds, decision.reason)
+            logger.debug("rate limit: waiting %.3f s (%s)", seconds, reason)
         if on_wait is not None:
-            on_wait(WaitEvent(reason=decision.reason, seconds=seconds))
+            on_wait(WaitEvent(reason=reason, seconds=seconds))
+
+    def _wake(self, waiter: _Waiter, current: asyncio.AbstractEventLoop | None) -> bool:
+        future = waiter.future
+        if future is None or future.done():
+            return True
+        if waiter.loop is current:
+            future.set_result(None)
+            return True
+        try:
+            waiter.loop.call_soon_threadsafe(_set_done, future)
+        except RuntimeError:  # that loop has closed: its caller is gone
+            return False
+        return True
+
+    def _wake_first(self) -> None:
+        # Called with the lock held. Wakes the first waiter on its own loop; a waiter whose loop has closed
+        # is dropped and the next one woken instead.
+        queue = self._queue
+        if not queue:
+            return
+        current = _running_loop()
+        while queue and not self._wake(queue[0], current):
+            queue.popleft().future = None
 
     def _wake_all(self) -> None:
-        # Called with the lock held, when there are waiters. Each future is woken on its own loop.
-        waiters, self._waiters = self._waiters, []
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for loop, future in waiters:
-            if loop is current:
-                if not future.done():
-                    future.set_result(None)
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(_set_done, future)
+        # Called with the lock held, after a 429 closed the gate: every waiter checks whether it will wait.
+        current = _running_loop()
+        for waiter in list(self._queue):
+            if not self._wake(waiter, current):
+                self._queue.remove(waiter)
+                waiter.future = None
 
-    def release(self, ticket: Ticket) -> None:
+    async def release(self, ticket: Ticket) -> None:
         with self._lock:
             self.state.release(ticket)
-            if self._waiters:
-                self._wake_all()
+            if self._queue:
+                self._wake_first()
 
-    def no_answer(self, ticket: Ticket) -> None:
+    async def no_answer(self, ticket: Ticket) -> None:
         with self._lock:
-            self.state.no_answer(ticket)
-            if self._waiters:
-                self._wake_all()
+            self.state.no_answer(ticket, self._clock())
+            if self._queue:
+                self._wake_first()
 
-    def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> None:
+    async def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> float:
         with self._lock:
-            self.state.answered(ticket, self._clock(), status, hints)
-            if self._waiters:
-                self._wake_all()
+            gate_before = self.state.gate_until
+            gate = self.state.answered(ticket, self._clock(), status, hints)
+            if self._queue:
+                if self.state.gate_until != gate_before:
+                    self._wake_all()
+                else:
+                    self._wake_first()
+            return gate
 
     def count_retry(self) -> None:
         with self._lock:
@@ -187,6 +317,16 @@ class RateLimitBudget:
     def view(self) -> RateLimitView:
         with self._lock:
             return self.state.view(self._clock())
+
+    async def aclose(self) -> None:
+        """Nothing to let go of: the in-process budget holds no resources."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
@@ -204,9 +344,10 @@ def _key(base_url: str, token: str) -> tuple[str, str]:
 
 
 def shared_budget(base_url: str, token: str, *, window_seconds: float | None = None) -> RateLimitBudget:
-    """The process's budget for this token at this base URL, made on first use.
+    """The process's budget for this token at this base URL, made on first use (60 s windows by default).
 
-    A later client that names another ``window_seconds`` changes it for every client of the budget.
+    ``window_seconds=None`` uses what the budget has; a client that names another value changes it for
+    every client of the budget.
     """
     with _registry_lock:
         budget = _registry.get(_key(base_url, token))

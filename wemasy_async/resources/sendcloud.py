@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import attrs
 
@@ -19,10 +18,8 @@ from .._converter import structure_response
 from .._errors import UsageError
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
+from .._sender import Deadline, Sender
 from .._types import NOT_GIVEN, Timeout
-
-if TYPE_CHECKING:
-    from .._client import WemasyClient
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
 
@@ -33,17 +30,19 @@ PUSH_PATH = "/services/webshop/v1/orders/sendcloud/shipments/push"
 class SendcloudResource:
     """The SendCloud endpoints, reached as ``client.sendcloud``."""
 
-    def __init__(self, client: WemasyClient) -> None:
+    def __init__(self, client: Sender) -> None:
         self._client = client
 
-    async def status(self, *, timeout: Timeout = NOT_GIVEN) -> SendcloudIntegration:
+    async def status(self, *, timeout: Timeout = NOT_GIVEN, deadline: Deadline = NOT_GIVEN) -> SendcloudIntegration:
         """The webshop's SendCloud integration: whether it is active and connected.
 
         >>> integration = await client.sendcloud.status()
         >>> integration.active, integration.connected
         (True, True)
         """
-        exchange = await self._client._send("GET", STATUS_PATH, timeout=timeout)
+        exchange = await self._client._send(
+            "GET", STATUS_PATH, timeout=timeout, deadline_at=self._client.deadline_at(deadline)
+        )
         data = decipher_response(exchange.response)
         return structure_response(exchange.response, data, SendcloudIntegration, key="integration")
 
@@ -57,6 +56,7 @@ class SendcloudResource:
         progress: Progress | None = None,
         strict: bool = False,
         timeout: Timeout = NOT_GIVEN,
+        deadline: Deadline = NOT_GIVEN,
     ) -> PushResult:
         """Validate the orders and queue them for SendCloud shipments (labels too if ``create_label``).
 
@@ -85,6 +85,7 @@ class SendcloudResource:
             max_concurrency=max_concurrency,
             progress=progress,
             timeout=timeout,
+            deadline=deadline,
         )
         async with stream:
             async for _ in stream:
@@ -103,6 +104,7 @@ class SendcloudResource:
         max_concurrency: int = DEFAULT_CHUNK_CONCURRENCY,
         progress: Progress | None = None,
         timeout: Timeout = NOT_GIVEN,
+        deadline: Deadline = NOT_GIVEN,
     ) -> PushStream:
         """Like :meth:`push_shipments`, but yields each chunk's result as it completes, so a batch script
         can show progress and a web service can stop early. The ids are checked here, before any request.
@@ -122,9 +124,15 @@ class SendcloudResource:
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
 
+        deadline_at = self._client.deadline_at(deadline)
+
         async def push_once(chunk: list[int]) -> PushResult:
             exchange = await self._client._send(
-                "POST", PUSH_PATH, json_body={"create_label": label, "order_ids": chunk}, timeout=timeout
+                "POST",
+                PUSH_PATH,
+                json_body={"create_label": label, "order_ids": chunk},
+                timeout=timeout,
+                deadline_at=deadline_at,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)

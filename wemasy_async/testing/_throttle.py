@@ -57,6 +57,10 @@ class FixedWindowThrottle:
         window.hits += 1
         return ThrottleDecision(allowed=True, limit=self.limit, remaining=self.limit - window.hits, resets_in=resets_in)
 
+    def window_started(self, key: str) -> float:
+        """When ``key``'s current window began (its first counted request)."""
+        return self._window(key).started
+
     def used(self, key: str) -> int:
         """Requests counted in ``key``'s current window (another client's use, for tests)."""
         return self._window(key).hits

@@ -1,0 +1,40 @@
+"""What a resource needs of the client: one way to send a call. Resources depend on this, not on the client."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from ._protocol import RawResponse
+from ._types import NotGiven, Timeout
+
+__all__ = ["Deadline", "Exchange", "Sender"]
+
+#: Seconds a whole call may take, budget waits and retries included; ``None`` for no limit;
+#: ``NOT_GIVEN`` for the client's default.
+Deadline = float | None | NotGiven
+
+
+class Exchange(NamedTuple):
+    """The final answer of a call, after retries and redirects (a tuple: made on every call)."""
+
+    response: RawResponse
+    #: The call was re-sent after a failure that may have reached the server (timeout, dropped connection).
+    ambiguous_retry: bool
+
+
+class Sender(Protocol):
+    """Sends one call through the token's budget, with retries; :class:`WemasyClient` is one."""
+
+    def deadline_at(self, deadline: Deadline) -> float | None:
+        """The ``time.monotonic()`` time by which a call given ``deadline`` must end (None: no limit)."""
+        ...
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        timeout: Timeout = ...,
+        deadline_at: float | None = None,
+    ) -> Exchange: ...
