@@ -80,7 +80,7 @@ def test_window_end_is_first_answer_plus_window_and_then_a_new_window_opens() ->
     wait = refused(budget, 0.2)
     assert wait == Wait(pytest.approx(0.1 + W), "window")
     assert isinstance(budget.try_acquire(0.1 + W - 0.001), Wait)
-    assert len(grants(budget, 0.1 + W)) == 1  # a new window opens with one request alone
+    assert len(grants(budget, 0.1 + W)) == 3  # no one else was seen: the new window opens at once
 
 
 def test_failed_probe_lets_the_next_caller_probe() -> None:
@@ -118,8 +118,9 @@ def test_another_clients_use_is_counted_from_remaining() -> None:
     assert refused(budget, 0.3).reason == "window"
 
 
-def test_every_window_starts_with_one_request_alone() -> None:
-    """A new window opens with one request, so other clients' share is known before sending more."""
+def test_with_others_about_every_window_starts_with_one_request_alone() -> None:
+    """A new window after one shared with others opens with one request, so their share is known
+    before sending more."""
     budget = WindowBudget(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 5))
@@ -375,8 +376,8 @@ def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     rt = latency * (1 + jitter)  # the longest round trip
     ramp = math.ceil(math.log2(min(limit, concurrency) + 1)) + 1
     # Budget-bound: the ideal, one round trip per window (a window's end is known from its first
-    # answer), and the last window's sending, ramp included. Concurrency-bound: ceil(N / concurrency)
-    # round trips plus the ramp.
+    # answer), the first window's ramp and the last window's sending. Concurrency-bound:
+    # ceil(N / concurrency) round trips plus the ramp.
     budget_bound = ideal + windows * rt + (ramp + math.ceil(limit / concurrency)) * rt
     concurrency_bound = (math.ceil(requests / concurrency) + ramp) * rt
     assert outcome.makespan <= max(budget_bound, concurrency_bound) + rt + 1e-9

@@ -13,8 +13,13 @@ import pytest
 
 from tests.conftest import TOKEN
 from wemasy_async import (
+    NO_RETRIES,
+    APIConnectionError,
     APITimeoutError,
+    DeadlineExceededError,
     RateLimitError,
+    RateLimitHeaders,
+    RateLimitView,
     RetryEvent,
     RetryPolicy,
     ServerError,
@@ -22,18 +27,49 @@ from wemasy_async import (
     WaitEvent,
     WemasyClient,
 )
+from wemasy_async._rate_limit import WindowBudget
 from wemasy_async._scheduler import shared_budget
-from wemasy_async.testing import Fault, RequestRecord, WemasyEmulator
+from wemasy_async.testing import CannedResponse, Fault, RequestRecord, WemasyEmulator
 
 LIMIT, WINDOW = 5, 0.5
 PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
 FAST_RETRIES = RetryPolicy(backoff_base=0.001)
+NO_RETRIES_POLICY = NO_RETRIES
+#: Long enough to mean "it hangs"; only a failing test ever waits this long.
+HANG = 10.0
+
+
+class OpenBudget:
+    """A budget that never makes anyone wait: a Budget implemented outside the package."""
+
+    def try_acquire(self) -> object:
+        return object()
+
+    async def acquire(self, on_wait: object = None, *, max_gate_wait: float = 0, deadline: object = None) -> object:
+        return object()
+
+    async def release(self, ticket: object) -> None:
+        pass
+
+    async def no_answer(self, ticket: object) -> None:
+        pass
+
+    async def answered(self, ticket: object, status: int, hints: RateLimitHeaders) -> float:
+        return 0.0
+
+    def count_retry(self) -> None:
+        pass
+
+    def view(self) -> RateLimitView:
+        return WindowBudget().view(0.0)
+
+    async def aclose(self) -> None:
+        pass
 
 
 @pytest.fixture
 def emulator(wemasy_emulator: WemasyEmulator) -> WemasyEmulator:
     wemasy_emulator.limit, wemasy_emulator.window_seconds = LIMIT, WINDOW
-    wemasy_emulator.faults.retry_after = "fractional"
     return wemasy_emulator
 
 
@@ -105,7 +141,6 @@ async def test_two_clients_with_one_token_share_one_budget(emulator: WemasyEmula
         WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW) as a,
         WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW) as b,
     ):
-        assert a.rate_limit is not None
         await asyncio.gather(*(c.sendcloud.status() for c in (a, b) for _ in range(9)))
     assert statuses(emulator) == [200] * 18
 
@@ -321,3 +356,149 @@ async def test_slow_server_timeout_surfaces_after_retries(emulator: WemasyEmulat
         with pytest.raises(APITimeoutError):
             await client.sendcloud.status()
     assert client.rate_limit.retried == 1
+
+
+# --- the budget against Laravel's rounded-down Retry-After, stalls and unbounded waits ------------------
+
+
+def server_windows(records: list[RequestRecord], window: float) -> list[float]:
+    """When the server's windows began, rebuilt from what it counted (a window starts with a request)."""
+    starts: list[float] = []
+    for record in sorted(records, key=lambda r: r.at):
+        if record.counted and (not starts or record.at >= starts[-1] + window):
+            starts.append(record.at)
+    return starts
+
+
+async def test_processes_without_a_shared_store_meet_at_most_one_429_each_per_window(
+    emulator: WemasyEmulator,
+) -> None:
+    """Two processes on one token, each with its own budget, against Laravel's rounded-down Retry-After
+    ("0" in a window's last second): every call succeeds and neither meets more than one 429 a window."""
+    from wemasy_async import RateLimitBudget
+
+    async def process(name: str) -> None:
+        async with WemasyClient(
+            token=TOKEN, base_url=emulator.base_url, budget=RateLimitBudget(WINDOW), user_agent=name
+        ) as client:
+            await asyncio.gather(*(client.sendcloud.status() for _ in range(12)))
+
+    await asyncio.gather(process("first"), process("second"))
+    assert statuses(emulator).count(200) == 24
+    starts = server_windows(emulator.requests, WINDOW)
+    for name in ("first", "second"):
+        throttled = [r.at for r in emulator.requests if r.status == 429 and r.headers["User-Agent"].startswith(name)]
+        per_window = [sum(1 for t in throttled if start <= t < start + WINDOW) for start in starts]
+        assert max(per_window, default=0) <= 1, (name, per_window)
+
+
+async def test_after_a_retry_after_of_0_nothing_is_sent_into_the_same_window(emulator: WemasyEmulator) -> None:
+    """Retry-After: 0 comes while up to a second of the window remains: the gate stays closed until the
+    window has ended, so the re-sent request is answered, not throttled again."""
+    emulator.window_seconds = 1.0
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=FAST_RETRIES) as client:
+        emulator.spend(TOKEN, LIMIT)  # another process spent the window just before our first request
+        await client.sendcloud.status()
+    assert statuses(emulator) == [429, 200]
+    first, second = emulator.requests
+    assert first.response_headers["Retry-After"] == "0" or float(first.response_headers["Retry-After"]) < 1
+    assert second.at >= server_windows(emulator.requests, 1.0)[0]  # in a later window than the 429's
+
+
+async def test_a_window_of_dropped_requests_does_not_stall_later_calls(emulator: WemasyEmulator) -> None:
+    """Every request of a window is dropped: the budget never hears when that window ends, yet once the
+    server answers again, later calls go through."""
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, retry=NO_RETRIES_POLICY, window_seconds=WINDOW
+    ) as client:
+        await client.sendcloud.status()
+        emulator.faults.drop_rate = 1.0
+        results = await asyncio.gather(*(client.sendcloud.status() for _ in range(2 * LIMIT)), return_exceptions=True)
+        assert all(isinstance(r, APIConnectionError) for r in results)
+        emulator.faults.drop_rate = 0.0
+        integration = await asyncio.wait_for(client.sendcloud.status(), HANG)
+    assert integration.active is True
+
+
+async def test_throttled_resends_do_not_use_up_attempts(emulator: WemasyEmulator) -> None:
+    """Four 429s in a row and a call allowed two attempts: it still succeeds, since a 429 is the budget's
+    business (this budget opens its gate at once, to show the client's own rule)."""
+    emulator.inject(*[CannedResponse(429, {"message": "Too Many Attempts."}, {"Retry-After": "0"})] * 4)
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, budget=OpenBudget(), retry=RetryPolicy(max_attempts=2)
+    ) as client:
+        assert (await client.sendcloud.status()).active is True
+    assert statuses(emulator) == [429, 429, 429, 429, 200]
+
+
+async def test_429s_without_retry_after_wait_at_most_max_wait_in_total(emulator: WemasyEmulator) -> None:
+    """A server that throttles without saying for how long: the call gives up after max_wait seconds of
+    such waits, not after max_attempts windows."""
+    emulator.inject(*[CannedResponse(429, {"message": "Too Many Attempts."})] * 20)
+    policy = RetryPolicy(max_attempts=20, max_wait=1.2)
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=policy, window_seconds=WINDOW) as client:
+        with pytest.raises(RateLimitError, match=r"max_wait=1\.2"):
+            await client.sendcloud.status()
+    assert 2 <= len(emulator.requests) <= 3  # waits of about a window each: 0.5, 1.0, then 1.5 > 1.2
+
+
+async def test_a_long_gate_fails_every_waiting_and_later_call_at_once(emulator: WemasyEmulator) -> None:
+    """A 429 asking for an hour: the call that got it, the calls queued behind it and later calls all
+    raise RateLimitError with the wait at once; nothing else is sent."""
+    emulator.window_seconds = 3600.0
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=RetryPolicy(max_wait=60)) as client:
+        await client.sendcloud.status()
+        emulator.spend(TOKEN, LIMIT)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.sendcloud.status() for _ in range(6)), return_exceptions=True), HANG
+        )
+        assert all(isinstance(r, RateLimitError) for r in results), results
+        assert all(r.retry_after is not None and r.retry_after > 3500 for r in results)  # type: ignore[union-attr]
+        with pytest.raises(RateLimitError):
+            await asyncio.wait_for(client.sendcloud.status(), HANG)
+    assert statuses(emulator) == [200, 429]
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0])
+async def test_an_http_date_retry_after_is_read_on_the_servers_clock(skew: float) -> None:
+    """A server whose clock is five minutes off sends dates in its own time, and its Date header with
+    them: the wait is read against that, so a 1 s window costs one 429 and about a second either way."""
+    emulator = WemasyEmulator(limit=2, window_seconds=1.0, wall_clock=lambda: time.time() + skew)
+    emulator.faults.retry_after = "http-date"
+    with emulator.run_in_thread():
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=RetryPolicy(max_wait=10)) as client:
+            emulator.spend(TOKEN, 2)
+            await client.sendcloud.status()
+    assert [r.status for r in emulator.requests] == [429, 200]
+
+
+async def test_a_deadline_fails_at_once_when_the_budget_frees_too_late(emulator: WemasyEmulator) -> None:
+    """A web handler's call with a deadline shorter than the wait for the next window fails now with
+    DeadlineExceededError, and sends nothing."""
+    emulator.window_seconds = 60.0
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(LIMIT)))
+        with pytest.raises(DeadlineExceededError, match="rate-limit budget") as info:
+            await asyncio.wait_for(client.sendcloud.status(deadline=5.0), HANG)
+    assert info.value.ambiguous is False
+    assert len(emulator.requests) == LIMIT
+
+
+async def test_a_deadline_cuts_a_slow_answer_short(emulator: WemasyEmulator) -> None:
+    """The deadline covers the exchange too: a server slower than it ends the call with an ambiguous
+    DeadlineExceededError, though the exchange's own timeout is longer."""
+    emulator.faults.delay_seconds = 5.0
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, timeout=30.0, deadline=0.3) as client:
+        with pytest.raises(DeadlineExceededError) as info:
+            await asyncio.wait_for(client.sendcloud.status(), HANG)
+    assert info.value.ambiguous is True
+    assert emulator.max_concurrent == 1  # it reached the server, which is still working on it
+
+
+async def test_a_default_client_keeps_the_window_another_client_named(emulator: WemasyEmulator) -> None:
+    """window_seconds=None (the default) uses what the token's shared budget has."""
+    async with (
+        WemasyClient(token=TOKEN, base_url=emulator.base_url, window_seconds=WINDOW) as named,
+        WemasyClient(token=TOKEN, base_url=emulator.base_url) as default,
+    ):
+        assert named.rate_limit.window_seconds == default.rate_limit.window_seconds == WINDOW

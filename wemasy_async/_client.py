@@ -306,6 +306,8 @@ class WemasyClient:
                         hop = next_hop
                 finally:
                     self._slots.release()
+            except DeadlineExceededError:
+                raise
             except APIConnectionError as exc:
                 failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
             else:

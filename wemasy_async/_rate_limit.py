@@ -17,10 +17,11 @@ remain, but not when the window ends (except in a 429). From the client's side:
 * An answer whose count is no larger than the number of our answers that came back before its request
   was sent cannot be from the same window: the server started a new one earlier than estimated, and the
   state follows it.
-* Each window opens with a ramp: one request alone, then at most two more per answer (slow start), so
-  the window's count, and so other clients' use of it, is known before many requests are committed. A
-  sole client pays a few round trips at the start of a window; a client that shares the token with
-  other processes learns of them before it can meet more than one 429.
+* A window opens with a ramp (slow start): one request alone, then no more in flight than answers heard
+  in the window, so its count, and so other clients' use of it, is known before many requests are
+  committed. A process that shares the token with others learns of them before it can meet more than
+  one 429. Once a whole window showed no one else, the next opens at once: a sole client pays the ramp
+  in its first window only.
 * Once another client has been seen on the token, the last slots of a window go out one at a time:
   parallel sending stops while no more slots are free than the others may still use (twice what they
   have used in this window, plus our requests in flight that hide theirs from the count, or what they
@@ -128,7 +129,8 @@ class WindowBudget:
         self._granted = 0  # our grants counted in this window, in-flight ones carried over included
         self._others = 0  # lower bound of requests in this window that were not ours (the limit after a 429)
         self._others_learned = 0  # ...as the answers of this window showed it
-        self._others_before = 0  # others' use in the last window we heard about: what to expect of them
+        # Others' use in the last window we heard about: what to expect of them (None: no window yet).
+        self._others_before: int | None = None
         self._answers = 0  # counted answers of this epoch's requests
         self._sent = 0  # this epoch's own grants (carried ones not included)
         self._settled = 0  # ...and how many of them have been settled
@@ -157,7 +159,7 @@ class WindowBudget:
         limit = self.limit
         if limit is None:
             return Wait(None, "probe") if self._in_flight else None
-        if self._sent - self._settled >= max(1, self._settled):
+        if self._others_before != 0 and self._sent - self._settled >= max(1, self._settled):
             return Wait(None, "probe")  # the ramp: no more in flight than answers heard in this window
         free = limit - self._granted - self._others
         if free <= 0:
@@ -171,11 +173,12 @@ class WindowBudget:
                     self._new_epoch(window_end=None, carried=0, others=0)
                     return None
             return Wait(self._window_end, "window")
-        if self._in_flight and (self._others_before or self._others_learned):
+        before = self._others_before or 0
+        if self._in_flight and (before or self._others_learned):
             # Others may use as much again as they have in this window (they may be ramping up as we are, and
             # our requests in flight hide as many of theirs from the count), or what they used in the last.
             in_flight = self._sent - self._settled
-            others_may_use = max(2 * self._others_learned + in_flight, self._others_before - self._others_learned)
+            others_may_use = max(2 * self._others_learned + in_flight, before - self._others_learned)
             if free <= max(1, others_may_use):
                 return Wait(None, "shared")
         return None
@@ -269,7 +272,7 @@ class WindowBudget:
             until = high if estimate is None else min(max(estimate, low), high)
         self.gate_until = max(self.gate_until, until, now + MIN_THROTTLE_WAIT)
         # Only someone else's use brings a 429: expect it in the next window too.
-        others_before = max(self._others_before, self._others_learned, 1)
+        others_before = max(self._others_before or 0, self._others_learned, 1)
         # The window is full until then; our in-flight requests are refused too, and count for nothing.
         self._new_epoch(window_end=self.gate_until, carried=0, others=limit)
         self._others_before = others_before

@@ -1,0 +1,195 @@
+"""The in-process budget's waiting: first come first served, one wake per freed slot, across event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
+from wemasy_async._rate_limit import Ticket
+
+#: Long enough to mean "it hangs"; only a failing test ever waits this long.
+HANG = 10.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting(budget: RateLimitBudget) -> list[int]:
+    """Count how often the budget's state machine is asked for a decision."""
+    calls = [0]
+    state = budget.state
+    try_acquire, peek = state.try_acquire, state.peek
+
+    def counted_try(now: float) -> object:
+        calls[0] += 1
+        return try_acquire(now)
+
+    def counted_peek(now: float) -> object:
+        calls[0] += 1
+        return peek(now)
+
+    state.try_acquire = counted_try  # type: ignore[method-assign,assignment]
+    state.peek = counted_peek  # type: ignore[method-assign,assignment]
+    return calls
+
+
+async def queued(budget: RateLimitBudget, count: int) -> None:
+    """Let the event loop run until ``count`` callers wait in the budget's queue."""
+    for _ in range(100 * count + 100):
+        if len(budget._queue) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"only {len(budget._queue)} of {count} callers queued")
+
+
+def test_the_in_process_budget_is_a_budget() -> None:
+    """RateLimitBudget implements the public Budget protocol that other budgets implement too."""
+    assert isinstance(RateLimitBudget(), Budget)
+
+
+async def test_waiters_are_served_first_come_first_served_at_a_constant_cost_per_grant() -> None:
+    """2,000 callers wait behind a probe; as answers free slots they get tickets in arrival order, and
+    each grant costs a bounded number of decisions however many wait (waking all would cost N each)."""
+    clock = FakeClock()
+    budget = RateLimitBudget(60.0, clock=clock)
+    probe = budget.try_acquire()
+    assert probe is not None
+    served: list[int] = []
+    tickets: asyncio.Queue[Ticket] = asyncio.Queue()
+
+    async def caller(index: int) -> None:
+        ticket = await budget.acquire()
+        served.append(index)
+        tickets.put_nowait(ticket)
+
+    callers = [asyncio.create_task(caller(i)) for i in range(2000)]
+    await queued(budget, 2000)
+    calls = counting(budget)
+    remaining = 100_000
+    await budget.answered(probe, 200, RateLimitHeaders(100_000, remaining))
+    while len(served) < 2000:
+        ticket = await tickets.get()
+        remaining -= 1
+        await budget.answered(ticket, 200, RateLimitHeaders(100_000, remaining))
+    await asyncio.gather(*callers)
+    assert served == list(range(2000))
+    assert calls[0] / 2000 <= 3
+
+
+async def test_a_later_caller_does_not_overtake_the_queue() -> None:
+    """While callers wait, a new call gets no ticket on the fast path: it queues behind them."""
+    budget = RateLimitBudget(60.0, clock=FakeClock())
+    probe = budget.try_acquire()
+    assert probe is not None
+    waiting = asyncio.create_task(budget.acquire())
+    await queued(budget, 1)
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
+    assert budget.try_acquire() is None  # the waiter is first, though a slot is free
+    ticket = await waiting
+    assert isinstance(ticket, Ticket)
+
+
+async def test_a_request_without_an_answer_wakes_a_waiter_on_another_event_loop() -> None:
+    """A probe that is dropped on this loop lets a caller waiting on another thread's loop go."""
+    budget = RateLimitBudget(60.0)
+    probe = budget.try_acquire()
+    assert probe is not None
+    started = threading.Event()
+    result: concurrent.futures.Future[Ticket] = concurrent.futures.Future()
+
+    def other_thread() -> None:
+        async def wait() -> Ticket:
+            return await budget.acquire(lambda event: started.set())
+
+        try:
+            result.set_result(asyncio.run(asyncio.wait_for(wait(), HANG)))
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    assert await asyncio.to_thread(started.wait, HANG)
+    await budget.no_answer(probe)
+    ticket = await asyncio.wrap_future(result)
+    assert isinstance(ticket, Ticket)
+    await asyncio.to_thread(thread.join, HANG)
+
+
+async def test_a_waiter_whose_loop_has_closed_does_not_fail_the_caller_that_frees_a_slot() -> None:
+    """The first waiter's loop closed while it waited: the answer that frees a slot still succeeds, and
+    the turn passes to the next waiter."""
+    budget = RateLimitBudget(60.0)
+    probe = budget.try_acquire()
+    assert probe is not None
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    tasks = []
+
+    def other_thread() -> None:
+        tasks.append(loop.create_task(budget.acquire(lambda event: started.set())))
+        while not started.is_set():
+            loop.run_until_complete(asyncio.sleep(0.0))
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, HANG)
+    assert started.is_set()
+    loop.close()  # its waiter never ran its cleanup: it is still first in the queue
+    mine = asyncio.create_task(budget.acquire())
+    await queued(budget, 2)
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
+    assert isinstance(await asyncio.wait_for(mine, HANG), Ticket)
+
+
+async def test_a_closed_gate_longer_than_a_caller_waits_fails_every_waiting_and_later_caller() -> None:
+    """A 429 that closes the gate for an hour: callers that will wait at most a minute fail at once with
+    the time to wait, those waiting in the queue included; one that accepts the wait keeps waiting."""
+    clock = FakeClock()
+    budget = RateLimitBudget(60.0, clock=clock)
+    probe = budget.try_acquire()
+    assert probe is not None
+    impatient = [asyncio.create_task(budget.acquire(max_gate_wait=60.0)) for _ in range(3)]
+    patient = asyncio.create_task(budget.acquire(max_gate_wait=7200.0))
+    await queued(budget, 4)
+    gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 3600.0))
+    assert 3600.0 <= gate <= 3601.0
+    for task in impatient:
+        with pytest.raises(RateLimitError) as info:
+            await asyncio.wait_for(task, HANG)
+        assert info.value.retry_after == pytest.approx(gate)
+    with pytest.raises(RateLimitError):
+        await budget.acquire(max_gate_wait=60.0)
+    assert not patient.done()
+    assert len(budget._queue) == 1
+    patient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await patient
+    assert not budget._queue
+
+
+@pytest.mark.parametrize("reported", [True, False])
+async def test_a_wait_known_to_end_after_the_deadline_fails_at_once(reported: bool) -> None:
+    """A caller with a deadline before the window's end gets TimeoutError now, not at the deadline."""
+    clock = FakeClock()
+    budget = RateLimitBudget(60.0, clock=clock)
+    probe = budget.try_acquire()
+    assert probe is not None
+    await budget.answered(probe, 200, RateLimitHeaders(1, 0))  # the window is spent until 60 s
+    events: list[WaitEvent] = []
+    on_wait: Callable[[WaitEvent], None] | None = events.append if reported else None
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(budget.acquire(on_wait, deadline=30.0), HANG)
+    assert not budget._queue
+    clock.now = 60.0
+    assert budget.try_acquire() is not None
