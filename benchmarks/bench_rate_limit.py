@@ -4,12 +4,25 @@ Approaches, each against a fresh emulator (L requests per W-second window, Larav
   sdk             WemasyClient: the shared, header-fed budget.
   static-limiter  a bare aiohttp loop behind aiolimiter.AsyncLimiter(L, W), re-sending each 429 through it.
   retry-gather    a bare aiohttp gather that sleeps Retry-After on a 429 and re-sends.
-Each runs twice: as the token's sole client, and while another client spends part of every window.
+
+Single process (in this process, with the emulator): each approach runs twice, as the token's sole
+client and while another client spends part of every window. Figures come from the emulator's request
+log; the runs are drawn in benchmarks/rate_limit_timeline.png.
+
+Multi-process: each approach in P OS processes at once (P = 1, 2, 4, 8 by default), all with one token,
+the calls split evenly between them; the workers are spawned, get ready, and are released together.
+The emulator runs in a process of its own with its default settings (Retry-After rounded down, as
+Laravel sends it), fresh for each (approach, P). static-limiter gets AsyncLimiter(L/P, W) in each
+process; retry-gather sleeps at least 0.01 s on a 429. Each worker counts from its own side (see
+rate_limit_processes.py); the makespan runs from the release to the last answer, and a worker still
+calling --stop-after times the ideal makespan after the release is stopped. SDK target: every call
+succeeds, at most one 429 per process per window, makespan <= 1.15 x ideal.
 
     python benchmarks/bench_rate_limit.py [--calls 60] [--limit 10] [--window 2]
+        [--multi-calls 120] [--processes 1,2,4,8] [--stop-after 10] [--single-only | --multi-only] [--no-record]
 
-Prints one table for all runs, records it in benchmarks/RESULTS.md, and draws
-benchmarks/rate_limit_timeline.png. Figures come from the emulator's request log.
+Prints a table for each part and records it in its own section of benchmarks/RESULTS.md
+(rate-limit, rate-limit-multiprocess).
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import attrs
 from aiolimiter import AsyncLimiter
 
 sys.path.insert(0, str(Path(__file__).parent))
+from rate_limit_processes import APPROACHES, Case, run_case
 from results import machine, record
 
 from wemasy_async import WemasyClient
@@ -179,13 +193,7 @@ def draw(runs: list[Run], calls: int, limit: int, window: float, path: Path) -> 
     fig.savefig(path, dpi=110)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=60)
-    parser.add_argument("--limit", type=int, default=10)
-    parser.add_argument("--window", type=float, default=2.0)
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and the plot alone")
-    args = parser.parse_args()
+async def single_process(args: argparse.Namespace) -> None:
     calls, limit, window = args.calls, args.limit, args.window
 
     rtt = await round_trip()
@@ -241,5 +249,111 @@ async def main() -> None:
         print(f"\nrecorded in {HERE / 'RESULTS.md'}; timeline in {plot}")
 
 
+#: SDK target with P processes on one token: makespan within this factor of the ideal.
+MULTI_TARGET = 1.15
+
+
+def _failed(case: Case) -> str:
+    failures = case.failures
+    total = sum(failures.values())
+    if not total:
+        return "0"
+    return f"{total}: " + ", ".join(f"{name} x{count}" for name, count in failures.most_common())
+
+
+def multi_process(args: argparse.Namespace) -> None:
+    calls, limit, window, stop_after = args.multi_calls, args.limit, args.window, args.stop_after
+    ideal = (math.ceil(calls / limit) - 1) * window
+    time_limit = stop_after * max(ideal, window)
+    cases: list[Case] = []
+    began = time.monotonic()
+    for approach in APPROACHES:
+        for processes in args.processes:
+            case = run_case(approach, calls, limit, window, processes, time_limit)
+            state = "" if case.complete else " (stopped)"
+            print(f"  {approach} x{processes}: {case.makespan:.1f} s{state}", file=sys.stderr, flush=True)
+            cases.append(case)
+
+    lines = [
+        f"{calls} calls split evenly over P processes, one token; limit {limit} per {window:g} s window; the "
+        "emulator in a process of its own with its default settings (Retry-After rounded down), fresh for each "
+        f"row; ideal makespan (ceil(N/L)-1)*W = {ideal:.2f} s; makespan from the common release to the last "
+        f"answer; workers stopped {stop_after:g} x ideal after the release. static-limiter: AsyncLimiter(L/P, W) "
+        f"in each process; retry-gather: sleeps Retry-After, at least 0.01 s. SDK target: every call succeeds, "
+        f"at most one 429 per process per window, makespan <= {MULTI_TARGET} x ideal = {MULTI_TARGET * ideal:.2f} s.",
+        "",
+        "| approach | processes | requests sent | answered | 429s | most 429s in one window (one process) | "
+        "failed calls | makespan s | makespan / ideal | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for case in cases:
+        per_window = case.most_throttled_per_window
+        failed = sum(case.failures.values())
+        if case.approach != "sdk":
+            verdict = "baseline"
+        else:
+            met = case.complete and failed == 0 and case.answered == calls and per_window <= 1
+            verdict = "met" if met and case.makespan <= MULTI_TARGET * ideal else "MISSED"
+            if case.throttle_times_seen != case.throttled:
+                notes.append(
+                    f"sdk x{case.processes}: {case.throttled} 429s counted by rate_limit.throttled, "
+                    f"{case.throttle_times_seen} seen as retries or RateLimitError (the per-window column uses these)."
+                )
+        makespan = f"{case.makespan:.3f}" + ("" if case.complete else " (stopped)")
+        ratio = "-" if ideal <= 0 else ("" if case.complete else ">= ") + f"{case.makespan / ideal:.3f}"
+        lines.append(
+            f"| {case.approach} | {case.processes} | {case.sent} | {case.answered} | {case.throttled} | {per_window} | "
+            f"{_failed(case)} | {makespan} | {ratio} | {verdict} |"
+        )
+    if notes:
+        lines += ["", *(f"Note: {note}" for note in notes)]
+    table = "\n".join(lines)
+    print(table)
+    print(f"\nmulti-process part: {time.monotonic() - began:.0f} s", file=sys.stderr)
+    if not args.no_record:
+        command = (
+            f"python benchmarks/bench_rate_limit.py --multi-only --multi-calls {calls} --limit {limit} "
+            f"--window {window:g} --processes {','.join(map(str, args.processes))} --stop-after {stop_after:g}"
+        )
+        record(
+            "rate-limit-multiprocess",
+            f"## Rate limit: one token, several processes\n\n`{command}` ({machine()})\n\n{table}\n",
+        )
+        print(f"\nrecorded in {HERE / 'RESULTS.md'}")
+
+
+def _process_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",")]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive process counts such as 1,2,4,8, got {text!r}")
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=60, help="calls of the single-process part")
+    parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument("--multi-calls", type=int, default=120, help="calls of the multi-process part, all processes")
+    parser.add_argument(
+        "--processes", type=_process_counts, default=[1, 2, 4, 8], help="process counts, comma-separated"
+    )
+    parser.add_argument(
+        "--stop-after", type=float, default=10.0, help="stop a multi-process run after this many x its ideal makespan"
+    )
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument("--single-only", action="store_true", help="run only the single-process part")
+    part.add_argument("--multi-only", action="store_true", help="run only the multi-process part")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and the plot alone")
+    args = parser.parse_args()
+    if not args.multi_only:
+        asyncio.run(single_process(args))
+    if not args.single_only:
+        if not args.multi_only:
+            print()
+        multi_process(args)
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

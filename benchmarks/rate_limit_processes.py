@@ -1,0 +1,340 @@
+"""The multi-process case of bench_rate_limit.py: P OS processes call with one token, each with its own client.
+
+For every (approach, P) the emulator runs in a fresh process of its own, with its default (Laravel)
+settings, and P worker processes are spawned. Each worker imports everything, opens its client or
+session, says it is ready and waits; all are released by one event at the same moment. The makespan
+runs from that release to the last answer of the last worker.
+
+The emulator's request log is discarded in its process, so each worker counts from its own side. All
+processes share ``time.monotonic()`` (one machine), so their times compare directly:
+  sdk             the budget's counters (``client.rate_limit.sent`` and ``.throttled``), and the moment
+                  each 429 was read (a ``RetryEvent`` with cause ``429``, or a call raising
+                  ``RateLimitError``).
+  bare loops      every request they send, and the send time of each that was answered 429.
+
+A load test must stop by itself: a worker stops its calls ``time_limit`` seconds after the release and
+reports what it has; one that has not reported a few seconds later is terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
+import multiprocessing.synchronize
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+import aiohttp
+import attrs
+from aiolimiter import AsyncLimiter
+from emulator_process import emulator_in_subprocess
+
+from wemasy_async import RateLimitError, RetryEvent, WaitEvent, WemasyClient
+
+STATUS = "/services/webshop/v1/integrations/sendcloud/status"
+TOKEN = "bench-token"
+#: The naive retry loop sleeps what Retry-After says, but at least this long, so "0" cannot spin a core.
+RETRY_FLOOR = 0.01
+#: Seconds a spawned worker may take to import everything and open its client.
+READY_TIMEOUT = 120.0
+#: Seconds after its time limit a worker has to report before it is terminated.
+GRACE = 10.0
+
+
+@attrs.frozen
+class Job:
+    """One worker's part of a case (picklable: it crosses to the spawned process)."""
+
+    base_url: str
+    calls: int
+    limit: int
+    window: float
+    processes: int
+    #: Seconds after the release at which the worker stops its calls.
+    time_limit: float
+
+
+@attrs.define
+class WorkerReport:
+    """What one worker process saw, from its own side."""
+
+    calls: int
+    #: Requests sent (sdk: ``client.rate_limit.sent``).
+    sent: int = 0
+    #: Calls that ended in a 200.
+    answered: int = 0
+    #: 429 answers (sdk: ``client.rate_limit.throttled``).
+    throttled: int = 0
+    #: When each 429 was sent (bare loops) or read (sdk); monotonic seconds.
+    throttle_times: list[float] = attrs.field(factory=list)
+    #: One entry per failed call: the exception's type name, ``HTTP <status>``, or ``unfinished``.
+    failures: list[str] = attrs.field(factory=list)
+    #: When the worker's last call ended; monotonic seconds.
+    last_answer: float = 0.0
+    #: The worker stopped its calls at its time limit.
+    stopped: bool = False
+
+    def most_throttled_per_window(self, window: float) -> int:
+        """The most 429s within any span of ``window`` seconds."""
+        times = sorted(self.throttle_times)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - window:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+
+Release = Callable[[], float]
+Approach = Callable[[Job, Release, WorkerReport], Coroutine[Any, Any, None]]
+
+
+async def _run_calls(calls: Iterable[Coroutine[Any, Any, None]], deadline: float, report: WorkerReport) -> None:
+    """Run the calls at once until they end or the deadline passes; cancel and count what is left."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+    if pending:
+        report.stopped = True
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        report.failures += ["unfinished"] * len(pending)
+
+
+async def via_sdk(job: Job, release: Release, report: WorkerReport) -> None:
+    def on_event(event: WaitEvent | RetryEvent) -> None:
+        if isinstance(event, RetryEvent) and event.cause == "429":
+            report.throttle_times.append(time.monotonic())
+
+    async with WemasyClient(token=TOKEN, base_url=job.base_url, window_seconds=job.window, on_event=on_event) as client:
+
+        async def one() -> None:
+            try:
+                await client.sendcloud.status()
+            except Exception as exc:
+                if isinstance(exc, RateLimitError):  # a 429 the client gave up on: no RetryEvent for it
+                    report.throttle_times.append(time.monotonic())
+                report.failures.append(type(exc).__name__)
+            else:
+                report.answered += 1
+            report.last_answer = time.monotonic()
+
+        deadline = release()
+        try:
+            await _run_calls((one() for _ in range(job.calls)), deadline, report)
+        finally:
+            view = client.rate_limit
+            report.sent, report.throttled = view.sent, view.throttled
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"})
+
+
+async def _get(session: aiohttp.ClientSession, url: str, report: WorkerReport) -> tuple[int, str | None]:
+    """Send one request; count it; return its status and Retry-After."""
+    sent_at = time.monotonic()
+    report.sent += 1
+    async with session.get(url) as response:
+        await response.read()
+    if response.status == 429:
+        report.throttled += 1
+        report.throttle_times.append(sent_at)
+    return response.status, response.headers.get("Retry-After")
+
+
+def _ended(report: WorkerReport, status: int) -> None:
+    if status == 200:
+        report.answered += 1
+    else:
+        report.failures.append(f"HTTP {status}")
+    report.last_answer = time.monotonic()
+
+
+async def via_static_limiter(job: Job, release: Release, report: WorkerReport) -> None:
+    limiter = AsyncLimiter(job.limit / job.processes, job.window)  # this process's share of the limit
+    async with _session() as session:
+
+        async def one() -> None:
+            try:
+                while True:
+                    async with limiter:
+                        status, _ = await _get(session, job.base_url + STATUS, report)
+                    if status != 429:
+                        break
+            except Exception as exc:
+                report.failures.append(type(exc).__name__)
+                report.last_answer = time.monotonic()
+            else:
+                _ended(report, status)
+
+        await _run_calls((one() for _ in range(job.calls)), release(), report)
+
+
+async def via_retry_gather(job: Job, release: Release, report: WorkerReport) -> None:
+    async with _session() as session:
+
+        async def one() -> None:
+            try:
+                while True:
+                    status, retry_after = await _get(session, job.base_url + STATUS, report)
+                    if status != 429:
+                        break
+                    await asyncio.sleep(max(RETRY_FLOOR, float(retry_after or "1")))
+            except Exception as exc:
+                report.failures.append(type(exc).__name__)
+                report.last_answer = time.monotonic()
+            else:
+                _ended(report, status)
+
+        await _run_calls((one() for _ in range(job.calls)), release(), report)
+
+
+APPROACHES: dict[str, Approach] = {
+    "sdk": via_sdk,
+    "static-limiter": via_static_limiter,
+    "retry-gather": via_retry_gather,
+}
+
+
+def work(
+    approach: str, job: Job, go: multiprocessing.synchronize.Event, conn: multiprocessing.connection.Connection
+) -> None:
+    """A worker process: get ready, say so, wait for the release, make the calls, send the report."""
+    report = WorkerReport(calls=job.calls)
+
+    def release() -> float:
+        conn.send("ready")
+        go.wait()  # blocks the loop, on purpose: nothing runs on it before the release
+        return time.monotonic() + job.time_limit
+
+    asyncio.run(APPROACHES[approach](job, release, report))
+    conn.send(report)
+    conn.close()
+
+
+@attrs.frozen
+class Case:
+    """One approach with P processes."""
+
+    approach: str
+    processes: int
+    calls: int
+    window: float
+    #: From the release to the last answer of the last worker (or to when the case was given up).
+    makespan: float
+    reports: tuple[WorkerReport, ...]
+    #: Per worker without a report: why ("terminated", or its exit code) and its calls, all counted as failed.
+    lost: tuple[tuple[str, int], ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.lost and not any(r.stopped for r in self.reports)
+
+    @property
+    def sent(self) -> int:
+        return sum(r.sent for r in self.reports)
+
+    @property
+    def answered(self) -> int:
+        return sum(r.answered for r in self.reports)
+
+    @property
+    def throttled(self) -> int:
+        return sum(r.throttled for r in self.reports)
+
+    @property
+    def throttle_times_seen(self) -> int:
+        return sum(len(r.throttle_times) for r in self.reports)
+
+    @property
+    def most_throttled_per_window(self) -> int:
+        """The most 429s one process received within any one window length."""
+        return max((r.most_throttled_per_window(self.window) for r in self.reports), default=0)
+
+    @property
+    def failures(self) -> Counter[str]:
+        counts = Counter(name for r in self.reports for name in r.failures)
+        for reason, calls in self.lost:
+            counts[f"worker {reason}"] += calls
+        return counts
+
+
+def shares(calls: int, processes: int) -> list[int]:
+    """``calls`` split as evenly as it goes over ``processes``."""
+    return [calls // processes + (i < calls % processes) for i in range(processes)]
+
+
+def run_case(approach: str, calls: int, limit: int, window: float, processes: int, time_limit: float) -> Case:
+    """Run one approach in ``processes`` spawned workers against a fresh emulator process."""
+    context = multiprocessing.get_context("spawn")
+    split = shares(calls, processes)
+    children: list[multiprocessing.context.SpawnProcess] = []
+    pipes: list[multiprocessing.connection.Connection] = []
+    with emulator_in_subprocess(limit=limit, window_seconds=window) as base_url:
+        if urllib.parse.urlsplit(base_url).hostname != "127.0.0.1":
+            raise RuntimeError(f"the emulator is not on 127.0.0.1: {base_url}")
+        go = context.Event()
+        try:
+            for share in split:
+                job = Job(base_url, share, limit, window, processes, time_limit)
+                receiver, sender = context.Pipe(duplex=False)
+                child = context.Process(target=work, args=(approach, job, go, sender), daemon=True)
+                child.start()
+                sender.close()  # the child holds the only sending end: its death reads as EOF
+                children.append(child)
+                pipes.append(receiver)
+            ready_by = time.monotonic() + READY_TIMEOUT
+            for child, pipe in zip(children, pipes, strict=True):
+                if not pipe.poll(max(0.0, ready_by - time.monotonic())):
+                    raise RuntimeError(f"a {approach} worker was not ready within {READY_TIMEOUT:g} s")
+                try:
+                    pipe.recv()
+                except EOFError:
+                    raise RuntimeError(f"a {approach} worker died before the release: {child.exitcode}") from None
+
+            started = time.monotonic()
+            go.set()
+            reports: dict[int, WorkerReport] = {}
+            exits: dict[int, str] = {}
+            waiting = {pipe: i for i, pipe in enumerate(pipes)}
+            give_up = started + time_limit + GRACE
+            while waiting and time.monotonic() < give_up:
+                for ready in multiprocessing.connection.wait(list(waiting), max(0.0, give_up - time.monotonic())):
+                    assert isinstance(ready, multiprocessing.connection.Connection)
+                    i = waiting.pop(ready)
+                    try:
+                        reports[i] = ready.recv()
+                    except EOFError:
+                        children[i].join(5)
+                        exits[i] = f"exit code {children[i].exitcode}"
+            ended = time.monotonic()
+            for i in waiting.values():
+                exits[i] = "terminated"
+        finally:
+            for child, pipe in zip(children, pipes, strict=True):
+                if child.is_alive():
+                    child.terminate()
+                child.join(10)
+                pipe.close()
+
+    done = list(reports.values())
+    stopped = bool(exits) or any(r.stopped for r in done)
+    # A stopped case ran until it was given up.
+    last = ended if stopped else max((r.last_answer for r in done), default=started)
+    return Case(
+        approach=approach,
+        processes=processes,
+        calls=calls,
+        window=window,
+        makespan=last - started,
+        reports=tuple(done),
+        lost=tuple((reason, split[i]) for i, reason in exits.items()),
+    )
