@@ -38,5 +38,6 @@ def bench(session: nox.Session) -> None:
     """The benchmarks: print the SDK's figures beside its baselines and record them in benchmarks/RESULTS.md."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/bench_rate_limit.py")
+    session.run("python", "benchmarks/bench_wait_queue.py")
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_batch.py")

@@ -5,7 +5,8 @@ settings, and P worker processes are spawned. Each worker imports everything, op
 session, says it is ready and waits; all are released by one event at the same moment. The makespan
 runs from that release to the last answer of the last worker.
 
-The emulator's request log is discarded in its process, so each worker counts from its own side. All
+The emulator's request log is discarded in its process, so each worker counts from its own side; the
+emulator keeps only when each of its windows began, so 429s are counted per server window. All
 processes share ``time.monotonic()`` (one machine), so their times compare directly:
   sdk             the budget's counters (``client.rate_limit.sent`` and ``.throttled``), and the moment
                   each 429 was read (a ``RetryEvent`` with cause ``429``, or a call raising
@@ -19,6 +20,7 @@ reports what it has; one that has not reported a few seconds later is terminated
 from __future__ import annotations
 
 import asyncio
+import bisect
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
@@ -32,7 +34,7 @@ from typing import Any
 import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
-from emulator_process import emulator_in_subprocess
+from emulator_process import emulator_with_windows_in_subprocess
 
 from wemasy_async import RateLimitError, RetryEvent, WaitEvent, WemasyClient
 
@@ -79,15 +81,10 @@ class WorkerReport:
     #: The worker stopped its calls at its time limit.
     stopped: bool = False
 
-    def most_throttled_per_window(self, window: float) -> int:
-        """The most 429s within any span of ``window`` seconds."""
-        times = sorted(self.throttle_times)
-        most, first = 0, 0
-        for last, at in enumerate(times):
-            while times[first] <= at - window:
-                first += 1
-            most = max(most, last - first + 1)
-        return most
+    def most_throttled_per_window(self, starts: list[float]) -> int:
+        """The most 429s in one of the server's windows (``starts``: when each began, in order)."""
+        per_window = Counter(bisect.bisect_right(starts, at) for at in self.throttle_times)
+        return max(per_window.values(), default=0)
 
 
 Release = Callable[[], float]
@@ -233,6 +230,8 @@ class Case:
     reports: tuple[WorkerReport, ...]
     #: Per worker without a report: why ("terminated", or its exit code) and its calls, all counted as failed.
     lost: tuple[tuple[str, int], ...]
+    #: When the server's windows began (monotonic seconds), as its throttle counted them.
+    window_starts: list[float] = attrs.field(factory=list)
 
     @property
     def complete(self) -> bool:
@@ -256,8 +255,8 @@ class Case:
 
     @property
     def most_throttled_per_window(self) -> int:
-        """The most 429s one process received within any one window length."""
-        return max((r.most_throttled_per_window(self.window) for r in self.reports), default=0)
+        """The most 429s one process received in one of the server's windows."""
+        return max((r.most_throttled_per_window(self.window_starts) for r in self.reports), default=0)
 
     @property
     def failures(self) -> Counter[str]:
@@ -278,7 +277,7 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
     split = shares(calls, processes)
     children: list[multiprocessing.context.SpawnProcess] = []
     pipes: list[multiprocessing.connection.Connection] = []
-    with emulator_in_subprocess(limit=limit, window_seconds=window) as base_url:
+    with emulator_with_windows_in_subprocess(limit=limit, window_seconds=window) as (base_url, windows):
         if urllib.parse.urlsplit(base_url).hostname != "127.0.0.1":
             raise RuntimeError(f"the emulator is not on 127.0.0.1: {base_url}")
         go = context.Event()
@@ -318,6 +317,7 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
             ended = time.monotonic()
             for i in waiting.values():
                 exits[i] = "terminated"
+            starts = windows()
         finally:
             for child, pipe in zip(children, pipes, strict=True):
                 if child.is_alive():
@@ -335,6 +335,7 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
         calls=calls,
         window=window,
         makespan=last - started,
+        window_starts=starts,
         reports=tuple(done),
         lost=tuple((reason, split[i]) for i, reason in exits.items()),
     )

@@ -18,13 +18,19 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
 class RetryPolicy:
     """How a call is retried after a 429, a 5xx, a failed connection or a timeout. Other 4xx never are.
 
-    A 429 is re-sent when the rate-limit gate opens (its ``Retry-After``); other failures after
-    ``uniform(0, min(backoff_cap, backoff_base * 2 ** (attempt - 1)))`` seconds ("full jitter"), or a
-    503's ``Retry-After`` if longer. A call gives up, raising the last error, after ``max_attempts``
-    sends, or when the next wait would take its retry waits past ``max_wait`` seconds; a ``Retry-After``
-    longer than that raises :class:`RateLimitError` at once, so the caller can decide.
+    A 429 is the rate-limit budget's business, not a failure: its gate holds every caller until the
+    server's window has surely ended, and the throttled request is re-sent then without using an
+    attempt. A call gives up on 429s only when the wait is longer than ``max_wait`` (a
+    :class:`RateLimitError` at once, so the caller can decide; callers waiting behind that gate get one
+    too), or, for 429s that name no wait, when their waits add up to more than ``max_wait``.
 
-    ``RetryPolicy(backoff_base=0)`` retries without waiting (for tests); :data:`NO_RETRIES` never retries.
+    Other failures are re-sent after ``uniform(0, min(backoff_cap, backoff_base * 2 ** (attempt - 1)))``
+    seconds ("full jitter"), or a 503's ``Retry-After`` if longer. A call gives up, raising the last
+    error, after ``max_attempts`` sends, or when the next wait would take its retry waits past
+    ``max_wait`` seconds (or past the call's deadline).
+
+    ``RetryPolicy(backoff_base=0)`` retries without waiting (for tests); :data:`NO_RETRIES` never retries,
+    not even a 429.
     """
 
     max_attempts: int = attrs.field(default=6, validator=attrs.validators.ge(1))
