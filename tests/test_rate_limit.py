@@ -6,7 +6,7 @@ import email.utils
 import math
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from tests.simulation import Faults, simulate
@@ -354,6 +354,8 @@ ROUND_TRIPS_TO_RAMP = 4  # slow start reaches 2**k requests in flight after k ro
     jitter=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**32 - 1),
 )
+# Once a float-rounding failure: bounds are compared with a tolerance.
+@example(limit=9, window=1.0, requests=26, concurrency=2, latency=0.2080282324297876, jitter=0, seed=0)
 def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     limit: int, window: float, requests: int, concurrency: int, latency: float, jitter: float, seed: int
 ) -> None:

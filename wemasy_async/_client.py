@@ -276,6 +276,9 @@ class WemasyClient:
                         exchange_timeout = seconds
                         if deadline_at is not None:
                             left = deadline_at - time.monotonic()
+                            if left <= 0:  # aiohttp reads a timeout of 0 as none at all
+                                await budget.release(ticket)
+                                raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
                             exchange_timeout = left if seconds is None else min(seconds, left)
                         try:
                             response = await transport.send(hop, timeout=exchange_timeout)
