@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.redis_server import RedisServer
 from wemasy_async import NO_RETRIES, WemasyClient
 from wemasy_async.testing import WemasyEmulator
 
@@ -23,3 +24,23 @@ async def client(wemasy_emulator: WemasyEmulator) -> AsyncIterator[WemasyClient]
         retry=NO_RETRIES,
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the whole run; it fails (never skips) when it cannot start."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private Redis, emptied for this test."""
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url

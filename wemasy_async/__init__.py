@@ -43,7 +43,7 @@ from ._models import (
 from ._protocol import RateLimitHeaders
 from ._rate_limit import RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
-from ._scheduler import Budget, RateLimitBudget, RetryEvent, WaitEvent
+from ._scheduler import Budget, BudgetEvent, RateLimitBudget, RetryEvent, WaitEvent
 from ._types import NOT_GIVEN
 from ._version import __version__
 
@@ -59,6 +59,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Budget",
+    "BudgetEvent",
     "ChunkFailure",
     "ConfigurationError",
     "DeadlineExceededError",

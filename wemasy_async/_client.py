@@ -42,9 +42,10 @@ from ._transport import AiohttpTransport
 from ._types import NOT_GIVEN, Timeout
 from .resources.sendcloud import SendcloudResource
 
-__all__ = ["BASE_URL_ENV_VAR", "WemasyClient"]
+__all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient"]
 
 BASE_URL_ENV_VAR: Final = "WEMASY_BASE_URL"
+REDIS_URL_ENV_VAR: Final = "WEMASY_REDIS_URL"
 
 logger = logging.getLogger("wemasy_async")
 
@@ -77,7 +78,11 @@ class WemasyClient:
         retry: how failures are retried; see :class:`RetryPolicy`.
         on_event: called with a :class:`WaitEvent` before each wait for the budget and a
             :class:`RetryEvent` before each retry (both are also logged at debug level).
-        budget: a budget to use instead of the process-wide one (for one shared across processes).
+        budget: a budget to use instead of the process-wide one (any :class:`Budget`); the client does not
+            close it.
+        redis_url: share the token's budget with every process and host that names the same Redis
+            (``redis://host:6379/0``; default: ``WEMASY_REDIS_URL``). Needs ``wemasy-async[redis]``. If
+            Redis stops answering, the client carries on with the process's own budget until it is back.
         max_redirects: same-origin redirects followed per call. Redirects to another origin are never
             followed, since they would carry the token.
     """
@@ -96,6 +101,7 @@ class WemasyClient:
         retry: RetryPolicy | None = None,
         on_event: Callable[[SchedulerEvent], None] | None = None,
         budget: Budget[Any] | None = None,
+        redis_url: str | None = None,
         allow_insecure_http: bool = False,
         max_redirects: int = 3,
         user_agent: str | None = None,
@@ -126,10 +132,24 @@ class WemasyClient:
             if not (requests > 0 and seconds > 0):
                 raise ConfigurationError(f"rate_ceiling must be (requests, seconds), both positive: {rate_ceiling!r}")
             self._ceiling = AsyncLimiter(requests, seconds)
-        self._budget: Budget[Any] = (
-            budget if budget is not None else shared_budget(self.base_url, self._token, window_seconds=window_seconds)
-        )
         self._on_event = on_event
+        redis_url = redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV_VAR) or None
+        local = shared_budget(self.base_url, self._token, window_seconds=window_seconds)
+        self._owns_budget = budget is None and redis_url is not None
+        if budget is not None:
+            self._budget: Budget[Any] = budget
+        elif redis_url is not None:
+            self._budget = _redis_budget(
+                redis_url,
+                self.base_url,
+                self._token,
+                window_seconds=window_seconds or local.window_seconds,
+                lease_seconds=max(10.0, (timeout or 60.0) + 5.0),
+                fallback=local,
+                on_event=self._emit,
+            )
+        else:
+            self._budget = local
         self._random = random.Random()
         self._session = session
         self._transport_cache: AiohttpTransport | None = None
@@ -162,9 +182,14 @@ class WemasyClient:
         """Close the session if the client created it; a session passed in is left open."""
         self._closed = True
         self._transport_cache = None
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        try:
+            if self._owns_session and self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
+        finally:
+            if self._owns_budget:
+                self._owns_budget = False
+                await self._budget.aclose()
 
     def _transport(self) -> AiohttpTransport:
         if self._closed:
@@ -387,3 +412,19 @@ class WemasyClient:
             error.args = (error.message,)
             return error
         raise AssertionError("a 429 always deciphers to RateLimitError")  # pragma: no cover
+
+
+def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> Budget[Any]:
+    """A budget shared through Redis; the ``redis`` extra is imported only when one is asked for."""
+    if not isinstance(redis_url, str) or not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError("redis_url must be a redis://, rediss:// or unix:// URL")
+    try:
+        from ._redis_budget import RedisBudget
+    except ImportError:
+        raise ConfigurationError(
+            'a shared budget through Redis needs the redis extra: pip install "wemasy-async[redis]"'
+        ) from None
+    try:
+        return RedisBudget(redis_url, base_url, token, **options)
+    except ValueError:  # its text may repeat the URL, password and all
+        raise ConfigurationError("redis_url is not a usable Redis URL (redis://[:password@]host:port/db)") from None

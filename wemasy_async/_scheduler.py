@@ -28,6 +28,7 @@ from ._rate_limit import RateLimitView, Ticket, Wait, WindowBudget
 
 __all__ = [
     "Budget",
+    "BudgetEvent",
     "RateLimitBudget",
     "RetryEvent",
     "SchedulerEvent",
@@ -68,7 +69,16 @@ class RetryEvent:
     path: str
 
 
-SchedulerEvent = WaitEvent | RetryEvent
+@attrs.frozen
+class BudgetEvent:
+    """A budget shared through Redis changed hands: ``backend`` is ``local`` when Redis stopped answering
+    (this process now counts on its own) and ``redis`` when it answers again."""
+
+    backend: str
+    reason: str
+
+
+SchedulerEvent = WaitEvent | RetryEvent | BudgetEvent
 
 
 @runtime_checkable

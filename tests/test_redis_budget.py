@@ -1,0 +1,207 @@
+"""The fleet's budget in a real redis-server: the Lua port decides as the Python reference does."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.redis_server import RedisServer
+from wemasy_async import RateLimitHeaders
+from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
+from wemasy_async._redis_budget import FleetTicket, RedisBudget, redis_keys
+
+W = 2.0
+_tokens = itertools.count()
+
+acquire = st.tuples(st.just("acquire"))
+answer = st.tuples(
+    st.just("answer"),
+    st.integers(0, 50),
+    st.sampled_from([200] * 6 + [429]),
+    st.one_of(st.just(8), st.just(8), st.none(), st.integers(1, 12)),
+    st.integers(0, 8),
+    st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.0, 0.3])),
+)
+step = st.one_of(
+    st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 2.5])),
+    acquire,
+    acquire,
+    answer,
+    answer,
+    st.tuples(st.just("drop"), st.integers(0, 50)),
+    st.tuples(st.just("release"), st.integers(0, 50)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(step, max_size=80), start=st.floats(1000.0, 2000.0))
+def test_the_lua_budget_decides_as_the_python_reference(
+    redis_server: RedisServer, steps: list[tuple[object, ...]], start: float
+) -> None:
+    """Random grants, answers (429s with and without Retry-After, limits that change), drops, releases
+    and time steps, given to both: the same tickets and waits (reason and end), the same gate after each
+    answer, the same view."""
+    asyncio.run(_compare(redis_server.url, steps, start))
+
+
+#: Sequences that reach every branch of the state machine, beside the random ones.
+BRANCHES = {
+    "a window of dropped requests ends": [
+        ("acquire",), ("answer", 0, 200, 3, 2, None), ("advance", 2.5),
+        *[("acquire",), ("drop", 0)] * 3, ("acquire",), ("advance", 1.9), ("acquire",), ("advance", 0.2), ("acquire",),
+    ],
+    "a window of dropped requests that has already ended": [
+        ("acquire",), ("answer", 0, 200, 3, 2, None), ("advance", 2.5),
+        *[("acquire",), ("drop", 0)] * 3, ("advance", 2.5), ("acquire",), ("acquire",),
+    ],
+    "others near the limit: one at a time": [
+        ("acquire",), ("answer", 0, 200, 8, 6, None), ("acquire",), ("answer", 0, 200, 8, 5, None),
+        ("acquire",), ("answer", 0, 200, 8, 4, None), ("acquire",), ("acquire",),
+    ],
+    "the server's window began early": [
+        ("acquire",), ("answer", 0, 200, 8, 7, None), ("acquire",), ("advance", 1.0),
+        ("answer", 0, 200, 8, 7, None), ("acquire",), ("acquire",),
+    ],
+    "a 429 at the estimated end waits a little": [
+        ("acquire",), ("answer", 0, 200, 8, 7, None), ("advance", 1.99), ("acquire",), ("answer", 0, 429, 8, 0, 0.0),
+        ("acquire",), ("advance", 0.04), ("acquire",), ("advance", 0.02), ("acquire",),
+    ],
+    "a limit lowered across a window end": [
+        ("acquire",), ("answer", 0, 200, 8, 7, None), ("acquire",), ("answer", 0, 200, 8, 6, None), ("acquire",),
+        ("advance", 2.5), ("acquire",), ("answer", 0, 200, 2, 0, None), ("answer", 0, 200, 2, 0, None),
+        ("acquire",), ("advance", 2.5), ("acquire",),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", list(BRANCHES.values()), ids=list(BRANCHES))
+async def test_the_lua_budget_takes_every_branch_as_the_reference(
+    redis_server: RedisServer, steps: list[tuple[object, ...]]
+) -> None:
+    """Hand-made sequences through each branch (the random ones seldom reach some): the same decisions."""
+    await _compare(redis_server.url, steps, 1000.0)
+
+
+async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float) -> None:
+    reference = WindowBudget(W)
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", f"token-{next(_tokens)}", window_seconds=W)
+    fleet.lease_seconds = 1e6  # no lease runs out here: that is not in the reference
+    now = start
+    fleet.fixed_now = now
+    outstanding: list[tuple[Ticket, str]] = []
+    try:
+        for action, *args in steps:
+            if action == "advance":
+                now += float(args[0])  # type: ignore[arg-type]
+                fleet.fixed_now = now
+            elif action == "acquire":
+                expected = reference.try_acquire(now)
+                kind, first, second, *_ = await fleet.run("acquire")
+                if isinstance(expected, Ticket):
+                    assert kind == b"ticket", (expected, kind, first, second)
+                    outstanding.append((expected, first.decode()))
+                else:
+                    assert kind == b"wait", (expected, kind, first)
+                    assert first.decode() == expected.reason
+                    _same_wait(expected, second, now)
+            elif outstanding:
+                chosen = int(args[0])  # type: ignore[call-overload]
+                index = chosen % len(outstanding)
+                ticket, lease = outstanding[index]
+                if action == "answer":
+                    status, limit, remaining, retry_after = args[1:]
+                    hints = RateLimitHeaders(limit, remaining, retry_after)  # type: ignore[arg-type]
+                    gate = reference.answered(ticket, now, status, hints)  # type: ignore[arg-type]
+                    got = await fleet._settle(FleetTicket(lease=lease), "answered", status, hints)  # type: ignore[arg-type]
+                    assert got == pytest.approx(gate, abs=1e-9)
+                elif action == "drop":
+                    reference.no_answer(ticket, now)
+                    await fleet._settle(FleetTicket(lease=lease), "no_answer")
+                else:
+                    reference.release(ticket)
+                    await fleet._settle(FleetTicket(lease=lease), "release")
+                if chosen < 45:  # else settled again later: harmless for both
+                    del outstanding[index]
+            await fleet.run("view")
+            _same_view(reference, fleet, now)
+    finally:
+        await fleet.aclose()
+
+
+def _same_wait(expected: Wait, seconds: bytes, now: float) -> None:
+    if expected.until is None:
+        assert seconds == b""
+    else:
+        assert float(seconds) == pytest.approx(expected.until - now, abs=1e-6)
+
+
+def _same_view(reference: WindowBudget, fleet: RedisBudget, now: float) -> None:
+    want, got = reference.view(now), fleet._view
+    assert got is not None
+    assert (got.limit, got.remaining, got.in_flight, got.shared) == (
+        want.limit,
+        want.remaining,
+        want.in_flight,
+        want.shared,
+    )
+    assert got.gate_closed_for == pytest.approx(want.gate_closed_for, abs=1e-6)
+    if want.window_ends_in is None:
+        assert got.window_ends_in is None
+    else:
+        assert got.window_ends_in == pytest.approx(want.window_ends_in, abs=1e-6)
+
+
+async def test_keys_hold_no_token_and_expire(redis_url: str) -> None:
+    """The token is only hashed into the keys' names, and every key has a time to live."""
+    import redis.asyncio as aioredis
+
+    token = "wm-tok-9f8e7d6c5b4a-SECRET"
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W)
+    try:
+        ticket = await fleet.acquire()
+        await fleet.answered(ticket, 200, RateLimitHeaders(10, 9))
+        await fleet.acquire()  # in flight: a lease
+        client = aioredis.Redis.from_url(redis_url)
+        keys = await client.keys("*")
+        assert sorted(k.decode() for k in keys) == sorted(redis_keys("http://127.0.0.1/api", token)[:2])
+        for key in keys:
+            assert token.encode() not in key
+            assert 0 < await client.pttl(key) <= 3 * max(W, fleet.lease_seconds) * 1000
+            dump = await client.dump(key)
+            assert dump is not None
+            assert token.encode() not in dump
+        await client.aclose()
+    finally:
+        await fleet.aclose()
+
+
+async def test_a_lease_that_runs_out_frees_its_place(redis_url: str) -> None:
+    """A process that took the window's first ticket and died: its lease runs out, and then another
+    process may send, as if that request had gone unanswered."""
+    dead = RedisBudget(redis_url, "http://127.0.0.1/api", "t-lease", window_seconds=W, lease_seconds=5.0)
+    alive = RedisBudget(redis_url, "http://127.0.0.1/api", "t-lease", window_seconds=W, lease_seconds=5.0)
+    dead.fixed_now = alive.fixed_now = 100.0
+    try:
+        kind, *_ = await dead.run("acquire")
+        assert kind == b"ticket"  # ... and its process is killed
+        kind, reason, seconds, *_ = await alive.run("acquire")
+        assert (kind, reason, seconds) == (b"wait", b"probe", b"")
+        alive.fixed_now = 105.0
+        kind, *_ = await alive.run("acquire")
+        assert kind == b"ticket"
+    finally:
+        await dead.aclose()
+        await alive.aclose()
+
+
+def test_the_lua_script_knows_no_other_operation() -> None:
+    """A typo in an operation is an error, not a silent no-op (checked against the script's text)."""
+    from wemasy_async._redis_budget import LUA_SOURCE
+
+    assert "unknown operation" in LUA_SOURCE
+    assert math.isfinite(W)

@@ -1,0 +1,356 @@
+"""One budget for a fleet: a token's rate-limit budget kept in Redis, shared by every process and host.
+
+The state machine is :mod:`._rate_limit`'s, ported line for line to one Lua script
+(``_window_budget.lua``) so that every transition is atomic in Redis; Redis's ``TIME`` is its only clock,
+so hosts whose clocks differ still agree. A request in flight holds a lease that runs out
+``lease_seconds`` after it was granted: a process killed mid-request frees its place then. Keys are named
+by a hash of (base URL, token), never the token, and expire when the token has been idle a while.
+
+Each request costs two round trips: one to take a ticket, one to report the answer. A caller that must wait
+for an answer (the window's first request is out, or its last slots go one at a time) is woken by a
+message on the token's channel when any process reports one, and polls every ``poll_seconds`` besides.
+
+Redis is a help, never a dependency: when it does not answer within ``redis_timeout`` seconds (or fails
+in any way) the budget falls back to the process's own in-process budget, says so once in the log and to
+``on_event``, and tries Redis again ``retry_seconds`` later. No call fails because Redis did.
+
+Needs the ``redis`` extra: ``pip install "wemasy-async[redis]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.resources
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from ._protocol import RateLimitHeaders
+from ._rate_limit import RateLimitView, Ticket
+from ._scheduler import BudgetEvent, RateLimitBudget, SchedulerEvent, WaitEvent, gate_closed_error
+
+__all__ = ["LUA_SOURCE", "RedisBudget", "redis_keys"]
+
+logger = logging.getLogger("wemasy_async")
+
+LUA_SOURCE = importlib.resources.files(__package__).joinpath("_window_budget.lua").read_text(encoding="utf-8")
+
+
+def redis_keys(base_url: str, token: str) -> list[str]:
+    """The state hash, the leases and the wake channel of one token's budget; the token is only hashed.
+
+    The hash in braces keeps the keys in one Redis Cluster slot, as a script needs.
+    """
+    digest = hashlib.sha256(f"{base_url}\n{token}".encode()).hexdigest()[:32]
+    prefix = f"wemasy-async:{{{digest}}}"
+    return [f"{prefix}:state", f"{prefix}:leases", f"{prefix}:wake"]
+
+
+class RedisUnavailableError(Exception):
+    """Redis did not answer in time, or failed: the budget falls back to the in-process one."""
+
+
+@attrs.define(eq=False)
+class FleetTicket:
+    """A ticket from Redis (its lease's name) or, while Redis is away, from the in-process budget."""
+
+    lease: str | None = None
+    local: Ticket | None = None
+
+
+@attrs.define
+class _Counters:
+    sent: int = 0
+    throttled: int = 0
+    retried: int = 0
+    waited_seconds: float = 0.0
+
+
+def _float(value: bytes | str) -> float | None:
+    text = value.decode() if isinstance(value, bytes) else value
+    return float(text) if text else None
+
+
+class RedisBudget:
+    """A token's budget shared through Redis by every process and host that names the same Redis and token.
+
+    Made by :class:`WemasyClient` from ``redis_url=`` (or ``WEMASY_REDIS_URL``); it can also be made and
+    passed as ``budget=``. Use it from one event loop.
+
+    Args:
+        redis_url: ``redis://[:password@]host:port/db`` (or ``rediss://`` for TLS).
+        base_url, token: whose budget it is (the token is only hashed, never sent to Redis).
+        window_seconds: the server's window (60 s for Wemasy).
+        lease_seconds: how long a request in flight holds its place if its process dies.
+        redis_timeout: seconds Redis may take to answer before the in-process budget is used instead.
+        retry_seconds: how long after a failure Redis is tried again.
+        poll_seconds: the longest a caller waiting for another process's answer goes without asking.
+        fallback: the in-process budget to use while Redis is away (a private one by default).
+        on_event: called with a :class:`BudgetEvent` when the budget leaves Redis and when it comes back.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        base_url: str,
+        token: str,
+        *,
+        window_seconds: float = 60.0,
+        assumed_limit: int = 60,
+        lease_seconds: float = 35.0,
+        redis_timeout: float = 0.5,
+        retry_seconds: float = 5.0,
+        poll_seconds: float = 0.25,
+        fallback: RateLimitBudget | None = None,
+        on_event: Callable[[SchedulerEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = aioredis.Redis.from_url(
+            redis_url, socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout
+        )
+        pool_options = self._redis.connection_pool.connection_kwargs
+        # Where Redis is, for log lines: never the URL, which may hold a password.
+        self.where = f"{pool_options.get('host', '?')}:{pool_options.get('port', '?')}"
+        self._script = self._redis.register_script(LUA_SOURCE)
+        self._keys = redis_keys(base_url, token)
+        self.window_seconds = window_seconds
+        self._assumed_limit = assumed_limit
+        self.lease_seconds = lease_seconds
+        self._redis_timeout = redis_timeout
+        self._retry_seconds = retry_seconds
+        self._poll_seconds = poll_seconds
+        self._local = fallback if fallback is not None else RateLimitBudget(window_seconds)
+        self._on_event = on_event
+        self._clock = clock
+        self._down_until = -math.inf
+        self._on_redis = True
+        self._turn: asyncio.Lock | None = None
+        self._woken: asyncio.Event | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._counters = _Counters()
+        self._view: RateLimitView | None = None
+        self._view_at = 0.0
+        #: Decide with this time instead of Redis's (tests of the state machine only).
+        self.fixed_now: float | None = None
+
+    def __repr__(self) -> str:
+        backend = "redis" if self._on_redis else "in-process (Redis away)"
+        return f"RedisBudget(redis={self.where}, window_seconds={self.window_seconds:g}, now={backend})"
+
+    # --- talking to Redis ------------------------------------------------------------------------
+
+    async def run(self, operation: str, *args: str | int | float) -> list[Any]:
+        """Run one operation of the script; RedisUnavailableError when Redis does not answer in time."""
+        now = "" if self.fixed_now is None else repr(self.fixed_now)
+        argv: list[str | int | float] = [
+            operation,
+            now,
+            repr(float(self.window_seconds)),
+            self._assumed_limit,
+            max(1, int(3 * max(self.window_seconds, self.lease_seconds) * 1000)),
+            repr(float(self.lease_seconds)),
+            *args,
+        ]
+        try:
+            reply = await asyncio.wait_for(self._script(keys=self._keys, args=argv), self._redis_timeout)
+        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
+        result: list[Any] = reply
+        self._view = self._parse_view(result[3:])
+        self._view_at = self._clock()
+        return result
+
+    def _parse_view(self, fields: list[Any]) -> RateLimitView:
+        limit, remaining, ends_in, gate, in_flight, shared, _fleet_sent, _fleet_throttled = fields
+        counters = self._counters
+        return RateLimitView(
+            limit=None if _float(limit) is None else int(float(limit)),
+            remaining=None if _float(remaining) is None else int(float(remaining)),
+            window_ends_in=_float(ends_in),
+            gate_closed_for=_float(gate) or 0.0,
+            in_flight=int(in_flight),
+            shared=bool(int(shared)),
+            window_seconds=self.window_seconds,
+            sent=counters.sent,
+            throttled=counters.throttled,
+            retried=counters.retried,
+            waited_seconds=counters.waited_seconds,
+        )
+
+    def _usable(self) -> bool:
+        return self._clock() >= self._down_until
+
+    def _went_away(self, error: RedisUnavailableError) -> None:
+        self._down_until = self._clock() + self._retry_seconds
+        if self._on_redis:
+            self._on_redis = False
+            logger.warning(
+                "Redis at %s did not answer (%s): using this process's own rate-limit budget until it does",
+                self.where,
+                error,
+            )
+            self._emit(BudgetEvent(backend="local", reason=str(error)))
+
+    def _came_back(self) -> None:
+        if not self._on_redis:
+            self._on_redis = True
+            logger.warning("Redis at %s answers again: the fleet's rate-limit budget is back", self.where)
+            self._emit(BudgetEvent(backend="redis", reason="Redis answers again"))
+
+    def _emit(self, event: SchedulerEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    # --- the Budget interface --------------------------------------------------------------------
+
+    def try_acquire(self) -> FleetTicket | None:
+        """Always None: a ticket from Redis takes a round trip (see :meth:`acquire`)."""
+        return None
+
+    async def acquire(
+        self,
+        on_wait: Callable[[WaitEvent], None] | None = None,
+        *,
+        max_gate_wait: float = math.inf,
+        deadline: float | None = None,
+    ) -> FleetTicket:
+        """Wait for a ticket from the fleet's budget (in turn with this process's other callers)."""
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+            self._woken = asyncio.Event()
+        started = self._clock()
+        async with self._turn:
+            try:
+                ticket = await self._acquire_from_redis(on_wait, max_gate_wait, deadline)
+            except RedisUnavailableError as error:
+                self._went_away(error)
+                ticket = None
+            if ticket is None:
+                local = await self._local.acquire(on_wait, max_gate_wait=max_gate_wait, deadline=deadline)
+                ticket = FleetTicket(local=local)
+        self._counters.sent += 1
+        self._counters.waited_seconds += self._clock() - started
+        return ticket
+
+    async def _acquire_from_redis(
+        self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
+    ) -> FleetTicket | None:
+        assert self._woken is not None
+        last_reason = ""
+        while self._usable():
+            self._woken.clear()
+            kind, first, second, *_ = await self.run("acquire")
+            self._came_back()
+            if kind == b"ticket":
+                return FleetTicket(lease=first.decode())
+            reason, wait = first.decode(), _float(second)
+            gate = self._view.gate_closed_for if self._view is not None else 0.0
+            if gate > max_gate_wait:
+                raise gate_closed_error(gate, max_gate_wait)
+            now = self._clock()
+            if deadline is not None and (now >= deadline or (wait is not None and now + wait > deadline)):
+                raise TimeoutError("no rate-limit budget before the deadline")
+            if reason != last_reason:
+                last_reason = reason
+                logger.debug("rate limit (fleet): waiting %s (%s)", "for an answer" if wait is None else wait, reason)
+                if on_wait is not None:
+                    on_wait(WaitEvent(reason=reason, seconds=wait))
+            timeout = self._poll_seconds if wait is None else wait
+            if wait is None:
+                self._listen()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - now))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), timeout)
+        return None
+
+    def _listen(self) -> None:
+        """Be woken when any process reports an answer (started on the first wait for one)."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
+
+    async def _listen_forever(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._keys[2])
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None and self._woken is not None:
+                    self._woken.set()
+        except (redis.exceptions.RedisError, OSError):
+            return  # the poll goes on; the next wait for an answer listens again
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def release(self, ticket: FleetTicket) -> None:
+        self._counters.sent -= 1
+        await self._settle(ticket, "release")
+
+    async def no_answer(self, ticket: FleetTicket) -> None:
+        await self._settle(ticket, "no_answer")
+
+    async def answered(self, ticket: FleetTicket, status: int, hints: RateLimitHeaders) -> float:
+        if status == 429:
+            self._counters.throttled += 1
+        return await self._settle(ticket, "answered", status, hints)
+
+    async def _settle(
+        self, ticket: FleetTicket, operation: str, status: int = 0, hints: RateLimitHeaders | None = None
+    ) -> float:
+        if ticket.local is not None:
+            if operation == "answered":
+                assert hints is not None
+                return await self._local.answered(ticket.local, status, hints)
+            await (self._local.release(ticket.local) if operation == "release" else self._local.no_answer(ticket.local))
+            return 0.0
+        if ticket.lease is None or not self._usable():
+            return 0.0  # Redis is away: the lease runs out by itself
+        limit, remaining, retry_after = hints if hints is not None else (None, None, None)
+        args: list[str | int | float] = [ticket.lease, status]
+        args += ["" if limit is None else limit, "" if remaining is None else remaining]
+        args.append("" if retry_after is None else repr(float(retry_after)))
+        ticket.lease = None
+        try:
+            _kind, gate, *_ = await self.run(operation, *args)
+        except RedisUnavailableError as error:
+            self._went_away(error)
+            return 0.0
+        return _float(gate) or 0.0
+
+    def count_retry(self) -> None:
+        self._counters.retried += 1
+
+    def view(self) -> RateLimitView:
+        """The fleet's budget as last read from Redis (limit, remaining, window end, gate, in flight) and
+        this process's counters; while Redis is away, the in-process budget's."""
+        if not self._on_redis or self._view is None:
+            return self._local.view()
+        elapsed = self._clock() - self._view_at
+        view = self._view
+        counters = self._counters
+        return attrs.evolve(
+            view,
+            window_ends_in=None if view.window_ends_in is None else max(0.0, view.window_ends_in - elapsed),
+            gate_closed_for=max(0.0, view.gate_closed_for - elapsed),
+            sent=counters.sent,
+            throttled=counters.throttled,
+            retried=counters.retried,
+            waited_seconds=counters.waited_seconds,
+        )
+
+    async def aclose(self) -> None:
+        """Stop listening and close the connections to Redis."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await self._redis.aclose()

@@ -1,0 +1,252 @@
+-- The rate-limit state machine of _rate_limit.py (WindowBudget), kept in Redis for a fleet of processes.
+--
+-- A line-for-line port: every decision here must equal the Python reference's for the same sequence of
+-- calls and times (a property test drives both). What differs: the time is Redis's own TIME (one clock
+-- for every host), and a ticket in flight is a lease in a sorted set, scored by its deadline. A lease
+-- that runs out (its process died) is settled as a request without an answer at its deadline.
+--
+-- KEYS[1] the state hash, KEYS[2] the leases (sorted set), KEYS[3] the wake channel.
+-- ARGV[1] operation: acquire | answered | no_answer | release | view
+-- ARGV[2] now: '' for Redis's TIME (always, outside tests)
+-- ARGV[3] window seconds, ARGV[4] assumed limit, ARGV[5] key time-to-live (ms), ARGV[6] lease seconds
+-- acquire: -
+-- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
+--   ARGV[8] status, ARGV[9] X-RateLimit-Limit, ARGV[10] X-RateLimit-Remaining, ARGV[11] Retry-After
+--   seconds ('' when absent)
+--
+-- Returns {kind, a, b} and the budget's view (see view_fields): acquire {'ticket', member, ''} or
+-- {'wait', reason, seconds to wait ('' to wait for an answer)}; the others {'ok' or 'settled', seconds the
+-- gate stays closed, ''}. Numbers go back as strings: Redis would cut a Lua number to an integer.
+
+local state_key, leases_key, channel = KEYS[1], KEYS[2], KEYS[3]
+local op = ARGV[1]
+local now
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local W = tonumber(ARGV[3])
+local assumed_limit = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local lease_seconds = tonumber(ARGV[6])
+local MIN_THROTTLE_WAIT = 0.05
+local RETRY_AFTER_ROUNDING = 1.0
+local INF = math.huge
+
+local raw = redis.call('HGETALL', state_key)
+local h = {}
+for i = 1, #raw, 2 do
+  h[raw[i]] = tonumber(raw[i + 1])
+end
+-- nil: unknown (limit, window end, others' use of the last window); the gate and last settlement: -inf.
+local s = {
+  limit = h.limit, window_end = h.window_end, gate = h.gate or -INF, epoch = h.epoch or 0,
+  granted = h.granted or 0, others = h.others or 0, learned = h.learned or 0, before = h.before,
+  answers = h.answers or 0, sent = h.sent or 0, settled = h.settled or 0, last = h.last or -INF,
+  next_id = h.next_id or 0, st_sent = h.st_sent or 0, st_throttled = h.st_throttled or 0,
+}
+local FIELDS = {'limit', 'window_end', 'gate', 'epoch', 'granted', 'others', 'learned', 'before', 'answers',
+  'sent', 'settled', 'last', 'next_id', 'st_sent', 'st_throttled'}
+
+local function save()
+  local set, del = {}, {}
+  for _, f in ipairs(FIELDS) do
+    local v = s[f]
+    if v == nil or v == -INF then
+      del[#del + 1] = f
+    else
+      set[#set + 1] = f
+      set[#set + 1] = string.format('%.17g', v)
+    end
+  end
+  if #del > 0 then redis.call('HDEL', state_key, unpack(del)) end
+  if #set > 0 then redis.call('HSET', state_key, unpack(set)) end
+  redis.call('PEXPIRE', state_key, ttl)
+  if redis.call('EXISTS', leases_key) == 1 then redis.call('PEXPIRE', leases_key, ttl) end
+end
+
+local function str(v)
+  if v == nil then return '' end
+  return string.format('%.17g', v)
+end
+
+local function epoch_of(member)
+  return tonumber(string.match(member, '^(%d+):'))
+end
+
+local function answers_before_of(member)
+  return tonumber(string.match(member, '^%d+:(%d+):'))
+end
+
+-- Leases whose deadline passed: requests of a process that is gone, settled without an answer then.
+local expired = redis.call('ZRANGEBYSCORE', leases_key, '-inf', now, 'WITHSCORES')
+for i = 1, #expired, 2 do
+  local deadline = tonumber(expired[i + 1])
+  redis.call('ZREM', leases_key, expired[i])
+  if epoch_of(expired[i]) == s.epoch then s.settled = s.settled + 1 end
+  if deadline > s.last then s.last = deadline end
+end
+local in_flight = redis.call('ZCARD', leases_key)
+
+local function new_epoch(window_end, carried, others)
+  s.epoch = s.epoch + 1
+  if s.answers > 0 then s.before = s.learned end
+  s.window_end = window_end
+  s.granted = carried
+  s.others = others
+  s.learned = 0
+  s.answers, s.sent, s.settled = 0, 0, 0
+end
+
+local function gate_left()
+  return math.max(0, s.gate - now)
+end
+
+-- WindowBudget.peek: nil when a ticket is free, else {reason, until (or nil: at the next answer)}.
+local function peek()
+  if now < s.gate then return {'gate', s.gate} end
+  if s.window_end ~= nil and now >= s.window_end then new_epoch(nil, in_flight, 0) end
+  local limit = s.limit
+  if limit == nil then
+    if in_flight > 0 then return {'probe', nil} end
+    return nil
+  end
+  if s.before ~= 0 and s.sent - s.settled >= math.max(1, s.settled) then return {'probe', nil} end
+  local free = limit - s.granted - s.others
+  if free <= 0 then
+    if s.window_end == nil then
+      if in_flight > 0 then return {'window', nil} end
+      s.window_end = s.last + W
+      if now >= s.window_end then
+        new_epoch(nil, 0, 0)
+        return nil
+      end
+    end
+    return {'window', s.window_end}
+  end
+  local before = s.before or 0
+  if in_flight > 0 and (before > 0 or s.learned > 0) then
+    local epoch_flight = s.sent - s.settled
+    local may_use = math.max(2 * s.learned + epoch_flight, before - s.learned)
+    if free <= math.max(1, may_use) then return {'shared', nil} end
+  end
+  return nil
+end
+
+local function throttled(retry_after, limit)
+  local estimate = nil
+  if s.window_end ~= nil and s.window_end > now then estimate = s.window_end end
+  local until_
+  if retry_after == nil then
+    until_ = estimate or (now + W)
+  else
+    local low, high = now + retry_after, now + retry_after + RETRY_AFTER_ROUNDING
+    if estimate == nil then until_ = high else until_ = math.min(math.max(estimate, low), high) end
+  end
+  s.gate = math.max(s.gate, until_, now + MIN_THROTTLE_WAIT)
+  local before = math.max(s.before or 0, s.learned, 1)
+  new_epoch(s.gate, 0, limit)
+  s.before = before
+end
+
+local result
+if op == 'acquire' then
+  local decision = peek()
+  if decision == nil then
+    s.granted = s.granted + 1
+    s.sent = s.sent + 1
+    s.st_sent = s.st_sent + 1
+    s.next_id = s.next_id + 1
+    local member = s.epoch .. ':' .. s.answers .. ':' .. s.next_id
+    redis.call('ZADD', leases_key, now + lease_seconds, member)
+    in_flight = in_flight + 1
+    result = {'ticket', member, ''}
+  else
+    local wait = ''
+    if decision[2] ~= nil then wait = str(decision[2] - now) end
+    result = {'wait', decision[1], wait}
+  end
+elseif op == 'answered' or op == 'no_answer' or op == 'release' then
+  local member = ARGV[7]
+  local epoch = epoch_of(member)
+  if redis.call('ZREM', leases_key, member) == 0 then
+    result = {'settled', str(gate_left()), ''}  -- settled before, or its lease ran out: nothing to do
+    op = 'settled'
+  end
+  if op ~= 'settled' then in_flight = in_flight - 1 end
+  if op == 'settled' then
+    -- nothing changes
+  elseif op == 'release' then
+    s.st_sent = s.st_sent - 1
+    if epoch == s.epoch then
+      s.sent = s.sent - 1
+      if s.granted > 0 then s.granted = s.granted - 1 end
+    end
+    result = {'ok', str(gate_left()), ''}
+  else
+    if epoch == s.epoch then s.settled = s.settled + 1 end
+    if now > s.last then s.last = now end
+    result = {'ok', str(gate_left()), ''}
+    if op == 'answered' then
+      local status = tonumber(ARGV[8])
+      local hint_limit, remaining, retry_after = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+      if hint_limit ~= nil and hint_limit > 0 then
+        s.limit = hint_limit
+      elseif s.limit == nil then
+        s.limit = assumed_limit
+      end
+      local limit = s.limit
+      if status == 429 then
+        s.st_throttled = s.st_throttled + 1
+        throttled(retry_after, limit)
+        result = {'ok', str(s.gate - now), ''}
+      elseif epoch == s.epoch then
+        if s.window_end == nil then s.window_end = now + W end
+        if remaining == nil then
+          s.answers = s.answers + 1
+        else
+          local count = limit - remaining
+          local answers_before = answers_before_of(member)
+          if answers_before > 0 and count <= answers_before then
+            new_epoch(now + W, in_flight + count, 0)
+            s.answers, s.sent, s.settled = 1, 1, 1
+          else
+            local others = count - s.granted
+            if others > s.learned then
+              s.learned = others
+              s.others = math.max(s.others, others)
+            end
+            s.answers = s.answers + 1
+          end
+        end
+      end
+    end
+  end
+  if op ~= 'settled' then redis.call('PUBLISH', channel, 'settled') end
+elseif op == 'view' then
+  result = {'view', '', ''}
+else
+  return redis.error_reply('unknown operation ' .. tostring(op))
+end
+
+-- WindowBudget.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
+-- requests sent and 429s.
+local window_open = s.window_end ~= nil and now < s.window_end
+local remaining, ends_in = nil, nil
+if s.limit ~= nil then
+  if s.window_end ~= nil and not window_open then
+    remaining = s.limit
+  else
+    remaining = math.max(0, s.limit - s.granted - s.others)
+  end
+end
+if window_open then ends_in = s.window_end - now end
+local shared = '0'
+if (s.before or 0) > 0 or s.learned > 0 then shared = '1' end
+local view = {str(s.limit), str(remaining), str(ends_in), str(gate_left()), tostring(in_flight), shared,
+  tostring(s.st_sent), tostring(s.st_throttled)}
+for _, v in ipairs(view) do result[#result + 1] = v end
+save()
+return result
