@@ -49,9 +49,7 @@ async def test_clients_sharing_redis_never_meet_a_429(emulator: WemasyEmulator, 
     assert span >= (30 // LIMIT - 1) * WINDOW - 0.01  # no faster than the windows allow
 
 
-async def test_the_view_is_the_fleets_and_the_counters_this_processs(
-    emulator: WemasyEmulator, redis_url: str
-) -> None:
+async def test_the_view_is_the_fleets_and_the_counters_this_processs(emulator: WemasyEmulator, redis_url: str) -> None:
     """client.rate_limit shows the budget as Redis holds it for the whole fleet, and this client's counts."""
     async with fleet_client(emulator, redis_url, "a") as a, fleet_client(emulator, redis_url, "b") as b:
         await asyncio.gather(*(a.sendcloud.status() for _ in range(3)))
