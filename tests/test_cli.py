@@ -155,3 +155,14 @@ def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: Wem
     assert document["interrupted"] is True
     assert document["complete"] is False
     assert document["summary"]["total_orders"] < 1000
+
+
+def test_push_shares_the_budget_through_redis(env: WemasyEmulator, redis_url: str) -> None:
+    """--redis-url puts the token's budget in Redis, where other processes find it."""
+    import redis
+
+    from wemasy_async._redis_budget import redis_keys
+
+    assert main(["push", "1-4", "--chunk-size", "2", "--redis-url", redis_url]) == EXIT_OK
+    state = redis.Redis.from_url(redis_url).hgetall(redis_keys(env.base_url, TOKEN)[0])
+    assert int(state[b"st_sent"]) == 2

@@ -149,6 +149,7 @@ def _client(args: argparse.Namespace, **options: Any) -> WemasyClient:
         window_seconds=args.window_seconds,
         timeout=args.timeout,
         retry=RetryPolicy(max_attempts=args.max_attempts),
+        redis_url=args.redis_url,
         **options,
     )
 
@@ -300,6 +301,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP exchange (default 30)")
     common.add_argument("--window-seconds", type=float, default=60.0, help="rate-limit window (default 60)")
     common.add_argument("--max-attempts", type=int, default=6, help="sends per request, retries included (default 6)")
+    common.add_argument(
+        "--redis-url",
+        help="share the token's rate-limit budget with every process on this Redis (default: $WEMASY_REDIS_URL; "
+        'needs "wemasy-async[redis]")',
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     status = commands.add_parser("status", parents=[common], help="the SendCloud integration's state")
