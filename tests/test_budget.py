@@ -5,15 +5,32 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
 from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
 from wemasy_async._rate_limit import Ticket
 
+T = TypeVar("T")
+
 #: Long enough to mean "it hangs"; only a failing test ever waits this long.
 HANG = 10.0
+
+
+class Hung(AssertionError):
+    """A wait that should have ended did not (not a TimeoutError, which some tests expect)."""
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or Hung if it has none after HANG seconds."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait((task,), timeout=HANG)
+    if not done:
+        task.cancel()
+        raise Hung(f"still waiting after {HANG} s")
+    return task.result()
 
 
 class FakeClock:
@@ -146,10 +163,10 @@ async def test_a_waiter_whose_loop_has_closed_does_not_fail_the_caller_that_free
     await asyncio.to_thread(thread.join, HANG)
     assert started.is_set()
     loop.close()  # its waiter never ran its cleanup: it is still first in the queue
-    mine = asyncio.create_task(budget.acquire())
-    await queued(budget, 2)
-    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
-    assert isinstance(await asyncio.wait_for(mine, HANG), Ticket)
+    assert len(budget._queue) == 1
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))  # waking it fails: it is dropped, quietly
+    assert not budget._queue
+    assert isinstance(await within(budget.acquire()), Ticket)
 
 
 async def test_a_closed_gate_longer_than_a_caller_waits_fails_every_waiting_and_later_caller() -> None:
@@ -159,14 +176,15 @@ async def test_a_closed_gate_longer_than_a_caller_waits_fails_every_waiting_and_
     budget = RateLimitBudget(60.0, clock=clock)
     probe = budget.try_acquire()
     assert probe is not None
-    impatient = [asyncio.create_task(budget.acquire(max_gate_wait=60.0)) for _ in range(3)]
     patient = asyncio.create_task(budget.acquire(max_gate_wait=7200.0))
+    await queued(budget, 1)
+    impatient = [asyncio.create_task(budget.acquire(max_gate_wait=60.0)) for _ in range(3)]
     await queued(budget, 4)
     gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 3600.0))
     assert 3600.0 <= gate <= 3601.0
     for task in impatient:
         with pytest.raises(RateLimitError) as info:
-            await asyncio.wait_for(task, HANG)
+            await within(task)
         assert info.value.retry_after == pytest.approx(gate)
     with pytest.raises(RateLimitError):
         await budget.acquire(max_gate_wait=60.0)
@@ -189,7 +207,82 @@ async def test_a_wait_known_to_end_after_the_deadline_fails_at_once(reported: bo
     events: list[WaitEvent] = []
     on_wait: Callable[[WaitEvent], None] | None = events.append if reported else None
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(budget.acquire(on_wait, deadline=30.0), HANG)
+        await within(budget.acquire(on_wait, deadline=30.0))
     assert not budget._queue
     clock.now = 60.0
     assert budget.try_acquire() is not None
+
+
+async def test_a_caller_behind_others_also_fails_at_once_when_the_wait_ends_after_its_deadline() -> None:
+    """Nobody is served before the first in the queue: a later caller whose deadline comes before the
+    window's end fails at once too."""
+    clock = FakeClock()
+    budget = RateLimitBudget(60.0, clock=clock)
+    probe = budget.try_acquire()
+    assert probe is not None
+    await budget.answered(probe, 200, RateLimitHeaders(1, 0))
+    first = asyncio.create_task(budget.acquire())
+    await queued(budget, 1)
+    with pytest.raises(TimeoutError):
+        await within(budget.acquire(deadline=30.0))
+    assert len(budget._queue) == 1
+    assert not first.done()
+    first.cancel()
+
+
+async def test_a_refused_connection_gives_its_place_to_a_waiter() -> None:
+    """The first request could not connect (never counted): its place goes to the caller waiting."""
+    budget = RateLimitBudget(60.0)
+    probe = budget.try_acquire()
+    assert probe is not None
+    waiting = asyncio.create_task(budget.acquire())
+    await queued(budget, 1)
+    await budget.release(probe)
+    assert isinstance(await within(waiting), Ticket)
+
+
+async def test_a_woken_caller_that_is_cancelled_passes_its_turn_on() -> None:
+    """The first waiter is woken by an answer but cancelled before it runs: the next one is served."""
+    budget = RateLimitBudget(60.0)
+    probe = budget.try_acquire()
+    assert probe is not None
+    first = asyncio.create_task(budget.acquire())
+    second = asyncio.create_task(budget.acquire())
+    await queued(budget, 2)
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))  # wakes the first...
+    first.cancel()  # ...which is cancelled before it can take its ticket
+    assert isinstance(await within(second), Ticket)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_a_first_waiter_whose_loop_closed_during_a_timed_wait_does_not_hold_up_the_rest() -> None:
+    """The first waiter waits for the window's end on another loop, which closes; nothing is in flight,
+    so no answer will wake anyone: the others still get their tickets when the window ends."""
+    clock = FakeClock()
+    budget = RateLimitBudget(1.0, clock=clock)
+    probe = budget.try_acquire()
+    assert probe is not None
+    await budget.answered(probe, 200, RateLimitHeaders(1, 0))  # spent until 1.0
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+    tasks = []
+
+    def other_thread() -> None:
+        tasks.append(loop.create_task(budget.acquire(lambda event: started.set())))
+        while not started.is_set():
+            loop.run_until_complete(asyncio.sleep(0.0))
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, HANG)
+    loop.close()
+    dead = budget._queue[0]
+    mine = asyncio.create_task(budget.acquire())
+    await asyncio.sleep(0)  # it runs up to its wait
+    assert len(budget._queue) == 1
+    assert budget._queue[0] is not dead  # the caller whose loop is gone was dropped, not waited behind
+    clock.now = 1.0  # the window ends; the timer for it runs in real time, so wake the waiter now
+    with budget._lock:
+        budget._wake_all()
+    assert isinstance(await within(mine), Ticket)

@@ -229,7 +229,7 @@ def test_429_closes_the_gate_until_the_estimated_window_end_within_retry_after()
         (None, 5.0, 16.0),
         (0.0, 3.0, 14.0),  # an estimate (60.0) past now + Retry-After + 1 s is cut to it
         (-49.5, 0.0, 10.5),  # an estimate inside the interval is kept
-        (-49.9, 2.0, 12.0),  # an estimate before now + Retry-After cannot be right: the interval's start
+        (-49.9, 2.0, 13.0),  # an estimate before now + Retry-After is wrong: only the interval's end is sure
     ],
 )
 def test_the_gate_stays_closed_until_the_window_has_surely_ended(

@@ -34,7 +34,7 @@ from ._protocol import (
     parse_rate_limit_headers,
     validate_token,
 )
-from ._rate_limit import RateLimitView
+from ._rate_limit import RETRY_AFTER_ROUNDING, RateLimitView
 from ._retry import RetryPolicy
 from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._sender import Deadline, Exchange
@@ -69,8 +69,9 @@ class WemasyClient:
         timeout: seconds for one HTTP exchange (``None``: no limit); each call may override it.
         deadline: seconds a whole call may take, budget waits, retries and attempts included (``None``: no
             limit, the default); each call may override it. For web handlers that must answer in time: a
-            call that cannot finish by then raises :class:`DeadlineExceededError`, at once when a wait is
-            known to end too late.
+            wait for the budget or an exchange that would end after it raises
+            :class:`DeadlineExceededError` (at once when the wait is known to end too late); a retry that
+            would start after it is not made, and the last failure is raised instead.
         window_seconds: the length of the server's rate-limit window (60 s for Wemasy). ``None`` (the
             default) keeps what the token's shared budget has: 60 s, or what another client named.
         max_concurrency: requests this client has in flight at once, at most.
@@ -297,7 +298,9 @@ class WemasyClient:
                                 if deadline_at is None
                                 else self._until_deadline(acquiring, deadline_at, hop, ambiguous)
                             )
-                        ticket = budget.try_acquire() or await self._acquire(budget, hop, deadline_at, ambiguous)
+                        ticket = budget.try_acquire()
+                        if ticket is None:  # a ticket is opaque: 0 or "" may be one
+                            ticket = await self._acquire(budget, hop, deadline_at, ambiguous)
                         exchange_timeout = seconds
                         if deadline_at is not None:
                             left = deadline_at - time.monotonic()
@@ -344,11 +347,14 @@ class WemasyClient:
                 failure, cause = response, str(status)
                 if status == 429 and policy.max_attempts > 1:
                     # The gate holds every caller until then; this call just queues again, using no attempt.
-                    # A wait the server named is refused when it is longer than max_wait; waits it did not
+                    # A wait the server names is refused when it is longer than max_wait; waits it does not
                     # name add up to at most max_wait.
-                    if hints.retry_after is None:
+                    if hints.retry_after is not None:
+                        too_long = hints.retry_after > policy.max_wait
+                    else:
                         waited += gate
-                    if gate > policy.max_wait or waited > policy.max_wait:
+                        too_long = waited > policy.max_wait
+                    if too_long:
                         raise self._too_long(response, gate, policy)
                     sends += 1
                     self._count_retry(sends, gate, cause, method, path)
@@ -381,7 +387,10 @@ class WemasyClient:
     ) -> Any:
         """Wait for the budget, within the call's deadline and the retry policy's longest wait."""
         try:
-            return await budget.acquire(self._on_event, max_gate_wait=self.retry.max_wait, deadline=deadline_at)
+            # A gate stays closed up to a second past the wait the server named (its Retry-After is rounded
+            # down): that second is the budget's margin, not part of the wait the caller accepts.
+            max_gate_wait = self.retry.max_wait + RETRY_AFTER_ROUNDING
+            return await budget.acquire(self._on_event, max_gate_wait=max_gate_wait, deadline=deadline_at)
         except TimeoutError:
             raise self._deadline_error(hop, ambiguous=ambiguous, what="for the rate-limit budget") from None
         except RateLimitError as error:

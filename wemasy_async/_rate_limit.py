@@ -31,7 +31,8 @@ remain, but not when the window ends (except in a 429). From the client's side:
 * A 429 closes the gate for everyone until the window has surely ended. Laravel's ``Retry-After`` is the
   seconds left rounded *down*, so the window's true end lies in ``[now + Retry-After, now + Retry-After
   + 1 s)``: the gate opens at the budget's own never-early estimate kept within that interval (its upper
-  end when there is no estimate). Without ``Retry-After`` it waits for the estimate, or a whole window.
+  end when there is no estimate, or one that the interval shows wrong). Without ``Retry-After`` it waits
+  for the estimate, or a whole window.
 
 Nothing here sleeps or reads a clock: every method takes ``now`` (monotonic seconds).
 """
@@ -267,9 +268,10 @@ class WindowBudget:
         if retry_after is None:
             until = estimate if estimate is not None else now + self.window_seconds
         else:
-            # The window ends in [now + Retry-After, now + Retry-After + 1 s): keep the estimate inside it.
+            # The window ends in [now + Retry-After, now + Retry-After + 1 s): the estimate, if it lies there
+            # (one before it is shown wrong, so only the interval's end is sure).
             low, high = now + retry_after, now + retry_after + RETRY_AFTER_ROUNDING
-            until = high if estimate is None else min(max(estimate, low), high)
+            until = high if estimate is None or estimate < low else min(estimate, high)
         self.gate_until = max(self.gate_until, until, now + MIN_THROTTLE_WAIT)
         # Only someone else's use brings a 429: expect it in the next window too.
         others_before = max(self._others_before or 0, self._others_learned, 1)

@@ -137,10 +137,7 @@ class Budget(Protocol[TicketT]):
 
 def gate_closed_error(seconds: float, max_gate_wait: float) -> RateLimitError:
     """The error for a call that will not wait behind a gate a 429 closed for ``seconds``."""
-    message = (
-        f"The rate limit's gate is closed for {seconds:.0f} s after a 429, longer than this call waits "
-        f"(RetryPolicy.max_wait={max_gate_wait:g} s)."
-    )
+    message = f"The rate limit's gate is closed for {seconds:.0f} s after a 429, longer than this call waits."
     return RateLimitError(message, retry_after=seconds, status_code=429, body=None, raw_text="", headers=None)
 
 
@@ -188,7 +185,10 @@ class RateLimitBudget:
         max_gate_wait: float = math.inf,
         deadline: float | None = None,
     ) -> Ticket:
-        """Wait in turn until a request may be sent; the ticket must then be settled exactly once."""
+        """Wait in turn until a request may be sent; the ticket must then be settled exactly once.
+
+        ``deadline`` is a time on the budget's clock (``time.monotonic()`` unless another was given).
+        """
         waiter = _Waiter(asyncio.get_running_loop())
         waited_since: float | None = None
         last_reason = ""
@@ -196,7 +196,10 @@ class RateLimitBudget:
             while True:
                 with self._lock:
                     now = self._clock()
-                    first = not self._queue or self._queue[0] is waiter
+                    queue = self._queue
+                    while queue and queue[0] is not waiter and queue[0].loop.is_closed():
+                        queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
+                    first = not queue or queue[0] is waiter
                     if first:
                         decision: Ticket | Wait | None = self.state.try_acquire(now)
                         if isinstance(decision, Ticket):
@@ -216,7 +219,9 @@ class RateLimitBudget:
                         until: float | None = decision.until
                     else:
                         until = None
-                    if deadline is not None and (now >= deadline or (first and until is not None and until > deadline)):
+                    # Nobody behind the first is served before the first's wait ends, so a wait known to end
+                    # after the deadline fails at once wherever the caller is in the queue.
+                    if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
                         raise TimeoutError("no rate-limit budget before the deadline")
                     if waiter.future is None:
                         self._queue.append(waiter)
@@ -224,8 +229,9 @@ class RateLimitBudget:
                     future = waiter.future
                 if waited_since is None:
                     waited_since = now
-                # Only the first in the queue waits for the budget's time; the others wait for their turn.
-                timeout = max(0.0, until - now) if first and until is not None else None
+                # The first in the queue waits for the budget's time, the others for their turn, and for that
+                # time too: if the first's loop closed meanwhile, it is dropped then.
+                timeout = max(0.0, until - now) if until is not None else None
                 if deadline is not None:
                     timeout = min(timeout if timeout is not None else math.inf, max(0.0, deadline - now))
                 reason = decision.reason if decision is not None else "queue"

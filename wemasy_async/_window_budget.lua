@@ -143,7 +143,7 @@ local function throttled(retry_after, limit)
     until_ = estimate or (now + W)
   else
     local low, high = now + retry_after, now + retry_after + RETRY_AFTER_ROUNDING
-    if estimate == nil then until_ = high else until_ = math.min(math.max(estimate, low), high) end
+    if estimate == nil or estimate < low then until_ = high else until_ = math.min(estimate, high) end
   end
   s.gate = math.max(s.gate, until_, now + MIN_THROTTLE_WAIT)
   local before = math.max(s.before or 0, s.learned, 1)
