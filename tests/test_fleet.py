@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 import pytest
 
@@ -116,3 +117,38 @@ async def test_redis_url_comes_from_the_environment(
     async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
         await client.sendcloud.status()
         assert type(client._budget).__name__ == "RedisBudget"
+
+
+async def test_scripts_forgotten_by_redis_are_loaded_again(emulator: WemasyEmulator, redis_url: str) -> None:
+    """A Redis that lost its scripts (restart, failover: NOSCRIPT) gets them again; nothing falls back."""
+    import redis.asyncio as aioredis
+
+    events: list[object] = []
+    async with fleet_client(emulator, redis_url, "a", on_event=events.append) as client:
+        await client.sendcloud.status()
+        admin = aioredis.Redis.from_url(redis_url)
+        await admin.script_flush()
+        await admin.aclose()
+        await client.sendcloud.status()
+    assert not [e for e in events if isinstance(e, BudgetEvent)]
+
+
+async def test_a_redis_that_stops_answering_is_not_waited_for(
+    emulator: WemasyEmulator, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis hangs (its process frozen): the call is answered while it still hangs, on the process's own
+    budget, and the fleet's budget is back once Redis answers again."""
+    events: list[object] = []
+    async with fleet_client(emulator, redis_url, "a", on_event=events.append) as client:
+        await client.sendcloud.status()
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            integration = await client.sendcloud.status()  # done while Redis cannot answer
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert integration.active is True
+        client._budget._down_until = 0.0  # type: ignore[attr-defined]  # try Redis now, not in 5 s
+        await client.sendcloud.status()
+    assert [e.backend for e in events if isinstance(e, BudgetEvent)] == ["local", "redis"]
+    assert [r.status for r in emulator.requests] == [200, 200, 200]
