@@ -95,7 +95,7 @@ async def test_redis_going_away_fails_no_call_and_its_return_is_noticed(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert all(str(redis_server.port) in r.getMessage() for r in warnings)
-    assert all(r.status == 200 for r in emulator.requests)
+    assert [r.status for r in emulator.requests] == [200] * len(emulator.requests)
 
 
 async def test_a_redis_url_with_a_password_never_shows_it(emulator: WemasyEmulator) -> None:
@@ -152,3 +152,32 @@ async def test_a_redis_that_stops_answering_is_not_waited_for(
         await client.sendcloud.status()
     assert [e.backend for e in events if isinstance(e, BudgetEvent)] == ["local", "redis"]
     assert [r.status for r in emulator.requests] == [200, 200, 200]
+
+
+async def test_a_redis_restarted_between_calls_is_used_again_at_once(
+    emulator: WemasyEmulator, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis restarts while the client is idle: its pooled connections are dead, but the next call makes
+    a new one and stays on the fleet's budget (no fall-back for a connection that merely went stale)."""
+    events: list[object] = []
+    async with fleet_client(emulator, redis_url, "a", on_event=events.append) as client:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(3)))
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(3)))
+        assert client.rate_limit.sent == 6
+    assert not [e for e in events if isinstance(e, BudgetEvent)]
+
+
+async def test_this_processs_counters_survive_a_fall_back(
+    emulator: WemasyEmulator, redis_server: RedisServer, redis_url: str
+) -> None:
+    """client.rate_limit counts every request of this process, whichever budget granted it."""
+    async with fleet_client(emulator, redis_url, "a") as client:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(2)))
+        redis_server.stop()
+        try:
+            await asyncio.gather(*(client.sendcloud.status() for _ in range(3)))
+            assert client.rate_limit.sent == 5
+        finally:
+            redis_server.start()

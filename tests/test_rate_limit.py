@@ -475,3 +475,20 @@ def test_several_processes_without_a_shared_store_meet_at_most_one_429_each_per_
     assert outcome.endless_waits == []
     worst = max(outcome.throttled.values(), default=0)
     assert worst <= 1, outcome.throttled
+
+
+def test_a_budget_told_to_expect_others_opens_each_window_alone_and_ends_it_one_at_a_time() -> None:
+    """A fleet's process falling back to its own budget: though it was alone before, it now expects the
+    others to use the window, so it sends one request at a time (one 429 at most), not a burst."""
+    budget = learned(limit=10, answered=3)
+    for ticket in grants(budget, W + 1.0):  # a window alone: no caution left
+        budget.answered(ticket, W + 1.1, 200, hints(10, 9))
+    assert not budget.view(2 * W + 2.0).shared
+    budget.expect_others()
+    first = grant(budget, 2 * W + 2.0)
+    assert isinstance(budget.try_acquire(2 * W + 2.0), Wait)
+    budget.answered(first, 2 * W + 2.1, 200, hints(10, 9))
+    second = grant(budget, 2 * W + 2.1)
+    assert refused(budget, 2 * W + 2.1).reason in ("shared", "probe")
+    budget.answered(second, 2 * W + 2.2, 200, hints(10, 8))
+    assert budget.view(2 * W + 2.2).shared

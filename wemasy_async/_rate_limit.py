@@ -132,6 +132,8 @@ class WindowBudget:
         self._others_learned = 0  # ...as the answers of this window showed it
         # Others' use in the last window we heard about: what to expect of them (None: no window yet).
         self._others_before: int | None = None
+        self._others_expected = 0  # others told of (expect_others), until a window shows none
+        self._expected_from = 0
         self._answers = 0  # counted answers of this epoch's requests
         self._sent = 0  # this epoch's own grants (carried ones not included)
         self._settled = 0  # ...and how many of them have been settled
@@ -184,10 +186,20 @@ class WindowBudget:
                 return Wait(None, "shared")
         return None
 
+    def expect_others(self) -> None:
+        """Other processes use the token now (a fleet whose shared budget is away): from here on, expect
+        them to use the whole window, so the window opens with one request and its slots go one at a time
+        until a window without them is seen."""
+        self._others_expected = self.limit or self.assumed_limit
+        self._expected_from = self._epoch + 1  # the first whole window after this that shows none clears it
+        self._others_before = max(self._others_before or 0, self._others_expected)
+
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1
         if self._answers:
-            self._others_before = self._others_learned
+            if not self._others_learned and self._epoch > self._expected_from:
+                self._others_expected = 0  # a window without the others: no need to expect them any more
+            self._others_before = max(self._others_learned, self._others_expected)
         self._window_end = window_end
         # Requests still in flight may land in the new window: count them there, to be safe.
         self._granted = carried

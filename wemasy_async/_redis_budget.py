@@ -32,6 +32,8 @@ from typing import Any
 import attrs
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ._protocol import RateLimitHeaders
 from ._rate_limit import RateLimitView, Ticket
@@ -114,7 +116,12 @@ class RedisBudget:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout
+            redis_url,
+            socket_timeout=redis_timeout,
+            socket_connect_timeout=redis_timeout,
+            # After a Redis restart every pooled connection is dead: each is re-made once, at once, rather
+            # than failing (and sending this process to its own budget for retry_seconds).
+            retry=Retry(NoBackoff(), 1),
         )
         pool_options = self._redis.connection_pool.connection_kwargs
         # Where Redis is, for log lines: never the URL, which may hold a password.
@@ -192,6 +199,9 @@ class RedisBudget:
         self._down_until = self._clock() + self._retry_seconds
         if self._on_redis:
             self._on_redis = False
+            # The fleet goes on sending, each process now on its own: expect the others to use the window,
+            # so each sends one request at a time near its end (one 429 each at most), not a burst.
+            self._local.expect_others()
             logger.warning(
                 "Redis at %s did not answer (%s): using this process's own rate-limit budget until it does",
                 self.where,
@@ -333,14 +343,19 @@ class RedisBudget:
         """The fleet's budget as last read from Redis (limit, remaining, window end, gate, in flight) and
         this process's counters; while Redis is away, the in-process budget's."""
         if not self._on_redis or self._view is None:
-            return self._local.view()
-        elapsed = self._clock() - self._view_at
-        view = self._view
-        counters = self._counters
+            view = self._local.view()
+        else:
+            elapsed = self._clock() - self._view_at
+            view = attrs.evolve(
+                self._view,
+                window_ends_in=None
+                if self._view.window_ends_in is None
+                else max(0.0, self._view.window_ends_in - elapsed),
+                gate_closed_for=max(0.0, self._view.gate_closed_for - elapsed),
+            )
+        counters = self._counters  # this process's, on Redis or not
         return attrs.evolve(
             view,
-            window_ends_in=None if view.window_ends_in is None else max(0.0, view.window_ends_in - elapsed),
-            gate_closed_for=max(0.0, view.gate_closed_for - elapsed),
             sent=counters.sent,
             throttled=counters.throttled,
             retried=counters.retried,

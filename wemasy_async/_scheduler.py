@@ -326,6 +326,11 @@ class RateLimitBudget:
                     self._wake_first()
             return gate
 
+    def expect_others(self) -> None:
+        """Other processes use this token too, from now on (see :meth:`WindowBudget.expect_others`)."""
+        with self._lock:
+            self.state.expect_others()
+
     def count_retry(self) -> None:
         with self._lock:
             self.state.stats.retried += 1
