@@ -15,28 +15,35 @@ processes share ``time.monotonic()`` (one machine), so their times compare direc
 
 A load test must stop by itself: a worker stops its calls ``time_limit`` seconds after the release and
 reports what it has; one that has not reported a few seconds later is terminated.
+
+:func:`run_workers` is the general form (used by bench_fleet.py): each worker gets its own approach and
+:class:`Job` (an sdk job may name a Redis to share one budget through, start late, run with a shifted
+wall clock, or hold its answers), something may act on the workers while they run, and the emulator
+process can keep a log of every request (its time, status and the sender's User-Agent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.synchronize
+import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
-from emulator_process import emulator_with_windows_in_subprocess
+from emulator_process import ServerStats, emulator_with_stats_in_subprocess
 
-from wemasy_async import RateLimitError, RetryEvent, WaitEvent, WemasyClient
+from wemasy_async import BudgetEvent, RateLimitError, RetryEvent, WaitEvent, WemasyClient
 
 STATUS = "/services/webshop/v1/integrations/sendcloud/status"
 TOKEN = "bench-token"
@@ -59,6 +66,20 @@ class Job:
     processes: int
     #: Seconds after the release at which the worker stops its calls.
     time_limit: float
+    #: sdk: share the budget through this Redis (``redis://127.0.0.1:port/0``); None: the process's own.
+    redis_url: str | None = None
+    #: sdk: the client's ``timeout`` (its Redis leases last ``max(10, timeout + 5)`` seconds).
+    timeout: float = 30.0
+    #: Seconds after the release at which the worker begins its calls.
+    start_delay: float = 0.0
+    #: Seconds added to ``time.time()`` in the worker (a host whose wall clock is off).
+    clock_skew: float = 0.0
+    #: sdk: hold each answer this long before the client sees it (requests in flight, for a worker that is
+    #: to be killed), except the first of a server window (``X-RateLimit-Remaining`` = limit - 1), which
+    #: may be the probe the whole fleet waits on.
+    hold_answers: float = 0.0
+    #: The first word of the worker's User-Agent, so the emulator's log can tell the workers apart.
+    agent: str | None = None
 
 
 @attrs.define
@@ -80,6 +101,8 @@ class WorkerReport:
     last_answer: float = 0.0
     #: The worker stopped its calls at its time limit.
     stopped: bool = False
+    #: sdk with Redis: when (monotonic seconds) the budget left Redis ("local") and came back ("redis"), and why.
+    budget_events: list[tuple[float, str, str]] = attrs.field(factory=list)
 
     def most_throttled_per_window(self, starts: list[float]) -> int:
         """The most 429s in one of the server's windows (``starts``: when each began, in order)."""
@@ -105,12 +128,40 @@ async def _run_calls(calls: Iterable[Coroutine[Any, Any, None]], deadline: float
         report.failures += ["unfinished"] * len(pending)
 
 
+def _held_session(hold: float, limit: int) -> aiohttp.ClientSession:
+    """A session that keeps each answer but a window's first from its caller for ``hold`` seconds."""
+
+    async def on_request_end(_: object, __: object, params: aiohttp.TraceRequestEndParams) -> None:
+        if params.response.headers.get("X-RateLimit-Remaining") != str(limit - 1):
+            await asyncio.sleep(hold)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_request_end)
+    return aiohttp.ClientSession(trace_configs=[trace])
+
+
 async def via_sdk(job: Job, release: Release, report: WorkerReport) -> None:
-    def on_event(event: WaitEvent | RetryEvent) -> None:
+    def on_event(event: WaitEvent | RetryEvent | BudgetEvent) -> None:
         if isinstance(event, RetryEvent) and event.cause == "429":
             report.throttle_times.append(time.monotonic())
+        elif isinstance(event, BudgetEvent):
+            report.budget_events.append((time.monotonic(), event.backend, event.reason))
 
-    async with WemasyClient(token=TOKEN, base_url=job.base_url, window_seconds=job.window, on_event=on_event) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        session = (
+            await stack.enter_async_context(_held_session(job.hold_answers, job.limit)) if job.hold_answers else None
+        )
+        client = WemasyClient(
+            token=TOKEN,
+            base_url=job.base_url,
+            window_seconds=job.window,
+            on_event=on_event,
+            redis_url=job.redis_url,
+            timeout=job.timeout,
+            user_agent=job.agent,
+            session=session,
+        )
+        await stack.enter_async_context(client)
 
         async def one() -> None:
             try:
@@ -131,8 +182,11 @@ async def via_sdk(job: Job, release: Release, report: WorkerReport) -> None:
             report.sent, report.throttled = view.sent, view.throttled
 
 
-def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"})
+def _session(agent: str | None = None) -> aiohttp.ClientSession:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+    if agent is not None:
+        headers["User-Agent"] = agent
+    return aiohttp.ClientSession(headers=headers)
 
 
 async def _get(session: aiohttp.ClientSession, url: str, report: WorkerReport) -> tuple[int, str | None]:
@@ -157,7 +211,7 @@ def _ended(report: WorkerReport, status: int) -> None:
 
 async def via_static_limiter(job: Job, release: Release, report: WorkerReport) -> None:
     limiter = AsyncLimiter(job.limit / job.processes, job.window)  # this process's share of the limit
-    async with _session() as session:
+    async with _session(job.agent) as session:
 
         async def one() -> None:
             try:
@@ -176,7 +230,7 @@ async def via_static_limiter(job: Job, release: Release, report: WorkerReport) -
 
 
 async def via_retry_gather(job: Job, release: Release, report: WorkerReport) -> None:
-    async with _session() as session:
+    async with _session(job.agent) as session:
 
         async def one() -> None:
             try:
@@ -206,11 +260,17 @@ def work(
 ) -> None:
     """A worker process: get ready, say so, wait for the release, make the calls, send the report."""
     report = WorkerReport(calls=job.calls)
+    if job.clock_skew:
+        wall_clock = time.time
+        time.time = lambda: wall_clock() + job.clock_skew  # before any client exists
 
     def release() -> float:
         conn.send("ready")
         go.wait()  # blocks the loop, on purpose: nothing runs on it before the release
-        return time.monotonic() + job.time_limit
+        deadline = time.monotonic() + job.time_limit
+        if job.start_delay > 0:
+            time.sleep(job.start_delay)  # likewise: this worker begins late
+        return deadline
 
     asyncio.run(APPROACHES[approach](job, release, report))
     conn.send(report)
@@ -271,19 +331,61 @@ def shares(calls: int, processes: int) -> list[int]:
     return [calls // processes + (i < calls % processes) for i in range(processes)]
 
 
-def run_case(approach: str, calls: int, limit: int, window: float, processes: int, time_limit: float) -> Case:
-    """Run one approach in ``processes`` spawned workers against a fresh emulator process."""
+@attrs.frozen
+class Released:
+    """What acts on the workers while they run gets: the moment of the release, the workers' process ids
+    (in the order of the jobs) and the emulator's base URL."""
+
+    started: float
+    pids: tuple[int, ...]
+    base_url: str
+
+
+@attrs.frozen
+class Run:
+    """What :func:`run_workers` saw."""
+
+    started: float
+    #: When the last worker reported (or was given up).
+    ended: float
+    #: By worker, in the order of the jobs; None for a worker that sent no report.
+    reports: tuple[WorkerReport | None, ...]
+    #: Per worker without a report: why ("terminated", or its exit code).
+    exits: dict[int, str]
+    #: The emulator's own count (and, with ``log_requests``, its log).
+    server: ServerStats
+
+
+def run_workers(
+    workers: Sequence[tuple[str, Job]],
+    *,
+    limit: int,
+    window: float,
+    time_limit: float,
+    during: Callable[[Released], None] | None = None,
+    log_requests: bool = False,
+) -> Run:
+    """Run each (approach, job) in a spawned worker against a fresh emulator process; release them together.
+
+    The jobs' ``base_url`` is replaced by the emulator's. ``during`` runs in a thread from the release on
+    (it must end by itself, within ``time_limit``); the run waits for it before asking the emulator for
+    its figures.
+    """
     context = multiprocessing.get_context("spawn")
-    split = shares(calls, processes)
     children: list[multiprocessing.context.SpawnProcess] = []
     pipes: list[multiprocessing.connection.Connection] = []
-    with emulator_with_windows_in_subprocess(limit=limit, window_seconds=window) as (base_url, windows):
+    acting: threading.Thread | None = None
+    problems: list[BaseException] = []
+    with emulator_with_stats_in_subprocess(limit=limit, window_seconds=window, log_requests=log_requests) as (
+        base_url,
+        server,
+    ):
         if urllib.parse.urlsplit(base_url).hostname != "127.0.0.1":
             raise RuntimeError(f"the emulator is not on 127.0.0.1: {base_url}")
         go = context.Event()
         try:
-            for share in split:
-                job = Job(base_url, share, limit, window, processes, time_limit)
+            for approach, job in workers:
+                job = attrs.evolve(job, base_url=base_url)
                 receiver, sender = context.Pipe(duplex=False)
                 child = context.Process(target=work, args=(approach, job, go, sender), daemon=True)
                 child.start()
@@ -291,7 +393,7 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
                 children.append(child)
                 pipes.append(receiver)
             ready_by = time.monotonic() + READY_TIMEOUT
-            for child, pipe in zip(children, pipes, strict=True):
+            for (approach, _), child, pipe in zip(workers, children, pipes, strict=True):
                 if not pipe.poll(max(0.0, ready_by - time.monotonic())):
                     raise RuntimeError(f"a {approach} worker was not ready within {READY_TIMEOUT:g} s")
                 try:
@@ -301,6 +403,17 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
 
             started = time.monotonic()
             go.set()
+            if during is not None:
+                released = Released(started, tuple(child.pid or 0 for child in children), base_url)
+
+                def act(hook: Callable[[Released], None] = during) -> None:
+                    try:
+                        hook(released)
+                    except BaseException as exc:  # raised again in the parent's thread, below
+                        problems.append(exc)
+
+                acting = threading.Thread(target=act, daemon=True)
+                acting.start()
             reports: dict[int, WorkerReport] = {}
             exits: dict[int, str] = {}
             waiting = {pipe: i for i, pipe in enumerate(pipes)}
@@ -317,7 +430,13 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
             ended = time.monotonic()
             for i in waiting.values():
                 exits[i] = "terminated"
-            starts = windows()
+            if acting is not None:
+                acting.join(max(0.0, started + time_limit + GRACE - time.monotonic()))
+                if acting.is_alive():
+                    raise RuntimeError("what acted on the workers did not end within the time limit")
+            if problems:
+                raise problems[0]
+            stats = server()
         finally:
             for child, pipe in zip(children, pipes, strict=True):
                 if child.is_alive():
@@ -325,17 +444,31 @@ def run_case(approach: str, calls: int, limit: int, window: float, processes: in
                 child.join(10)
                 pipe.close()
 
-    done = list(reports.values())
-    stopped = bool(exits) or any(r.stopped for r in done)
+    return Run(
+        started=started,
+        ended=ended,
+        reports=tuple(reports.get(i) for i in range(len(workers))),
+        exits=exits,
+        server=stats,
+    )
+
+
+def run_case(approach: str, calls: int, limit: int, window: float, processes: int, time_limit: float) -> Case:
+    """Run one approach in ``processes`` spawned workers against a fresh emulator process."""
+    split = shares(calls, processes)
+    jobs = [(approach, Job("", share, limit, window, processes, time_limit)) for share in split]
+    run = run_workers(jobs, limit=limit, window=window, time_limit=time_limit)
+    done = [report for report in run.reports if report is not None]
+    stopped = bool(run.exits) or any(r.stopped for r in done)
     # A stopped case ran until it was given up.
-    last = ended if stopped else max((r.last_answer for r in done), default=started)
+    last = run.ended if stopped else max((r.last_answer for r in done), default=run.started)
     return Case(
         approach=approach,
         processes=processes,
         calls=calls,
         window=window,
-        makespan=last - started,
-        window_starts=starts,
+        makespan=last - run.started,
+        window_starts=run.server.window_starts,
         reports=tuple(done),
-        lost=tuple((reason, split[i]) for i, reason in exits.items()),
+        lost=tuple((reason, split[i]) for i, reason in run.exits.items()),
     )
