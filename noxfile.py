@@ -15,7 +15,7 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 def tests(session: nox.Session) -> None:
     """The test suite against the emulator on loopback."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs)  # the Redis tests start redis-server (.ci/run installs it)
 
 
 @nox.session(python="3.11")
@@ -36,8 +36,9 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """The benchmarks: print the SDK's figures beside its baselines and record them in benchmarks/RESULTS.md."""
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench,redis]")
     session.run("python", "benchmarks/bench_rate_limit.py")
     session.run("python", "benchmarks/bench_wait_queue.py")
+    session.run("python", "benchmarks/bench_fleet.py")
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_batch.py")

@@ -12,7 +12,8 @@ message on the token's channel when any process reports one, and polls every ``p
 
 Redis is a help, never a dependency: when it does not answer within ``redis_timeout`` seconds (or fails
 in any way) the budget falls back to the process's own in-process budget, says so once in the log and to
-``on_event``, and tries Redis again ``retry_seconds`` later. No call fails because Redis did.
+``on_event``, and tries Redis again ``retry_seconds`` later (5 s, or half a window if shorter). No call
+fails because Redis did.
 
 Needs the ``redis`` extra: ``pip install "wemasy-async[redis]"``.
 """
@@ -93,7 +94,8 @@ class RedisBudget:
         window_seconds: the server's window (60 s for Wemasy).
         lease_seconds: how long a request in flight holds its place if its process dies.
         redis_timeout: seconds Redis may take to answer before the in-process budget is used instead.
-        retry_seconds: how long after a failure Redis is tried again.
+        retry_seconds: how long after a failure Redis is tried again (default: 5 s, or half a window if
+            that is shorter, so the fleet is back on one budget within a window of Redis's return).
         poll_seconds: the longest a caller waiting for another process's answer goes without asking.
         fallback: the in-process budget to use while Redis is away (a private one by default).
         on_event: called with a :class:`BudgetEvent` when the budget leaves Redis and when it comes back.
@@ -109,7 +111,7 @@ class RedisBudget:
         assumed_limit: int = 60,
         lease_seconds: float = 35.0,
         redis_timeout: float = 0.5,
-        retry_seconds: float = 5.0,
+        retry_seconds: float | None = None,
         poll_seconds: float = 0.25,
         fallback: RateLimitBudget | None = None,
         on_event: Callable[[SchedulerEvent], None] | None = None,
@@ -132,7 +134,7 @@ class RedisBudget:
         self._assumed_limit = assumed_limit
         self.lease_seconds = lease_seconds
         self._redis_timeout = redis_timeout
-        self._retry_seconds = retry_seconds
+        self._retry_seconds = retry_seconds if retry_seconds is not None else min(5.0, window_seconds / 2)
         self._poll_seconds = poll_seconds
         self._local = fallback if fallback is not None else RateLimitBudget(window_seconds)
         self._on_event = on_event

@@ -2,8 +2,8 @@
 
 Every request of every client asks the budget for a ticket before it is sent and reports the answer after.
 The state machine (:class:`WindowBudget`) decides; this module only queues and waits. Callers wait first
-come, first served, and a freed slot wakes one of them: the first in the queue, which passes the turn on
-when it got a ticket, so waking costs a constant per grant however many wait. A budget may be shared by
+come, first served; each freed slot is handed, as a ticket, to the next waiter in line, and wakes it
+alone, so waking costs a constant per grant however many wait, and a queue drains at once. A budget may be shared by
 clients on different event loops and threads, so it uses a thread lock and wakes each waiter on its own
 loop.
 """
@@ -145,6 +145,8 @@ def gate_closed_error(seconds: float, max_gate_wait: float) -> RateLimitError:
 class _Waiter:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None] | None = None
+    #: A ticket handed to this waiter while it waited (see :meth:`RateLimitBudget._hand_out`).
+    ticket: Ticket | None = None
 
 
 class RateLimitBudget:
@@ -196,6 +198,11 @@ class RateLimitBudget:
             while True:
                 with self._lock:
                     now = self._clock()
+                    if waiter.ticket is not None:  # handed one in turn (and taken out of the queue)
+                        ticket, waiter.ticket, waiter.future = waiter.ticket, None, None
+                        if waited_since is not None:
+                            self.state.stats.waited_seconds += now - waited_since
+                        return ticket
                     queue = self._queue
                     while queue and queue[0] is not waiter and queue[0].loop.is_closed():
                         queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
@@ -205,7 +212,7 @@ class RateLimitBudget:
                         if isinstance(decision, Ticket):
                             if self._queue:
                                 self._queue.popleft()
-                                self._wake_first()  # a ticket may be free for the next one too
+                                self._hand_out()  # tickets may be free for the next ones too
                             if waited_since is not None:
                                 self.state.stats.waited_seconds += now - waited_since
                             waiter.future = None
@@ -251,6 +258,11 @@ class RateLimitBudget:
         # A waiter that gives up (cancelled, timed out, refused): out of the queue, and if it was first, or
         # had been woken to take a turn it will not use, the turn passes on.
         future, waiter.future = waiter.future, None
+        if waiter.ticket is not None:  # handed a ticket it will not use: it goes back, to the next in line
+            ticket, waiter.ticket = waiter.ticket, None
+            self.state.release(ticket)
+            self._hand_out()
+            return
         was_first = bool(self._queue) and self._queue[0] is waiter
         try:
             self._queue.remove(waiter)
@@ -295,6 +307,27 @@ class RateLimitBudget:
         while queue and not self._wake(queue[0], current):
             queue.popleft().future = None
 
+    def _hand_out(self) -> None:
+        # Called with the lock held. Hands the free tickets to the waiters in queue order, all in one pass,
+        # and wakes each (one wake per freed slot); then wakes the first still waiting. Waking only the
+        # first, which then wakes the next, drains one waiter per loop iteration: while calls keep coming
+        # such a queue never empties, and every call pays the slow path.
+        queue = self._queue
+        if not queue:
+            return
+        current = _running_loop()
+        now = self._clock()
+        while queue:
+            decision = self.state.try_acquire(now)
+            if not isinstance(decision, Ticket):
+                break
+            waiter = queue.popleft()
+            waiter.ticket = decision
+            if not self._wake(waiter, current):  # its loop has closed: the ticket goes back
+                waiter.ticket = waiter.future = None
+                self.state.release(decision)
+        self._wake_first()
+
     def _wake_all(self) -> None:
         # Called with the lock held, after a 429 closed the gate: every waiter checks whether it will wait.
         current = _running_loop()
@@ -307,13 +340,13 @@ class RateLimitBudget:
         with self._lock:
             self.state.release(ticket)
             if self._queue:
-                self._wake_first()
+                self._hand_out()
 
     async def no_answer(self, ticket: Ticket) -> None:
         with self._lock:
             self.state.no_answer(ticket, self._clock())
             if self._queue:
-                self._wake_first()
+                self._hand_out()
 
     async def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> float:
         with self._lock:
@@ -323,7 +356,7 @@ class RateLimitBudget:
                 if self.state.gate_until != gate_before:
                     self._wake_all()
                 else:
-                    self._wake_first()
+                    self._hand_out()
             return gate
 
     def expect_others(self) -> None:
