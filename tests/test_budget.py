@@ -69,6 +69,24 @@ async def queued(budget: RateLimitBudget, count: int) -> None:
     raise AssertionError(f"only {len(budget._queue)} of {count} callers queued")
 
 
+async def waiter_whose_loop_closes(budget: RateLimitBudget) -> None:
+    """A caller waits on the budget from another thread's event loop, which then closes under it."""
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+    tasks = []
+
+    def other_thread() -> None:
+        tasks.append(loop.create_task(budget.acquire(lambda event: started.set())))
+        while not started.is_set():
+            loop.run_until_complete(asyncio.sleep(0.0))
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, HANG)
+    assert started.is_set()
+    loop.close()
+
+
 def test_the_in_process_budget_is_a_budget() -> None:
     """RateLimitBudget implements the public Budget protocol that other budgets implement too."""
     assert isinstance(RateLimitBudget(), Budget)
@@ -148,21 +166,7 @@ async def test_a_waiter_whose_loop_has_closed_does_not_fail_the_caller_that_free
     budget = RateLimitBudget(60.0)
     probe = budget.try_acquire()
     assert probe is not None
-    started = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    tasks = []
-
-    def other_thread() -> None:
-        tasks.append(loop.create_task(budget.acquire(lambda event: started.set())))
-        while not started.is_set():
-            loop.run_until_complete(asyncio.sleep(0.0))
-
-    thread = threading.Thread(target=other_thread, daemon=True)
-    thread.start()
-    await asyncio.to_thread(thread.join, HANG)
-    assert started.is_set()
-    loop.close()  # its waiter never ran its cleanup: it is still first in the queue
+    await waiter_whose_loop_closes(budget)  # it never ran its cleanup: it is still first in the queue
     assert len(budget._queue) == 1
     await budget.answered(probe, 200, RateLimitHeaders(10, 9))  # waking it fails: it is dropped, quietly
     assert not budget._queue
@@ -264,19 +268,7 @@ async def test_a_first_waiter_whose_loop_closed_during_a_timed_wait_does_not_hol
     probe = budget.try_acquire()
     assert probe is not None
     await budget.answered(probe, 200, RateLimitHeaders(1, 0))  # spent until 1.0
-    started = threading.Event()
-    loop = asyncio.new_event_loop()
-    tasks = []
-
-    def other_thread() -> None:
-        tasks.append(loop.create_task(budget.acquire(lambda event: started.set())))
-        while not started.is_set():
-            loop.run_until_complete(asyncio.sleep(0.0))
-
-    thread = threading.Thread(target=other_thread, daemon=True)
-    thread.start()
-    await asyncio.to_thread(thread.join, HANG)
-    loop.close()
+    await waiter_whose_loop_closes(budget)
     dead = budget._queue[0]
     mine = asyncio.create_task(budget.acquire())
     await asyncio.sleep(0)  # it runs up to its wait
