@@ -24,7 +24,7 @@ from wemasy_async import (
     WemasyClient,
 )
 from wemasy_async._batching import merge_results, prepare_order_ids
-from wemasy_async.testing import Fault, WemasyEmulator
+from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 
 def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emulator: WemasyEmulator) -> None:
@@ -123,6 +123,35 @@ async def test_a_whole_request_422_splits_the_chunk(client: WemasyClient, wemasy
     assert [int(x) for x in result.details.new_orders] == ids
     assert all(len(r.order_ids or ()) <= 3 for r in wemasy_emulator.requests if r.status == 200)
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(max_ids_per_request=300)
+async def test_the_servers_maximum_is_learned_once_for_the_whole_batch(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A server taking at most 300 ids, chunks of 500: one 422 teaches the batch the server's number (from
+    its message), and every later chunk goes in parts of 300 or fewer, without another 422."""
+    ids = list(range(1, 3001))
+    result = await client.sendcloud.push_shipments(ids, chunk_size=500, max_concurrency=1)
+    assert result.ok
+    statuses = [r.status for r in wemasy_emulator.requests]
+    assert statuses.count(422) == 1
+    assert statuses.count(200) == 12  # 300 + 200 for each of the six chunks
+    assert max(len(r.order_ids or ()) for r in wemasy_emulator.requests if r.status == 200) == 300
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_422_without_field_errors_fails_its_chunk_without_splitting(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """The documented {"error": true, "message"} 422 is a business rule, not a size problem: one request,
+    the chunk's ids failed with the server's message (not 2n-1 requests of halving)."""
+    wemasy_emulator.inject(CannedResponse(422, {"error": True, "message": "The webshop has no SendCloud account."}))
+    ids = list(range(1, 501))
+    result = await client.sendcloud.push_shipments(ids)
+    assert len(wemasy_emulator.requests) == 1
+    assert result.failed_order_ids == tuple(ids)
+    assert "no SendCloud account" in str(result.failed[0].error)
 
 
 @pytest.mark.wemasy_emulator(max_body_bytes=60)

@@ -3,8 +3,10 @@
 Every distinct id ends in exactly one place: accepted by the server (in a chunk result's details),
 ``rejected`` (the server's validation message for it), or ``failed`` (the ids of a request that failed
 after its retries, with the error). A 422 naming indices (``order_ids.5``) moves those ids to
-``rejected`` and re-sends the rest; a 422 about the list as a whole, or a 413, splits the request in
-halves until each half goes through or is a single id.
+``rejected`` and re-sends the rest; a 422 about the list as a whole, or a 413, teaches the batch the
+server's maximum ids per request (its number, if its message names one, else half of what failed) and
+the request goes again in parts of that size, as do the batch's later chunks. Any other 422 fails its
+request with the server's message: halving cannot help a business rule.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import operator
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 
@@ -113,15 +116,44 @@ def _unreported(sent: Sequence[int], result: PushResult) -> list[int]:
     return [order_id for order_id in sent if order_id not in reported]
 
 
-def _splits(error: ValidationError) -> bool:
-    # A 422 about the list itself (too many ids) or without field errors: halves may go through.
-    # One about another field (create_label) would fail the same way for any half.
-    return not error.errors or "order_ids" in error.errors
+_MOST_ITEMS = re.compile(r"(?:more than|at most|maximum of)\s+(\d+)\s+items", re.IGNORECASE)
 
 
-async def push_chunk(ids: list[int], push_once: PushOnce) -> PushResult:
+@attrs.define
+class SizeLimit:
+    """The most ids the server takes in one request, as a batch learns it (shared by its chunks)."""
+
+    #: Ids per request not to exceed (None while nothing says the server has a maximum).
+    most: int | None = None
+
+    def learn(self, error: ValidationError | PayloadTooLargeError, size: int) -> None:
+        """A request of ``size`` ids was too large: the server's own number if its message names one
+        (Laravel's ``max`` rule: "must not have more than 300 items"), else half of what failed."""
+        found = (
+            [int(n) for m in error.errors.get("order_ids", ()) for n in _MOST_ITEMS.findall(m)]
+            if isinstance(error, ValidationError)
+            else []
+        )
+        # Never as many as failed, whatever the message says: each size error makes requests smaller.
+        most = min(min(found) if found else size // 2, size - 1)
+        if most >= 1 and (self.most is None or most < self.most):
+            self.most = most
+
+
+def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
+    # A 413, or a 422 about the list as a whole (too many ids): smaller requests may go through. A 422
+    # without field errors (a business rule, the documented {"error": true, "message"}) or about another
+    # field (create_label) would fail the same way for any part: splitting would only spend requests.
+    return isinstance(error, PayloadTooLargeError) or "order_ids" in error.errors
+
+
+async def push_chunk(ids: list[int], push_once: PushOnce, size_limit: SizeLimit | None = None) -> PushResult:
     """Push one chunk, re-sending around rejected ids and splitting on size errors; never raises a
-    WemasyError: whatever fails ends in the result's ``failed``, with its ids."""
+    WemasyError: whatever fails ends in the result's ``failed``, with its ids.
+
+    ``size_limit`` is what the batch has learned of the server's maximum ids per request: requests larger
+    than it are split before they are sent, and a size error teaches it."""
+    size_limit = size_limit if size_limit is not None else SizeLimit()
     accepted: list[tuple[int, PushResult]] = []
     rejected: list[tuple[int, OrderRejection]] = []
     failed: list[tuple[int, ChunkFailure]] = []
@@ -130,6 +162,11 @@ async def push_chunk(ids: list[int], push_once: PushOnce) -> PushResult:
     pieces: list[tuple[int, list[int]]] = [(0, ids)]
     while pieces:
         offset, piece = pieces.pop()
+        most = size_limit.most
+        if most is not None and len(piece) > most:
+            # Later parts go first onto the stack, so they are sent in input order.
+            pieces += [(offset + i, piece[i : i + most]) for i in reversed(range(0, len(piece), most))]
+            continue
         try:
             result = await push_once(piece)
         except (ValidationError, PayloadTooLargeError) as error:
@@ -141,9 +178,9 @@ async def push_chunk(ids: list[int], push_once: PushOnce) -> PushResult:
                 rest = [order_id for i, order_id in enumerate(piece) if i not in named]
                 if rest:
                     pieces.append((offset, rest))
-            elif len(piece) > 1 and (isinstance(error, PayloadTooLargeError) or _splits(error)):
-                half = len(piece) // 2
-                pieces += [(offset + half, piece[half:]), (offset, piece[:half])]
+            elif len(piece) > 1 and _too_large(error):
+                size_limit.learn(error, len(piece))
+                pieces.append((offset, piece))  # sent again in parts the size the server takes
             else:
                 failed.append((offset, ChunkFailure(tuple(piece), error)))
         except WemasyError as error:
@@ -204,6 +241,7 @@ class _Feed:
 
     def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce) -> None:
         self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
+        self.size_limit = SizeLimit()
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
@@ -213,7 +251,7 @@ async def _work(feed: _Feed) -> None:
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
         try:
-            outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once)
+            outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once, feed.size_limit)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug, not an API failure: hand it to the reader
