@@ -256,6 +256,18 @@ async def test_bad_ids_are_refused_before_the_stream_starts(
     assert wemasy_emulator.requests == []
 
 
+async def test_an_id_too_long_for_json_is_refused_before_any_request(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """An id of more than 4,300 digits cannot be written as JSON: refused up front like any bad id, not
+    after the chunks before it were queued."""
+    ids = [*range(1, 1001), 10**4300]
+    with pytest.raises(InvalidOrderIdError, match=r"position 1000.*4,300 digits"):
+        await client.sendcloud.push_shipments(ids)
+    assert wemasy_emulator.requests == []
+    assert prepare_order_ids([10**4300 - 1]) == ([10**4300 - 1], [])  # 4,300 digits still go
+
+
 async def test_a_send_once_client_still_accounts_for_everything(wemasy_emulator: WemasyEmulator) -> None:
     """With no retries, a dropped request's ids end in failed, and the rest are accepted."""
     wemasy_emulator.inject(Fault.DROP)

@@ -39,6 +39,9 @@ DEFAULT_CHUNK_SIZE = 500
 #: Push requests of one batch in flight at once (the token's budget paces them anyway).
 DEFAULT_CHUNK_CONCURRENCY = 4
 
+#: Python (3.11+) refuses to write an int of more than 4,300 digits as text, and so into JSON.
+_TOO_MANY_DIGITS = 10**4300
+
 Progress = Callable[[int, int], None]
 PushOnce = Callable[[list[int]], Awaitable[PushResult]]
 
@@ -72,6 +75,13 @@ def _checked(value: object, position: int) -> int:
             order_id=value,
             position=position,
         )
+    if number >= _TOO_MANY_DIGITS:
+        raise InvalidOrderIdError(
+            f"order id at position {position} has {number.bit_length()} bits, more than the 4,300 digits "
+            "Python writes into JSON: it cannot be sent",
+            order_id=value,
+            position=position,
+        )
     return number
 
 
@@ -90,7 +100,7 @@ def prepare_order_ids(order_ids: Iterable[int]) -> tuple[list[int], list[int]]:
     add, keep, repeat = seen.add, distinct.append, duplicates.append
     for position, value in enumerate(order_ids):
         # A positive int is the common case, kept cheap for a million ids.
-        order_id = value if type(value) is int and value > 0 else _checked(value, position)
+        order_id = value if type(value) is int and 0 < value < _TOO_MANY_DIGITS else _checked(value, position)
         if order_id in seen:
             repeat(order_id)
         else:
