@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.conftest import TOKEN
 from wemasy_async import (
     NO_RETRIES,
+    AuthenticationError,
     InvalidOrderIdError,
     PermissionDeniedError,
     PushDetails,
@@ -35,7 +36,7 @@ def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emula
     accepted = [int(x) for x in (*details.new_orders, *details.retry_orders, *details.skipped_orders)]
     rejected = [r.order_id for r in result.rejected]
     failed = list(result.failed_order_ids)
-    places = Counter(accepted + rejected + failed)
+    places = Counter(accepted + rejected + failed + list(result.not_sent))
     assert sorted(places) == sorted(distinct)
     assert set(places.values()) <= {1}
     assert not result.unreported
@@ -179,15 +180,57 @@ async def test_a_chunk_that_keeps_failing_keeps_its_ids_and_cause(wemasy_emulato
     assert_every_id_accounted_once(result, range(1, 8), wemasy_emulator)
 
 
-@pytest.mark.wemasy_emulator(forbidden_tokens={TOKEN})
-async def test_strict_raises_one_error_carrying_the_whole_result(client: WemasyClient) -> None:
+async def test_strict_raises_one_error_carrying_the_whole_result(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
     """strict=True turns failures into PushFailedError; its result still names every id and cause."""
+    wemasy_emulator.faults.server_error_rate = 1.0
     with pytest.raises(PushFailedError) as info:
         await client.sendcloud.push_shipments([1, 2, 3], chunk_size=2, strict=True)
     result = info.value.result
     assert result.failed_order_ids == (1, 2, 3)
-    assert all(isinstance(f.error, PermissionDeniedError) for f in result.failed)
+    assert all(isinstance(f.error, ServerError) for f in result.failed)
     assert "3 failed" in str(info.value)
+
+
+@pytest.mark.wemasy_emulator(valid_tokens={"another-token"})
+async def test_a_refused_token_stops_the_batch_after_the_first_answer(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A 401 would fail every request alike: nothing more is sent, and the error itself reaches the
+    caller, carrying the batch's result: the refused ids failed, the rest not sent."""
+    ids = list(range(1, 21))
+    with pytest.raises(AuthenticationError) as info:
+        await client.sendcloud.push_shipments(ids, chunk_size=2, max_concurrency=1)
+    assert [r.status for r in wemasy_emulator.requests] == [401]
+    result = info.value.result
+    assert result.failed_order_ids == (1, 2)
+    assert result.not_sent == tuple(range(3, 21))
+    assert result.retry_order_ids == tuple(ids)
+    assert not result.ok
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_token_revoked_mid_batch_stops_it_and_loses_no_id(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """The token is revoked after the first chunks: what was queued stays queued, the requests that met
+    the 403 failed, and the rest were never sent; each id in one place, and few requests spent."""
+    ids = list(range(1, 201))
+
+    def revoke_after_two_chunks(done: int, total: int) -> None:
+        if done >= 20:
+            wemasy_emulator.forbidden_tokens.add(TOKEN)
+
+    with pytest.raises(PermissionDeniedError) as info:
+        await client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, progress=revoke_after_two_chunks)
+    result = info.value.result
+    statuses = [r.status for r in wemasy_emulator.requests]
+    assert statuses.count(403) <= 2  # the requests in flight when the first 403 came, no more
+    assert len(statuses) <= 6
+    assert result.summary.total_orders >= 20
+    assert result.not_sent
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
 
 
 async def test_progress_reports_ids_done_of_total(client: WemasyClient) -> None:

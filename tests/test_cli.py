@@ -106,6 +106,25 @@ def test_a_wrong_token_is_an_auth_error(
     assert TOKEN not in err
 
 
+def test_a_push_with_a_refused_token_stops_and_says_what_was_not_sent(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A 401 stops the push after its first answer: exit 2, the JSON names the ids never sent and why,
+    and --failed-out lists every id to push again."""
+    env.valid_tokens = {"someone-else"}
+    retry = tmp_path / "retry.txt"
+    code = main(["push", "1-10", "--chunk-size", "2", "--concurrency", "1", "--json", "--failed-out", str(retry)])
+    assert code == EXIT_USAGE
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["not_sent"] == list(range(3, 11))
+    assert "Unauthenticated" in document["stopped_by"]
+    assert document["complete"] is False
+    assert retry.read_text().split() == [str(i) for i in range(1, 11)]
+    assert len(env.requests) == 1
+    assert TOKEN not in captured.err + captured.out
+
+
 def test_demo_pushes_a_batch_and_prints_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
     """The demo runs its own emulator, pushes through the real client and reports the scheduler's figures."""
     assert main(["demo", "--ids", "400", "--chunk-size", "20", "--limit", "10", "--window", "0.5"]) == EXIT_OK

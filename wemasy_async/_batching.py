@@ -1,8 +1,9 @@
 """Batch pushes: validate and de-duplicate the ids, send chunks concurrently, account for every id, merge.
 
 Every distinct id ends in exactly one place: accepted by the server (in a chunk result's details),
-``rejected`` (the server's validation message for it), or ``failed`` (the ids of a request that failed
-after its retries, with the error). A 422 naming indices (``order_ids.5``) moves those ids to
+``rejected`` (the server's validation message for it), ``failed`` (the ids of a request that failed
+after its retries, with the error), or ``not_sent`` (the batch stopped first: after a 401 or 403, which
+would fail every request alike, nothing more is sent). A 422 naming indices (``order_ids.5``) moves those ids to
 ``rejected`` and re-sends the rest; a 422 about the list as a whole, or a 413, teaches the batch the
 server's maximum ids per request (its number, if its message names one, else half of what failed) and
 the request goes again in parts of that size, as do the batch's later chunks. Any other 422 fails its
@@ -20,7 +21,15 @@ from types import TracebackType
 
 import attrs
 
-from ._errors import InvalidOrderIdError, PayloadTooLargeError, UsageError, ValidationError, WemasyError
+from ._errors import (
+    AuthenticationError,
+    InvalidOrderIdError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UsageError,
+    ValidationError,
+    WemasyError,
+)
 from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary
 
 __all__ = [
@@ -150,6 +159,19 @@ class SizeLimit:
             self.most = most
 
 
+#: Errors that would fail every request of a batch alike: the batch sends nothing more after the first.
+BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError)
+
+
+@attrs.define
+class BatchState:
+    """What the chunks of one batch share: the server's learned maximum, and the error that stopped it."""
+
+    size_limit: SizeLimit = attrs.field(factory=SizeLimit)
+    #: The batch-wide error (401, 403) after which nothing more is sent.
+    stopped_by: WemasyError | None = None
+
+
 def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
     # A 413, or a 422 about the list as a whole (too many ids): smaller requests may go through. A 422
     # without field errors (a business rule, the documented {"error": true, "message"}) or about another
@@ -157,13 +179,16 @@ def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
     return isinstance(error, PayloadTooLargeError) or "order_ids" in error.errors
 
 
-async def push_chunk(ids: list[int], push_once: PushOnce, size_limit: SizeLimit | None = None) -> PushResult:
+async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | None = None) -> PushResult:
     """Push one chunk, re-sending around rejected ids and splitting on size errors; never raises a
     WemasyError: whatever fails ends in the result's ``failed``, with its ids.
 
-    ``size_limit`` is what the batch has learned of the server's maximum ids per request: requests larger
-    than it are split before they are sent, and a size error teaches it."""
-    size_limit = size_limit if size_limit is not None else SizeLimit()
+    ``batch`` is what the chunks of a batch share: the server's maximum ids per request as learned
+    (requests larger than it are split before they are sent; a size error teaches it), and the batch-wide
+    error after which nothing more is sent (the ids left go to ``not_sent``)."""
+    batch = batch if batch is not None else BatchState()
+    size_limit = batch.size_limit
+    not_sent: list[tuple[int, list[int]]] = []
     accepted: list[tuple[int, PushResult]] = []
     rejected: list[tuple[int, OrderRejection]] = []
     failed: list[tuple[int, ChunkFailure]] = []
@@ -172,6 +197,9 @@ async def push_chunk(ids: list[int], push_once: PushOnce, size_limit: SizeLimit 
     pieces: list[tuple[int, list[int]]] = [(0, ids)]
     while pieces:
         offset, piece = pieces.pop()
+        if batch.stopped_by is not None:
+            not_sent.append((offset, piece))
+            continue
         most = size_limit.most
         if most is not None and len(piece) > most:
             # Later parts go first onto the stack, so they are sent in input order.
@@ -194,6 +222,8 @@ async def push_chunk(ids: list[int], push_once: PushOnce, size_limit: SizeLimit 
             else:
                 failed.append((offset, ChunkFailure(tuple(piece), error)))
         except WemasyError as error:
+            if isinstance(error, BATCH_WIDE_ERRORS) and batch.stopped_by is None:
+                batch.stopped_by = error
             failed.append((offset, ChunkFailure(tuple(piece), error)))
         else:
             accepted.append((offset, result))
@@ -204,6 +234,7 @@ async def push_chunk(ids: list[int], push_once: PushOnce, size_limit: SizeLimit 
         rejected=tuple(r for _, r in sorted(rejected, key=lambda pair: pair[0])),
         failed=tuple(f for _, f in sorted(failed, key=lambda pair: pair[0])),
         unreported=tuple(unreported),
+        not_sent=tuple(itertools.chain.from_iterable(p for _, p in sorted(not_sent, key=lambda pair: pair[0]))),
     )
 
 
@@ -240,6 +271,7 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
         failed=failed,
         duplicates=tuple(duplicates),
         unreported=tuple(itertools.chain.from_iterable(r.unreported for r in results)),
+        not_sent=tuple(itertools.chain.from_iterable(r.not_sent for r in results)),
         requests=requests,
         raw={"responses": [r.raw for r in results if r.raw]} if len(results) != 1 else results[0].raw,
     )
@@ -251,7 +283,7 @@ class _Feed:
 
     def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce) -> None:
         self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
-        self.size_limit = SizeLimit()
+        self.batch = BatchState()
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
@@ -261,7 +293,7 @@ async def _work(feed: _Feed) -> None:
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
         try:
-            outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once, feed.size_limit)
+            outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once, feed.batch)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug, not an API failure: hand it to the reader
@@ -321,11 +353,20 @@ class PushStream:
             raise outcome
         self._results.append((index, outcome))
         self.done += (
-            outcome.summary.total_orders + len(outcome.rejected) + sum(len(f.order_ids) for f in outcome.failed)
+            outcome.summary.total_orders
+            + len(outcome.rejected)
+            + sum(len(f.order_ids) for f in outcome.failed)
+            + len(outcome.not_sent)
         )
         if self._progress is not None:
             self._progress(self.done, self.total)
         return outcome
+
+    @property
+    def stopped_by(self) -> WemasyError | None:
+        """The error that stopped the batch (a 401 or 403: every request would fail alike), or None. The
+        chunks after it come as results whose ids are all ``not_sent``."""
+        return self._feed.batch.stopped_by
 
     def result(self) -> PushResult:
         """The chunk results received so far, merged in input order, with the batch's duplicates."""

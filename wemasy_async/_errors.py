@@ -47,6 +47,10 @@ def _frozen_headers(headers: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
 class WemasyError(Exception):
     """Base class of every exception raised by wemasy-async."""
 
+    #: For an error that stopped a batch push (a 401 or 403 fails every request alike): the batch's
+    #: :class:`PushResult` so far, with the ids never sent in ``not_sent``. None otherwise.
+    result: Any = None
+
 
 class UsageError(WemasyError, ValueError):
     """A call was given something unusable; raised before any request is sent."""

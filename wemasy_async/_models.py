@@ -137,6 +137,9 @@ class PushResult:
     duplicates: tuple[int, ...] = ()
     #: Ids the server accepted (answered 200 for) but listed in none of new, retry or skipped.
     unreported: tuple[int, ...] = ()
+    #: Ids never sent: the batch stopped first, on an error that would fail every request the same way
+    #: (401, 403). They may be pushed again once that is fixed.
+    not_sent: tuple[int, ...] = ()
     #: Push requests answered 200 that make up this result.
     requests: int = 0
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
@@ -153,8 +156,13 @@ class PushResult:
 
     @property
     def ok(self) -> bool:
-        """True when no id was rejected or failed."""
-        return not self.rejected and not self.failed
+        """True when no id was rejected, failed or left unsent."""
+        return not self.rejected and not self.failed and not self.not_sent
+
+    @property
+    def retry_order_ids(self) -> tuple[int, ...]:
+        """The ids to push again later: those of failed requests, then those never sent."""
+        return self.failed_order_ids + self.not_sent
 
     def raise_for_failures(self) -> PushResult:
         """Raise :class:`PushFailedError` (which carries this result) if any id was rejected or failed;
@@ -171,7 +179,8 @@ class PushFailedError(WemasyError):
     def __init__(self, result: PushResult) -> None:
         self.result = result
         failed = len(result.failed_order_ids)
+        unsent = f", {len(result.not_sent)} not sent" if result.not_sent else ""
         super().__init__(
-            f"{len(result.rejected)} order ids rejected and {failed} failed of a push "
+            f"{len(result.rejected)} order ids rejected and {failed} failed{unsent} of a push "
             f"({result.summary.total_orders} accepted by the server)"
         )

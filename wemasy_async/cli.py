@@ -98,7 +98,7 @@ class ProgressLine:
             self.stream.flush()
 
 
-def _result_json(result: PushResult, *, interrupted: bool = False) -> dict[str, Any]:
+def _result_json(result: PushResult, *, interrupted: bool = False, stopped_by: str | None = None) -> dict[str, Any]:
     return {
         "complete": result.ok and not interrupted,
         "interrupted": interrupted,
@@ -119,6 +119,9 @@ def _result_json(result: PushResult, *, interrupted: bool = False) -> dict[str, 
         },
         "rejected": [{"order_id": r.order_id, "message": r.message} for r in result.rejected],
         "failed": [{"order_ids": list(f.order_ids), "error": str(f.error)} for f in result.failed],
+        "not_sent": list(result.not_sent),
+        "unreported": list(result.unreported),
+        "stopped_by": stopped_by,
         "duplicates": list(result.duplicates),
         "ambiguous_retry": result.ambiguous_retry,
     }
@@ -137,6 +140,8 @@ def _print_result(result: PushResult, out: TextIO) -> None:
         print(f"rejected {rejection.order_id}: {rejection.message}", file=out)
     for failure in result.failed:
         print(f"failed {len(failure.order_ids)} ids: {failure.error}", file=out)
+    if result.not_sent:
+        print(f"not sent: {len(result.not_sent)} ids (the push stopped first)", file=out)
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -198,16 +203,21 @@ async def _push_and_report(args: argparse.Namespace, client: WemasyClient | None
         if owned:
             await client.close()
     result = stream.result()
+    stopped_by = stream.stopped_by
     if args.failed_out:
-        await asyncio.to_thread(_write_ids, args.failed_out, result.failed_order_ids)
+        await asyncio.to_thread(_write_ids, args.failed_out, result.retry_order_ids)
     if args.json:
-        print(json.dumps(_result_json(result, interrupted=interrupted)))
+        reason = None if stopped_by is None else str(stopped_by)
+        print(json.dumps(_result_json(result, interrupted=interrupted, stopped_by=reason)))
     else:
         _print_result(result, sys.stdout)
         if interrupted:
             print(f"interrupted: {stream.done} of {stream.total} ids had an outcome", file=sys.stderr)
     if interrupted:
         return EXIT_INTERRUPTED, result
+    if stopped_by is not None:  # a 401 or 403: every request would fail alike, so the push stopped
+        print(f"wemasy-async: {stopped_by} (check the token: --token or ${TOKEN_ENV_VAR})", file=sys.stderr)
+        return EXIT_USAGE, result
     return (EXIT_OK if result.ok else EXIT_INCOMPLETE), result
 
 

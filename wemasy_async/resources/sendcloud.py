@@ -66,8 +66,11 @@ class SendcloudResource:
         chunks of ``chunk_size``, ``max_concurrency`` at a time, through the token's shared rate-limit
         budget; the merged result sums the chunks' summaries and concatenates their details in input
         order. Every distinct id ends in exactly one place: the server's details (new, retry or skipped),
-        ``result.rejected`` (with the server's validation message) or ``result.failed`` (with the ids and
-        the error of a request that failed after its retries). ``progress(done, total)`` is called as
+        ``result.rejected`` (with the server's validation message), ``result.failed`` (with the ids and
+        the error of a request that failed after its retries) or ``result.not_sent``. A 401 or 403 would
+        fail every request alike: the batch sends nothing more after the first and raises that error
+        (:class:`AuthenticationError`, :class:`PermissionDeniedError`) with the batch's result so far in
+        its ``.result``, the ids it never sent in ``.result.not_sent``. ``progress(done, total)`` is called as
         chunks complete. With ``strict=True`` any rejected or failed id raises :class:`PushFailedError`,
         which carries the full result.
 
@@ -93,6 +96,12 @@ class SendcloudResource:
         result = stream.result()
         if not stream.total:
             result = attrs.evolve(result, message="no order ids given")
+        if stream.stopped_by is not None:
+            # A 401 or 403 would fail every request alike: the batch stopped there. The error is raised as
+            # itself, so `except AuthenticationError` works, and carries what the batch did.
+            error = stream.stopped_by
+            error.result = result
+            raise error
         return result.raise_for_failures() if strict else result
 
     def iter_push_shipments(
