@@ -372,3 +372,14 @@ def test_every_id_ends_in_exactly_one_place(
         assert int(order_id) in failed_before
     # No fault here acts after the server did its work, so what it queued is exactly what it reported.
     assert sorted(emulator.queued) == sorted(int(x) for x in (*result.details.new_orders, *result.details.retry_orders))
+
+
+async def test_a_batch_keeps_each_responses_json_with_its_chunk_not_in_the_result(client: WemasyClient) -> None:
+    """A million ids are 2,000 responses: the merged result does not hold them all; each chunk result
+    the stream yields has its own response's JSON, and a one-chunk push keeps it in its result."""
+    async with client.sendcloud.iter_push_shipments(range(1, 11), chunk_size=5) as stream:
+        chunks = [chunk async for chunk in stream]
+    assert all(chunk.raw["summary"]["total_orders"] == 5 for chunk in chunks)
+    assert stream.result().raw == {}
+    single = await client.sendcloud.push_shipments(range(11, 14))
+    assert single.raw["summary"]["total_orders"] == 3

@@ -456,3 +456,38 @@ async def test_token_never_appears_in_reprs_errors_or_logs(
     assert any(r.name == "wemasy_async" for r in caplog.records)
     for text in texts:
         assert TOKEN not in text
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+async def test_a_body_too_large_is_refused_not_held(compressed: bool) -> None:
+    """An answer of 50 MB (a proxy gone wrong), or a gzip bomb that inflates to it, fails the call with
+    InvalidResponseError after 8 MiB, keeping an excerpt, instead of filling memory."""
+    import gzip
+
+    from aiohttp import web
+
+    from wemasy_async._transport import MAX_BODY_BYTES
+
+    payload = b"0" * (50 * 1024 * 1024)
+    body = gzip.compress(payload, compresslevel=9) if compressed else payload
+
+    async def huge(request: web.Request) -> web.Response:
+        headers = {"Content-Type": "application/json"}
+        if compressed:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/api/services/webshop/v1/integrations/sendcloud/status", huge)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with WemasyClient(token=TOKEN, base_url=f"http://127.0.0.1:{port}/api", retry=NO_RETRIES) as client:
+            with pytest.raises(InvalidResponseError, match="larger than 8 MiB") as info:
+                await client.sendcloud.status()
+    finally:
+        await runner.cleanup()
+    assert len(info.value.raw_text) <= 2048 < MAX_BODY_BYTES

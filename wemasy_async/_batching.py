@@ -273,7 +273,9 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
         unreported=tuple(itertools.chain.from_iterable(r.unreported for r in results)),
         not_sent=tuple(itertools.chain.from_iterable(r.not_sent for r in results)),
         requests=requests,
-        raw={"responses": [r.raw for r in results if r.raw]} if len(results) != 1 else results[0].raw,
+        # A batch's result does not keep every response (a million ids: 2,000 of them); a single response's
+        # JSON stays in its raw, and every chunk's in the chunk results a stream yields.
+        raw=results[0].raw if len(results) == 1 else {},
     )
 
 
@@ -351,7 +353,8 @@ class PushStream:
         if isinstance(outcome, BaseException):
             await self.aclose()
             raise outcome
-        self._results.append((index, outcome))
+        # Kept for result(): the chunk's raw JSON goes with the chunk the caller gets, not into the batch.
+        self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
         self.done += (
             outcome.summary.total_orders
             + len(outcome.rejected)

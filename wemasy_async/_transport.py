@@ -7,10 +7,14 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from ._errors import APIConnectionError, APITimeoutError
+from ._errors import APIConnectionError, APITimeoutError, InvalidResponseError
 from ._protocol import PreparedRequest, RawResponse
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["MAX_BODY_BYTES", "AiohttpTransport"]
+
+#: The most bytes read of one answer's body, after decompression: these endpoints answer in kilobytes, so
+#: anything near this is not theirs (a proxy's page, a gzip bomb), and is refused rather than held.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class AiohttpTransport:
@@ -62,7 +66,11 @@ class AiohttpTransport:
         # error keeps only its type and text.
         try:
             async with context as response:
-                body = await response.read()
+                length = response.content_length
+                if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in response.headers:
+                    body = await response.read()
+                else:  # no length, a length too large, or compressed: count what decompresses
+                    body = await _read_at_most(response, request)
                 return RawResponse(
                     status=response.status,
                     headers=response.headers,
@@ -85,3 +93,23 @@ class AiohttpTransport:
             raise APIConnectionError(
                 f"connection failed: {type(exc).__name__}: {exc}", method=request.method, url=request.url
             ) from None
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, request: PreparedRequest) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            excerpt = b"".join(chunks)[:2048].decode("utf-8", errors="replace")
+            raise InvalidResponseError(
+                f"the answer's body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB (after decompression); "
+                "it was not read further",
+                status_code=response.status,
+                headers=response.headers,
+                raw_text=excerpt,
+                method=request.method,
+                url=request.url,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
