@@ -14,6 +14,7 @@ from tests.conftest import TOKEN
 from wemasy_async import (
     NO_RETRIES,
     AuthenticationError,
+    ClientClosedError,
     InvalidOrderIdError,
     PermissionDeniedError,
     PushDetails,
@@ -383,3 +384,59 @@ async def test_a_batch_keeps_each_responses_json_with_its_chunk_not_in_the_resul
     assert stream.result().raw == {}
     single = await client.sendcloud.push_shipments(range(11, 14))
     assert single.raw["summary"]["total_orders"] == 3
+
+
+@pytest.mark.parametrize("spelled", ["\u00b2", "9" * 5000, "\u0663"])
+async def test_an_id_the_server_spells_oddly_is_unreported_not_an_exception(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, spelled: str
+) -> None:
+    """A 200 whose details hold "²" or 5,000 digits: the batch goes on, and the id sent that the answer
+    does not name is reported as such, not lost and not a raw ValueError."""
+    wemasy_emulator.inject(
+        CannedResponse(
+            200,
+            {
+                "error": False,
+                "message": "queued",
+                "summary": {
+                    "total_orders": 1,
+                    "new_orders": 1,
+                    "retry_orders": 0,
+                    "skipped_orders": 0,
+                    "queued_orders": 1,
+                },
+                "details": {"new_orders": [spelled], "retry_orders": [], "skipped_orders": [], "queued_orders": []},
+                "total_chunks": 1,
+                "labels_will_be_created": "no",
+            },
+        )
+    )
+    result = await client.sendcloud.push_shipments([7, 8], chunk_size=1)
+    assert result.unreported == (7,)
+    assert result.details.new_orders[-1] == "8"
+
+
+async def test_a_422_keyed_by_an_odd_index_fails_its_chunk_with_the_message(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A 422 naming "order_ids.²" is no index the batch can act on: the chunk fails with the message."""
+    wemasy_emulator.inject(CannedResponse(422, {"message": "odd", "errors": {"order_ids.\u00b2": ["odd"]}}))
+    result = await client.sendcloud.push_shipments([1, 2])
+    assert result.failed_order_ids == (1, 2)
+    assert len(wemasy_emulator.requests) == 1
+
+
+async def test_closing_the_client_mid_batch_stops_it_and_loses_no_id(wemasy_emulator: WemasyEmulator) -> None:
+    """close() while a push is under way: no raw "Session is closed"; the batch stops with
+    ClientClosedError carrying its result, and every id is in one place."""
+    wemasy_emulator.faults.delay_seconds = 0.3
+    ids = list(range(1, 41))
+    client = WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=NO_RETRIES)
+    task = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=1))
+    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
+    await client.close()
+    with pytest.raises(ClientClosedError) as info:
+        await task
+    result = info.value.result
+    assert result.not_sent
+    assert set(result.retry_order_ids) | {int(x) for x in result.details.new_orders} == set(ids)

@@ -294,3 +294,29 @@ def test_redirect_to_another_origin_is_not_followed(location: str) -> None:
     """Another host, scheme (a downgrade to http) or port never receives the token."""
     request = build_request("GET", "https://h/api", "/status", token=TOKEN)
     assert follow_redirect(request, redirect(307, location)) is None
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["https://h:99999/api/status", "https://h:port/api/status", "https://user:pw@h/api/status", "//user@h/x"],
+)
+def test_a_location_that_cannot_be_read_or_carries_userinfo_is_not_followed(location: str) -> None:
+    """A bad port is not an exception, and a same-origin URL with credentials in it is not followed."""
+    get = build_request("GET", "https://h/api", "/status", token=TOKEN)
+    assert follow_redirect(get, redirect(302, location)) is None
+
+
+def test_json_nested_deeper_than_python_goes_is_an_invalid_response() -> None:
+    """A hostile body nested 100,000 deep raises InvalidResponseError, not RecursionError."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(InvalidResponseError, match="not JSON"):
+        decipher_response(RawResponse(status=200, headers=ci_headers({}), body=body))
+
+
+@pytest.mark.parametrize("key", ["order_ids.\u00b2", "order_ids.\u0663", "order_ids." + "9" * 5000, "order_ids.-1"])
+def test_index_errors_ignore_keys_that_are_not_plain_indices(key: str) -> None:
+    """ "order_ids.²" (a digit to isdigit(), not to int()) and other oddities are no index, and no error."""
+    error = ValidationError(
+        "bad", errors={key: ("x",), "order_ids.3": ("y",)}, status_code=422, body=None, raw_text="", headers=None
+    )
+    assert error.index_errors() == {3: ("y",)}

@@ -23,6 +23,7 @@ import attrs
 
 from ._errors import (
     AuthenticationError,
+    ClientClosedError,
     InvalidOrderIdError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -129,9 +130,9 @@ def _unreported(sent: Sequence[int], result: PushResult) -> list[int]:
     listed = itertools.chain(details.new_orders, details.retry_orders, details.skipped_orders)
     try:
         reported = set(map(int, listed))
-    except ValueError:  # an id the server spelled otherwise cannot match one we sent
+    except ValueError:  # an id the server spelled otherwise ("²", 5,000 digits) cannot match one we sent
         listed = itertools.chain(details.new_orders, details.retry_orders, details.skipped_orders)
-        reported = {int(x) for x in listed if x.strip().isdigit()}
+        reported = {int(x) for x in map(str.strip, listed) if x.isascii() and x.isdigit() and len(x) <= 4300}
     return [order_id for order_id in sent if order_id not in reported]
 
 
@@ -160,7 +161,7 @@ class SizeLimit:
 
 
 #: Errors that would fail every request of a batch alike: the batch sends nothing more after the first.
-BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError)
+BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError, ClientClosedError)
 
 
 @attrs.define

@@ -20,7 +20,7 @@ import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
 
-from ._errors import APIConnectionError, ConfigurationError, DeadlineExceededError, RateLimitError, WemasyError
+from ._errors import APIConnectionError, ClientClosedError, ConfigurationError, DeadlineExceededError, RateLimitError
 from ._protocol import (
     DEFAULT_BASE_URL,
     TOKEN_ENV_VAR,
@@ -194,7 +194,7 @@ class WemasyClient:
 
     def _transport(self) -> AiohttpTransport:
         if self._closed:
-            raise WemasyError("this WemasyClient is closed; make a new one")
+            raise ClientClosedError("this WemasyClient is closed; make a new one")
         if self._transport_cache is None:
             if self._session is None:
                 # Our own session carries the auth headers and timeout, so calls need not repeat them. It

@@ -23,6 +23,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConfigurationError",
     "DeadlineExceededError",
     "InvalidOrderIdError",
@@ -85,6 +86,11 @@ class APIConnectionError(WemasyError):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.method} {self.url})"
+
+
+class ClientClosedError(WemasyError):
+    """The client (or the session it was given) was closed before or while the call was made. A batch
+    push stops at the first: every later request would fail alike."""
 
 
 class APITimeoutError(APIConnectionError):
@@ -195,8 +201,10 @@ class ValidationError(APIStatusError):
         prefix = field + "."
         found: dict[int, tuple[str, ...]] = {}
         for key, messages in self.errors.items():
-            if key.startswith(prefix) and key[len(prefix) :].isdigit():
-                found[int(key[len(prefix) :])] = messages
+            index = key[len(prefix) :]
+            # ASCII digits only, and not absurdly many: "²" is a digit to isdigit() but not to int().
+            if key.startswith(prefix) and index.isascii() and index.isdigit() and len(index) <= 18:
+                found[int(index)] = messages
         return found
 
 

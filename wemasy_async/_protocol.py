@@ -181,24 +181,35 @@ def build_request(
     return PreparedRequest(method=method, url=base_url + path, headers=headers, body=body)
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of a URL; None for one that cannot be read (a bad port) or carries userinfo."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None  # never send the token, or a second identity, along with credentials in a URL
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def follow_redirect(request: PreparedRequest, response: RawResponse) -> PreparedRequest | None:
     """The request to send for a redirect, or ``None`` when it must not be followed.
 
-    Only same-origin redirects are followed, so the token never reaches another host or scheme. 307 and
-    308 repeat the method and body; 301, 302 and 303 are followed for GET only, since turning a push into a
-    GET would silently drop it.
+    Only same-origin redirects are followed, so the token never reaches another host or scheme; a
+    ``Location`` that cannot be read or carries userinfo is not followed either. 307 and 308 repeat the
+    method and body; 301, 302 and 303 are followed for GET only, since turning a push into a GET would
+    silently drop it.
     """
     location = response.headers.get("Location")
     if response.status not in (301, 302, 303, 307, 308) or not location:
         return None
-    target = urljoin(request.url, location)
-    if _origin(target) != _origin(request.url):
+    try:
+        target = urljoin(request.url, location)
+    except ValueError:
+        return None
+    origin = _origin(target)
+    if origin is None or origin != _origin(request.url):
         return None
     if response.status in (307, 308):
         return attrs.evolve(request, url=target)
@@ -311,11 +322,11 @@ def _decode_json(body: bytes) -> tuple[bool, Any]:
         return True, json.loads(body.decode())
     except UnicodeDecodeError:
         pass
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes (a hostile body)
         return False, None
     try:
         return True, json.loads(body)  # UTF-16/32 JSON, which json detects from the bytes
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False, None
 
 

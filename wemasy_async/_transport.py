@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from ._errors import APIConnectionError, APITimeoutError, InvalidResponseError
+from ._errors import APIConnectionError, APITimeoutError, ClientClosedError, InvalidResponseError
 from ._protocol import PreparedRequest, RawResponse
 
 __all__ = ["MAX_BODY_BYTES", "AiohttpTransport"]
@@ -92,6 +92,13 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             raise APIConnectionError(
                 f"connection failed: {type(exc).__name__}: {exc}", method=request.method, url=request.url
+            ) from None
+        except RuntimeError:
+            if not self.session.closed:
+                raise
+            # aiohttp's "Session is closed": the client was closed while this call was under way.
+            raise ClientClosedError(
+                f"the client's session was closed while {request.method} {request.url} was under way"
             ) from None
 
 
