@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.conftest import TOKEN
 from wemasy_async import (
     NO_RETRIES,
+    APIConnectionError,
     AuthenticationError,
     ClientClosedError,
     InvalidOrderIdError,
@@ -440,3 +441,18 @@ async def test_closing_the_client_mid_batch_stops_it_and_loses_no_id(wemasy_emul
     result = info.value.result
     assert result.not_sent
     assert set(result.retry_order_ids) | {int(x) for x in result.details.new_orders} == set(ids)
+
+
+async def test_a_server_that_cannot_be_reached_stops_the_batch(wemasy_emulator: WemasyEmulator) -> None:
+    """Every connection dropped: once one request's retries got no answer, and no other request got one
+    meanwhile, nothing more is sent (not every chunk's retries), and the error carries the result."""
+    wemasy_emulator.faults.drop_rate = 1.0
+    policy = RetryPolicy(max_attempts=3, backoff_base=0.001)
+    ids = list(range(1, 101))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=1)
+    assert len(wemasy_emulator.requests) == 3  # one request and its retries
+    result = info.value.result
+    assert result.failed_order_ids == tuple(range(1, 11))
+    assert result.not_sent == tuple(range(11, 101))

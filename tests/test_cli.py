@@ -185,3 +185,19 @@ def test_push_shares_the_budget_through_redis(env: WemasyEmulator, redis_url: st
     assert main(["push", "1-4", "--chunk-size", "2", "--redis-url", redis_url]) == EXIT_OK
     state = redis.Redis.from_url(redis_url).hgetall(redis_keys(env.base_url, TOKEN)[0])
     assert int(state[b"st_sent"]) == 2
+
+
+def test_a_push_to_a_server_that_cannot_be_reached_exits_3_at_once(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens at the base URL: the push stops after the first request's retries (not every
+    chunk's), exits 3, and the JSON lists the ids never sent."""
+    from tests.redis_server import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    code = main(["push", "1-10000", "--base-url", closed, "--max-attempts", "2", "--concurrency", "1", "--json"])
+    assert code == 3
+    document = json.loads(capsys.readouterr().out)
+    assert len(document["failed"]) == 1
+    assert len(document["not_sent"]) == 10000 - 500
+    assert "connect" in document["stopped_by"]

@@ -3,11 +3,14 @@
 Every distinct id ends in exactly one place: accepted by the server (in a chunk result's details),
 ``rejected`` (the server's validation message for it), ``failed`` (the ids of a request that failed
 after its retries, with the error), or ``not_sent`` (the batch stopped first: after a 401 or 403, which
-would fail every request alike, nothing more is sent). A 422 naming indices (``order_ids.5``) moves those ids to
-``rejected`` and re-sends the rest; a 422 about the list as a whole, or a 413, teaches the batch the
-server's maximum ids per request (its number, if its message names one, else half of what failed) and
-the request goes again in parts of that size, as do the batch's later chunks. Any other 422 fails its
-request with the server's message: halving cannot help a business rule.
+would fail every request alike, a closed client, or a server that gave no answer to a request through
+all its retries while no other request of the batch got one, nothing more is sent).
+
+A 422 naming indices (``order_ids.5``) moves those ids to ``rejected`` and re-sends the rest; a 422
+about the list as a whole, or a 413, teaches the batch the server's maximum ids per request (its
+number, if its message names one, else half of what failed) and the request goes again in parts of
+that size, as do the batch's later chunks. Any other 422 fails its request with the server's message:
+halving cannot help a business rule.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from types import TracebackType
 import attrs
 
 from ._errors import (
+    APIConnectionError,
+    APIResponseError,
     AuthenticationError,
     ClientClosedError,
     InvalidOrderIdError,
@@ -169,8 +174,18 @@ class BatchState:
     """What the chunks of one batch share: the server's learned maximum, and the error that stopped it."""
 
     size_limit: SizeLimit = attrs.field(factory=SizeLimit)
-    #: The batch-wide error (401, 403) after which nothing more is sent.
+    #: The batch-wide error after which nothing more is sent: a 401 or 403, a closed client, or a server
+    #: that could not be reached through a request's retries while no other request got an answer.
     stopped_by: WemasyError | None = None
+    #: Requests of the batch that got an HTTP answer (any status): the server was reachable then.
+    answers: int = 0
+    #: Stop when a request got no answer through its retries (False when requests are not retried: one
+    #: failure then says little about the server).
+    stop_when_unreachable: bool = True
+
+    def stop(self, error: WemasyError) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = error
 
 
 def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
@@ -206,9 +221,11 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
             # Later parts go first onto the stack, so they are sent in input order.
             pieces += [(offset + i, piece[i : i + most]) for i in reversed(range(0, len(piece), most))]
             continue
+        answers_before = batch.answers
         try:
             result = await push_once(piece)
         except (ValidationError, PayloadTooLargeError) as error:
+            batch.answers += 1
             named = error.index_errors() if isinstance(error, ValidationError) else {}
             named = {i: m for i, m in named.items() if 0 <= i < len(piece)}
             if named:
@@ -222,11 +239,20 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
                 pieces.append((offset, piece))  # sent again in parts the size the server takes
             else:
                 failed.append((offset, ChunkFailure(tuple(piece), error)))
+        except APIConnectionError as error:
+            # No answer through all its retries, and none to any other request of the batch meanwhile: the
+            # server cannot be reached, and every other chunk would spend its retries learning that again.
+            if batch.stop_when_unreachable and batch.answers == answers_before:
+                batch.stop(error)
+            failed.append((offset, ChunkFailure(tuple(piece), error)))
         except WemasyError as error:
-            if isinstance(error, BATCH_WIDE_ERRORS) and batch.stopped_by is None:
-                batch.stopped_by = error
+            if isinstance(error, APIResponseError):
+                batch.answers += 1
+            if isinstance(error, BATCH_WIDE_ERRORS):
+                batch.stop(error)
             failed.append((offset, ChunkFailure(tuple(piece), error)))
         else:
+            batch.answers += 1
             accepted.append((offset, result))
             unreported += _unreported(piece, result)
     merged = merge_results([r for _, r in sorted(accepted, key=lambda pair: pair[0])])
@@ -284,9 +310,9 @@ class _Feed:
     """What the workers share. They hold this, not the stream, so a stream the caller drops (a bare
     ``async for`` left with ``break``) is collected at once and cancels them."""
 
-    def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce) -> None:
+    def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce, batch: BatchState) -> None:
         self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
-        self.batch = BatchState()
+        self.batch = batch
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
@@ -325,6 +351,7 @@ class PushStream:
         chunk_size: int,
         max_concurrency: int,
         progress: Progress | None,
+        stop_when_unreachable: bool = True,
     ) -> None:
         self.duplicates = duplicates
         #: Distinct ids in the batch, and how many have an outcome so far.
@@ -332,7 +359,7 @@ class PushStream:
         self.done = 0
         self._count = -(-len(ids) // chunk_size)
         self._progress = progress
-        self._feed = _Feed(ids, chunk_size, push_once)
+        self._feed = _Feed(ids, chunk_size, push_once, BatchState(stop_when_unreachable=stop_when_unreachable))
         self._results: list[tuple[int, PushResult]] = []
         self._received = 0
         self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, self._count))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Protocol
 
 from ._protocol import RawResponse
+from ._retry import RetryPolicy
 from ._types import NotGiven, Timeout
 
 __all__ = ["Deadline", "Exchange", "Sender"]
@@ -24,6 +25,9 @@ class Exchange(NamedTuple):
 
 class Sender(Protocol):
     """Sends one call through the token's budget, with retries; :class:`WemasyClient` is one."""
+
+    #: How failed calls are retried.
+    retry: RetryPolicy
 
     def deadline_at(self, deadline: Deadline) -> float | None:
         """The ``time.monotonic()`` time by which a call given ``deadline`` must end (None: no limit)."""

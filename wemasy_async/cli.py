@@ -215,9 +215,12 @@ async def _push_and_report(args: argparse.Namespace, client: WemasyClient | None
             print(f"interrupted: {stream.done} of {stream.total} ids had an outcome", file=sys.stderr)
     if interrupted:
         return EXIT_INTERRUPTED, result
-    if stopped_by is not None:  # a 401 or 403: every request would fail alike, so the push stopped
+    if isinstance(stopped_by, (AuthenticationError, PermissionDeniedError)):  # every request would fail alike
         print(f"wemasy-async: {stopped_by} (check the token: --token or ${TOKEN_ENV_VAR})", file=sys.stderr)
         return EXIT_USAGE, result
+    if stopped_by is not None:  # the server could not be reached, or the client was closed
+        print(f"wemasy-async: the push stopped: {stopped_by}", file=sys.stderr)
+        return EXIT_API, result
     return (EXIT_OK if result.ok else EXIT_INCOMPLETE), result
 
 

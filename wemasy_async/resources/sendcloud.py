@@ -97,8 +97,9 @@ class SendcloudResource:
         if not stream.total:
             result = attrs.evolve(result, message="no order ids given")
         if stream.stopped_by is not None:
-            # A 401 or 403 would fail every request alike: the batch stopped there. The error is raised as
-            # itself, so `except AuthenticationError` works, and carries what the batch did.
+            # A 401 or 403 (or a closed client, or a server out of reach) would fail every request alike:
+            # the batch stopped there. The error is raised as itself, so `except AuthenticationError`
+            # works, and carries what the batch did.
             error = stream.stopped_by
             error.result = result
             raise error
@@ -148,5 +149,12 @@ class SendcloudResource:
             return attrs.evolve(result, ambiguous_retry=exchange.ambiguous_retry, requests=1)
 
         return PushStream(
-            ids, duplicates, push_once, chunk_size=chunk_size, max_concurrency=max_concurrency, progress=progress
+            ids,
+            duplicates,
+            push_once,
+            chunk_size=chunk_size,
+            max_concurrency=max_concurrency,
+            progress=progress,
+            # A request that is not retried says little about the server when it fails once.
+            stop_when_unreachable=self._client.retry.max_attempts > 1,
         )
