@@ -174,6 +174,12 @@ def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: Wem
     assert document["interrupted"] is True
     assert document["complete"] is False
     assert document["summary"]["total_orders"] < 1000
+    # Every id in one place: answered, failed, under way when stopped (in doubt), or never sent.
+    details = document["details"]
+    places = [int(x) for x in details["new_orders"] + details["retry_orders"] + details["skipped_orders"]]
+    places += [i for f in document["failed"] for i in f["order_ids"]] + document["in_doubt"] + document["not_sent"]
+    assert sorted(places) == list(range(1, 1001))
+    assert document["not_sent"]  # the batch was stopped early: most was never sent
 
 
 def test_push_shares_the_budget_through_redis(env: WemasyEmulator, redis_url: str) -> None:

@@ -299,11 +299,15 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
         duplicates=tuple(duplicates),
         unreported=tuple(itertools.chain.from_iterable(r.unreported for r in results)),
         not_sent=tuple(itertools.chain.from_iterable(r.not_sent for r in results)),
+        in_doubt=tuple(itertools.chain.from_iterable(r.in_doubt for r in results)),
         requests=requests,
         # A batch's result does not keep every response (a million ids: 2,000 of them); a single response's
         # JSON stays in its raw, and every chunk's in the chunk results a stream yields.
         raw=results[0].raw if len(results) == 1 else {},
     )
+
+
+_EMPTY = PushResult(summary=PushSummary(0, 0, 0, 0, 0), details=PushDetails())
 
 
 class _Feed:
@@ -316,17 +320,21 @@ class _Feed:
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
+        #: Chunks being pushed now, by index: if the batch is left, their ids are in doubt.
+        self.in_flight: dict[int, list[int]] = {}
 
 
 async def _work(feed: _Feed) -> None:
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
+        feed.in_flight[index] = chunk
         try:
             outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once, feed.batch)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug, not an API failure: hand it to the reader
             outcome = exc
+        del feed.in_flight[index]
         feed.queue.put_nowait((index, outcome))
 
 
@@ -361,6 +369,7 @@ class PushStream:
         self._progress = progress
         self._feed = _Feed(ids, chunk_size, push_once, BatchState(stop_when_unreachable=stop_when_unreachable))
         self._results: list[tuple[int, PushResult]] = []
+        self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
         self._received = 0
         self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, self._count))]
 
@@ -400,15 +409,30 @@ class PushStream:
         return self._feed.batch.stopped_by
 
     def result(self) -> PushResult:
-        """The chunk results received so far, merged in input order, with the batch's duplicates."""
-        ordered = [r for _, r in sorted(self._results, key=lambda pair: pair[0])]
+        """The chunk results received so far, merged in input order, with the batch's duplicates; once the
+        stream is closed, also the ids it left in doubt or unsent."""
+        ordered = [r for _, r in sorted(self._results + self._left, key=lambda pair: pair[0])]
         return merge_results(ordered, duplicates=self.duplicates)
 
     async def aclose(self) -> None:
-        """Cancel the chunks still running or not yet sent, and wait until they have stopped."""
+        """Cancel the chunks still running or not yet sent, and wait until they have stopped.
+
+        Nothing is lost: chunks already answered but not yet read join :meth:`result`, the ids of chunks
+        that were under way go to its ``in_doubt`` (the server may have queued them), and those of chunks
+        never begun to its ``not_sent``."""
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        feed = self._feed
+        while not feed.queue.empty():
+            index, outcome = feed.queue.get_nowait()
+            if isinstance(outcome, PushResult):
+                self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
+        for index, chunk in sorted(feed.in_flight.items()):
+            self._left.append((index, attrs.evolve(_EMPTY, in_doubt=tuple(chunk))))
+        feed.in_flight.clear()
+        for chunk in feed.chunks:
+            self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
 
     async def __aenter__(self) -> PushStream:
         return self

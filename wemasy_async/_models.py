@@ -140,6 +140,9 @@ class PushResult:
     #: Ids never sent: the batch stopped first, on an error that would fail every request the same way
     #: (401, 403). They may be pushed again once that is fixed.
     not_sent: tuple[int, ...] = ()
+    #: Ids of requests under way when the batch was left (cancelled, ``break``, Ctrl-C): the server may
+    #: have queued them. Pushing them again is safe: an order already queued comes back skipped.
+    in_doubt: tuple[int, ...] = ()
     #: Push requests answered 200 that make up this result.
     requests: int = 0
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
@@ -156,13 +159,13 @@ class PushResult:
 
     @property
     def ok(self) -> bool:
-        """True when no id was rejected, failed or left unsent."""
-        return not self.rejected and not self.failed and not self.not_sent
+        """True when no id was rejected, failed, left unsent or left in doubt."""
+        return not self.rejected and not self.failed and not self.not_sent and not self.in_doubt
 
     @property
     def retry_order_ids(self) -> tuple[int, ...]:
-        """The ids to push again later: those of failed requests, then those never sent."""
-        return self.failed_order_ids + self.not_sent
+        """The ids to push again later: those of failed requests, those in doubt, and those never sent."""
+        return self.failed_order_ids + self.in_doubt + self.not_sent
 
     def raise_for_failures(self) -> PushResult:
         """Raise :class:`PushFailedError` (which carries this result) if any id was rejected or failed;

@@ -120,6 +120,7 @@ def _result_json(result: PushResult, *, interrupted: bool = False, stopped_by: s
         "rejected": [{"order_id": r.order_id, "message": r.message} for r in result.rejected],
         "failed": [{"order_ids": list(f.order_ids), "error": str(f.error)} for f in result.failed],
         "not_sent": list(result.not_sent),
+        "in_doubt": list(result.in_doubt),
         "unreported": list(result.unreported),
         "stopped_by": stopped_by,
         "duplicates": list(result.duplicates),
@@ -140,6 +141,8 @@ def _print_result(result: PushResult, out: TextIO) -> None:
         print(f"rejected {rejection.order_id}: {rejection.message}", file=out)
     for failure in result.failed:
         print(f"failed {len(failure.order_ids)} ids: {failure.error}", file=out)
+    if result.in_doubt:
+        print(f"in doubt: {len(result.in_doubt)} ids (under way when the push stopped)", file=out)
     if result.not_sent:
         print(f"not sent: {len(result.not_sent)} ids (the push stopped first)", file=out)
 
