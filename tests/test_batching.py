@@ -422,6 +422,10 @@ async def test_an_id_the_server_spells_oddly_is_unreported_not_an_exception(
     result = await client.sendcloud.push_shipments([7, 8], chunk_size=1)
     assert result.unreported == (7,)
     assert result.details.new_orders[-1] == "8"
+    assert not result.ok  # an id the answer did not name is not known to be accepted
+    assert result.retry_order_ids == (7,)
+    with pytest.raises(PushFailedError, match="1 unreported"):
+        result.raise_for_failures()
 
 
 async def test_a_422_keyed_by_an_odd_index_fails_its_chunk_with_the_message(

@@ -159,16 +159,18 @@ class PushResult:
 
     @property
     def ok(self) -> bool:
-        """True when no id was rejected, failed, left unsent or left in doubt."""
-        return not self.rejected and not self.failed and not self.not_sent and not self.in_doubt
+        """True when every id was accepted: none rejected, failed, unreported, in doubt or unsent."""
+        return not (self.rejected or self.failed or self.unreported or self.in_doubt or self.not_sent)
 
     @property
     def retry_order_ids(self) -> tuple[int, ...]:
-        """The ids to push again later: those of failed requests, those in doubt, and those never sent."""
-        return self.failed_order_ids + self.in_doubt + self.not_sent
+        """The ids to push again later: those of failed requests, those an answer did not name, those in
+        doubt, and those never sent (pushing an id the server queued already is safe: it comes back
+        skipped)."""
+        return self.failed_order_ids + self.unreported + self.in_doubt + self.not_sent
 
     def raise_for_failures(self) -> PushResult:
-        """Raise :class:`PushFailedError` (which carries this result) if any id was rejected or failed;
+        """Raise :class:`PushFailedError` (which carries this result) unless every id was accepted;
         otherwise return the result, so a strict caller can write ``(await push(...)).raise_for_failures()``."""
         if not self.ok:
             raise PushFailedError(self)
@@ -182,8 +184,16 @@ class PushFailedError(WemasyError):
     def __init__(self, result: PushResult) -> None:
         self.result = result
         failed = len(result.failed_order_ids)
-        unsent = f", {len(result.not_sent)} not sent" if result.not_sent else ""
+        others = [
+            f"{len(ids)} {name}"
+            for name, ids in (
+                ("unreported", result.unreported),
+                ("in doubt", result.in_doubt),
+                ("not sent", result.not_sent),
+            )
+            if ids
+        ]
         super().__init__(
-            f"{len(result.rejected)} order ids rejected and {failed} failed{unsent} of a push "
-            f"({result.summary.total_orders} accepted by the server)"
+            f"{len(result.rejected)} order ids rejected and {failed} failed{''.join(', ' + o for o in others)} "
+            f"of a push ({result.summary.total_orders} accepted by the server)"
         )
