@@ -467,3 +467,30 @@ async def test_a_server_that_cannot_be_reached_stops_the_batch(wemasy_emulator: 
     result = info.value.result
     assert result.failed_order_ids == tuple(range(1, 11))
     assert result.not_sent == tuple(range(11, 101))
+
+
+async def test_a_poison_order_is_isolated_and_the_good_ones_are_queued(wemasy_emulator: WemasyEmulator) -> None:
+    """One order makes the server answer 500 for any request holding it: its chunk is halved (each half
+    sent once) until that id alone fails; the other 499 are queued, for about 2 log2(500) requests."""
+    wemasy_emulator.poison_order_ids = {777}
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    ids = list(range(1, 1001))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        result = await client.sendcloud.push_shipments(ids, chunk_size=500, max_concurrency=1)
+    assert result.failed_order_ids == (777,)
+    assert sorted(wemasy_emulator.queued) == [i for i in ids if i != 777]
+    statuses = [r.status for r in wemasy_emulator.requests]
+    assert statuses.count(500) <= 2 + 9  # the chunk and its retry, then one half per level
+    assert len(statuses) <= 1 + 2 + 2 * 9  # the good chunk, the poisoned one, two probes per level
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_no_bisection_while_the_server_fails_everything(wemasy_emulator: WemasyEmulator) -> None:
+    """A server answering 500 to every push is not hiding a poison order: nothing is halved, each chunk
+    fails once its retries are spent."""
+    wemasy_emulator.faults.server_error_rate = 1.0
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        result = await client.sendcloud.push_shipments(range(1, 301), chunk_size=100, max_concurrency=1)
+    assert len(wemasy_emulator.requests) == 3 * 2
+    assert result.failed_order_ids == tuple(range(1, 301))

@@ -21,6 +21,7 @@ import operator
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
+from typing import Protocol
 
 import attrs
 
@@ -32,6 +33,7 @@ from ._errors import (
     InvalidOrderIdError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    ServerError,
     UsageError,
     ValidationError,
     WemasyError,
@@ -58,7 +60,12 @@ DEFAULT_CHUNK_CONCURRENCY = 4
 _TOO_MANY_DIGITS = 10**4300
 
 Progress = Callable[[int, int], None]
-PushOnce = Callable[[list[int]], Awaitable[PushResult]]
+
+
+class PushOnce(Protocol):
+    """Push these ids in one request (with the client's retries, or once when ``retry`` is False)."""
+
+    def __call__(self, ids: list[int], /, *, retry: bool = True) -> Awaitable[PushResult]: ...
 
 
 def _describe(value: object) -> str:
@@ -182,6 +189,11 @@ class BatchState:
     #: Stop when a request got no answer through its retries (False when requests are not retried: one
     #: failure then says little about the server).
     stop_when_unreachable: bool = True
+    #: Requests answered 200, and whether the last chunk the batch finished went through.
+    successes: int = 0
+    last_chunk_ok: bool = False
+    #: Requests the batch may still spend isolating ids that make the server fail (see push_chunk).
+    bisect_budget: int = 64
 
     def stop(self, error: WemasyError) -> None:
         if self.stopped_by is None:
@@ -209,21 +221,35 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
     rejected: list[tuple[int, OrderRejection]] = []
     failed: list[tuple[int, ChunkFailure]] = []
     unreported: list[int] = []
-    # Each piece keeps the offset of its first id in the chunk, so the merged result keeps input order.
-    pieces: list[tuple[int, list[int]]] = [(0, ids)]
+    # Each piece keeps the offset of its first id in the chunk, so the merged result keeps input order, and
+    # whether it is a probe of a bisection (sent once, without retries).
+    pieces: list[tuple[int, list[int], bool]] = [(0, ids, False)]
     while pieces:
-        offset, piece = pieces.pop()
+        offset, piece, probe = pieces.pop()
         if batch.stopped_by is not None:
             not_sent.append((offset, piece))
             continue
         most = size_limit.most
         if most is not None and len(piece) > most:
             # Later parts go first onto the stack, so they are sent in input order.
-            pieces += [(offset + i, piece[i : i + most]) for i in reversed(range(0, len(piece), most))]
+            pieces += [(offset + i, piece[i : i + most], probe) for i in reversed(range(0, len(piece), most))]
             continue
-        answers_before = batch.answers
+        answers_before, successes_before = batch.answers, batch.successes
         try:
-            result = await push_once(piece)
+            result = await (push_once(piece, retry=False) if probe else push_once(piece))
+        except ServerError as error:
+            batch.answers += 1
+            # A poison order (one whose processing makes the server fail) fails its whole request. While
+            # the server is otherwise healthy (other requests went through meanwhile, or the last chunk
+            # did), halve the request to isolate the ids that fail, each half sent once: about 2 log2(n)
+            # requests a poison id, and never more than the batch's budget for it.
+            healthy = probe or batch.successes > successes_before or batch.last_chunk_ok
+            if len(piece) > 1 and healthy and batch.bisect_budget >= 2:
+                batch.bisect_budget -= 2
+                half = len(piece) // 2
+                pieces += [(offset + half, piece[half:], True), (offset, piece[:half], True)]
+            else:
+                failed.append((offset, ChunkFailure(tuple(piece), error)))
         except (ValidationError, PayloadTooLargeError) as error:
             batch.answers += 1
             named = error.index_errors() if isinstance(error, ValidationError) else {}
@@ -233,10 +259,10 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
                     rejected.append((offset + i, OrderRejection(piece[i], " ".join(named[i]))))
                 rest = [order_id for i, order_id in enumerate(piece) if i not in named]
                 if rest:
-                    pieces.append((offset, rest))
+                    pieces.append((offset, rest, probe))
             elif len(piece) > 1 and _too_large(error):
                 size_limit.learn(error, len(piece))
-                pieces.append((offset, piece))  # sent again in parts the size the server takes
+                pieces.append((offset, piece, probe))  # sent again in parts the size the server takes
             else:
                 failed.append((offset, ChunkFailure(tuple(piece), error)))
         except APIConnectionError as error:
@@ -253,8 +279,10 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
             failed.append((offset, ChunkFailure(tuple(piece), error)))
         else:
             batch.answers += 1
+            batch.successes += 1
             accepted.append((offset, result))
             unreported += _unreported(piece, result)
+    batch.last_chunk_ok = bool(accepted)
     merged = merge_results([r for _, r in sorted(accepted, key=lambda pair: pair[0])])
     return attrs.evolve(
         merged,

@@ -254,8 +254,10 @@ class WemasyClient:
         json_body: Any = None,
         timeout: Timeout = NOT_GIVEN,
         deadline_at: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Exchange:
-        """Send one call with retries; the final answer is returned, not yet deciphered.
+        """Send one call with retries (``retry``: another policy than the client's, for this call); the
+        final answer is returned, not yet deciphered.
 
         Each attempt holds a concurrency slot, and every HTTP exchange in it (redirect hops included) is
         paid for from the budget. A 429 is the budget's business: its gate holds every caller until the
@@ -275,7 +277,7 @@ class WemasyClient:
                 self._prepared[(method, path)] = request
         seconds = self.timeout if timeout is NOT_GIVEN else timeout
         budget = self._budget
-        policy = self.retry
+        policy = self.retry if retry is None else retry
         waited = 0.0  # backoff waits, and waits after 429s that named no time
         ambiguous = False
         attempt = sends = 1

@@ -41,4 +41,5 @@ class Sender(Protocol):
         json_body: Any = None,
         timeout: Timeout = ...,
         deadline_at: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Exchange: ...

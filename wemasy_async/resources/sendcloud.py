@@ -18,10 +18,14 @@ from .._converter import structure_response
 from .._errors import UsageError
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
+from .._retry import RetryPolicy
 from .._sender import Deadline, Sender
 from .._types import NOT_GIVEN, Timeout
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
+
+#: A bisection probe (see _batching) is sent once: its answer is the point.
+_PROBE = RetryPolicy(max_attempts=1)
 
 STATUS_PATH = "/services/webshop/v1/integrations/sendcloud/status"
 PUSH_PATH = "/services/webshop/v1/orders/sendcloud/shipments/push"
@@ -136,13 +140,14 @@ class SendcloudResource:
 
         deadline_at = self._client.deadline_at(deadline)
 
-        async def push_once(chunk: list[int]) -> PushResult:
+        async def push_once(chunk: list[int], *, retry: bool = True) -> PushResult:
             exchange = await self._client._send(
                 "POST",
                 PUSH_PATH,
                 json_body={"create_label": label, "order_ids": chunk},
                 timeout=timeout,
                 deadline_at=deadline_at,
+                retry=None if retry else _PROBE,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)

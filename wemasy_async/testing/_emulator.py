@@ -156,6 +156,8 @@ class WemasyEmulator:
         unknown_order_ids: ids that do not exist (422 ``The selected order_ids.N is invalid.``).
         failed_order_ids: ids whose earlier shipment failed; their next push reports them as retry.
         queued_order_ids: ids already pushed before; a push reports them as skipped.
+        poison_order_ids: ids whose processing makes the server fail: a push holding one answers 500
+            (as a Laravel job that throws on that order would), and queues nothing.
         integration: the ``integration`` object the status endpoint returns.
         error_bodies: ``documented`` (``{"error": true, "message"}``) or ``laravel`` (``{"message"}``).
         seed: seeds the random fault switches.
@@ -176,6 +178,7 @@ class WemasyEmulator:
         unknown_order_ids: Collection[int] = (),
         failed_order_ids: Collection[int] = (),
         queued_order_ids: Collection[int] = (),
+        poison_order_ids: Collection[int] = (),
         integration: Mapping[str, Any] | None = None,
         error_bodies: Literal["documented", "laravel"] = "documented",
         seed: int = 0,
@@ -189,6 +192,7 @@ class WemasyEmulator:
         self.forbidden_tokens = set(forbidden_tokens)
         self.unknown_order_ids = set(unknown_order_ids)
         self.failed_order_ids = set(failed_order_ids)
+        self.poison_order_ids = set(poison_order_ids)
         self.integration: dict[str, Any] = dict(
             integration
             if integration is not None
@@ -500,6 +504,8 @@ class WemasyEmulator:
 
         if path == STATUS_PATH and request.method in ("GET", "HEAD"):
             status, payload = 200, {"error": False, "integration": self.integration}
+        elif path == PUSH_PATH and request.method == "POST" and self._poisoned(order_ids):
+            status, payload = 500, self._error(500, "Server Error")
         elif path == PUSH_PATH and request.method == "POST":
             status, payload = self._push(body if isinstance(body, dict) else {})
         elif path in (STATUS_PATH, PUSH_PATH):
@@ -513,6 +519,10 @@ class WemasyEmulator:
             log(None)
             self._drop(request)
         return answer(status, payload)
+
+    def _poisoned(self, order_ids: tuple[Any, ...] | None) -> bool:
+        poison = self.poison_order_ids
+        return bool(poison and order_ids and any(value in poison for value in order_ids))
 
     @staticmethod
     def _drop(request: web.Request) -> None:
