@@ -494,3 +494,15 @@ async def test_no_bisection_while_the_server_fails_everything(wemasy_emulator: W
         result = await client.sendcloud.push_shipments(range(1, 301), chunk_size=100, max_concurrency=1)
     assert len(wemasy_emulator.requests) == 3 * 2
     assert result.failed_order_ids == tuple(range(1, 301))
+
+
+async def test_a_failed_chunk_keeps_an_excerpt_of_the_error_page(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A proxy's 2 MB error page is not kept whole for every failed chunk: an excerpt and its length."""
+    wemasy_emulator.inject(CannedResponse(500, {"message": "x" * 2_000_000}))
+    result = await client.sendcloud.push_shipments([1, 2])
+    (failure,) = result.failed
+    assert isinstance(failure.error, ServerError)
+    assert len(failure.error.raw_text) < 5000
+    assert "characters in all" in failure.error.raw_text

@@ -200,6 +200,16 @@ class BatchState:
             self.stopped_by = error
 
 
+#: A failed request keeps this much of the page it was answered with (a proxy's HTML can be megabytes).
+_EXCERPT_CHARS = 4096
+
+
+def _failure(piece: list[int], error: WemasyError) -> ChunkFailure:
+    if isinstance(error, APIResponseError) and len(error.raw_text) > _EXCERPT_CHARS:
+        error.raw_text = error.raw_text[:_EXCERPT_CHARS] + f"... ({len(error.raw_text)} characters in all)"
+    return ChunkFailure(tuple(piece), error)
+
+
 def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
     # A 413, or a 422 about the list as a whole (too many ids): smaller requests may go through. A 422
     # without field errors (a business rule, the documented {"error": true, "message"}) or about another
@@ -249,7 +259,7 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
                 half = len(piece) // 2
                 pieces += [(offset + half, piece[half:], True), (offset, piece[:half], True)]
             else:
-                failed.append((offset, ChunkFailure(tuple(piece), error)))
+                failed.append((offset, _failure(piece, error)))
         except (ValidationError, PayloadTooLargeError) as error:
             batch.answers += 1
             named = error.index_errors() if isinstance(error, ValidationError) else {}
@@ -264,19 +274,19 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
                 size_limit.learn(error, len(piece))
                 pieces.append((offset, piece, probe))  # sent again in parts the size the server takes
             else:
-                failed.append((offset, ChunkFailure(tuple(piece), error)))
+                failed.append((offset, _failure(piece, error)))
         except APIConnectionError as error:
             # No answer through all its retries, and none to any other request of the batch meanwhile: the
             # server cannot be reached, and every other chunk would spend its retries learning that again.
             if batch.stop_when_unreachable and batch.answers == answers_before:
                 batch.stop(error)
-            failed.append((offset, ChunkFailure(tuple(piece), error)))
+            failed.append((offset, _failure(piece, error)))
         except WemasyError as error:
             if isinstance(error, APIResponseError):
                 batch.answers += 1
             if isinstance(error, BATCH_WIDE_ERRORS):
                 batch.stop(error)
-            failed.append((offset, ChunkFailure(tuple(piece), error)))
+            failed.append((offset, _failure(piece, error)))
         else:
             batch.answers += 1
             batch.successes += 1
