@@ -24,9 +24,10 @@ from wemasy_async import (
     PushSummary,
     RetryPolicy,
     ServerError,
+    ValidationError,
     WemasyClient,
 )
-from wemasy_async._batching import merge_results, prepare_order_ids
+from wemasy_async._batching import BatchState, PushStream, merge_results, prepare_order_ids, push_chunk
 from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 
@@ -506,3 +507,72 @@ async def test_a_failed_chunk_keeps_an_excerpt_of_the_error_page(
     assert isinstance(failure.error, ServerError)
     assert len(failure.error.raw_text) < 5000
     assert "characters in all" in failure.error.raw_text
+
+
+def _fake_422(message: str) -> ValidationError:
+    return ValidationError(
+        "too many", errors={"order_ids": (message,)}, status_code=422, body=None, raw_text="", headers=None
+    )
+
+
+async def test_a_server_maximum_of_0_fails_the_piece_instead_of_looping() -> None:
+    """ "must not have more than 0 items": no size goes through, so the ids fail, after one request."""
+    sent: list[list[int]] = []
+
+    async def push_once(ids: list[int], /, *, retry: bool = True) -> PushResult:
+        sent.append(ids)
+        raise _fake_422("The order_ids field must not have more than 0 items.")
+
+    result = await push_chunk([1, 2, 3], push_once)
+    assert len(sent) == 1
+    assert result.failed_order_ids == (1, 2, 3)
+
+
+async def test_a_probe_without_an_answer_does_not_stop_the_batch() -> None:
+    """A bisection probe is sent once: a dropped one fails its half, not the whole batch."""
+    batch = BatchState(last_chunk_ok=True)
+
+    async def push_once(ids: list[int], /, *, retry: bool = True) -> PushResult:
+        if retry:
+            raise ServerError("boom", status_code=500, body=None, raw_text="", headers=None)
+        raise APIConnectionError("reset", method="POST", url="u")
+
+    result = await push_chunk([1, 2, 3, 4], push_once, batch)
+    assert batch.stopped_by is None
+    assert result.failed_order_ids == (1, 2, 3, 4)
+
+
+async def test_a_stream_left_mid_chunk_keeps_what_the_chunk_already_learned() -> None:
+    """Rejected before the stream was left: still rejected, with the message; only the piece under way
+    is in doubt."""
+    started = asyncio.Event()
+
+    async def push_once(ids: list[int], /, *, retry: bool = True) -> PushResult:
+        if 1 in ids:
+            raise ValidationError(
+                "bad", errors={"order_ids.0": ("gone",)}, status_code=422, body=None, raw_text="", headers=None
+            )
+        started.set()
+        await asyncio.Event().wait()  # under way until the stream is left
+        raise AssertionError("unreachable")
+
+    stream = PushStream([1, 2, 3, 4], [], push_once, chunk_size=4, max_concurrency=1, progress=None)
+    await started.wait()
+    await stream.aclose()
+    result = stream.result()
+    assert [r.order_id for r in result.rejected] == [1]
+    assert result.in_doubt == (2, 3, 4)
+
+
+async def test_a_bug_in_a_chunk_loses_none_of_its_ids() -> None:
+    """An unexpected exception is raised to the reader, and the chunk's ids end in doubt, not nowhere."""
+
+    async def push_once(ids: list[int], /, *, retry: bool = True) -> PushResult:
+        raise KeyError("bug")
+
+    stream = PushStream([1, 2], [], push_once, chunk_size=1, max_concurrency=1, progress=None)
+    with pytest.raises(KeyError):
+        async for _ in stream:
+            pass
+    result = stream.result()
+    assert sorted(result.in_doubt + result.not_sent) == [1, 2]

@@ -158,9 +158,10 @@ class SizeLimit:
     #: Ids per request not to exceed (None while nothing says the server has a maximum).
     most: int | None = None
 
-    def learn(self, error: ValidationError | PayloadTooLargeError, size: int) -> None:
+    def learn(self, error: ValidationError | PayloadTooLargeError, size: int) -> bool:
         """A request of ``size`` ids was too large: the server's own number if its message names one
-        (Laravel's ``max`` rule: "must not have more than 300 items"), else half of what failed."""
+        (Laravel's ``max`` rule: "must not have more than 300 items"), else half of what failed. False when
+        that leaves nothing to send (a maximum of 0): the request cannot go in any size."""
         found = (
             [int(n) for m in error.errors.get("order_ids", ()) for n in _MOST_ITEMS.findall(m)]
             if isinstance(error, ValidationError)
@@ -168,8 +169,11 @@ class SizeLimit:
         )
         # Never as many as failed, whatever the message says: each size error makes requests smaller.
         most = min(min(found) if found else size // 2, size - 1)
-        if most >= 1 and (self.most is None or most < self.most):
+        if most < 1:
+            return False
+        if self.most is None or most < self.most:
             self.most = most
+        return True
 
 
 #: Errors that would fail every request of a batch alike: the batch sends nothing more after the first.
@@ -217,15 +221,21 @@ def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
     return isinstance(error, PayloadTooLargeError) or "order_ids" in error.errors
 
 
-async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | None = None) -> PushResult:
+async def push_chunk(
+    ids: list[int],
+    push_once: PushOnce,
+    batch: BatchState | None = None,
+    partial: dict[int, PushResult] | None = None,
+    index: int = 0,
+) -> PushResult:
     """Push one chunk, re-sending around rejected ids and splitting on size errors; never raises a
     WemasyError: whatever fails ends in the result's ``failed``, with its ids.
 
     ``batch`` is what the chunks of a batch share: the server's maximum ids per request as learned
     (requests larger than it are split before they are sent; a size error teaches it), and the batch-wide
-    error after which nothing more is sent (the ids left go to ``not_sent``)."""
+    error after which nothing more is sent (the ids left go to ``not_sent``). If it is cancelled, what it
+    did so far is put in ``partial[index]``: the piece under way in doubt, the pieces not begun unsent."""
     batch = batch if batch is not None else BatchState()
-    size_limit = batch.size_limit
     not_sent: list[tuple[int, list[int]]] = []
     accepted: list[tuple[int, PushResult]] = []
     rejected: list[tuple[int, OrderRejection]] = []
@@ -234,6 +244,27 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
     # Each piece keeps the offset of its first id in the chunk, so the merged result keeps input order, and
     # whether it is a probe of a bisection (sent once, without retries).
     pieces: list[tuple[int, list[int], bool]] = [(0, ids, False)]
+    in_doubt: list[int] = []
+    try:
+        return await _push_pieces(pieces, push_once, batch, accepted, rejected, failed, unreported, not_sent, in_doubt)
+    except asyncio.CancelledError:
+        if partial is not None:
+            partial[index] = _chunk_result(accepted, rejected, failed, unreported, not_sent, in_doubt)
+        raise
+
+
+async def _push_pieces(
+    pieces: list[tuple[int, list[int], bool]],
+    push_once: PushOnce,
+    batch: BatchState,
+    accepted: list[tuple[int, PushResult]],
+    rejected: list[tuple[int, OrderRejection]],
+    failed: list[tuple[int, ChunkFailure]],
+    unreported: list[int],
+    not_sent: list[tuple[int, list[int]]],
+    in_doubt: list[int],
+) -> PushResult:
+    size_limit = batch.size_limit
     while pieces:
         offset, piece, probe = pieces.pop()
         if batch.stopped_by is not None:
@@ -246,7 +277,14 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
             continue
         answers_before, successes_before = batch.answers, batch.successes
         try:
-            result = await (push_once(piece, retry=False) if probe else push_once(piece))
+            try:
+                result = await (push_once(piece, retry=False) if probe else push_once(piece))
+            except asyncio.CancelledError:
+                # Left while this piece was under way: it is in doubt, the pieces not begun are not sent.
+                not_sent.extend((o, p) for o, p, _ in pieces)
+                pieces.clear()
+                in_doubt.extend(piece)
+                raise
         except ServerError as error:
             batch.answers += 1
             # A poison order (one whose processing makes the server fail) fails its whole request. While
@@ -270,15 +308,15 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
                 rest = [order_id for i, order_id in enumerate(piece) if i not in named]
                 if rest:
                     pieces.append((offset, rest, probe))
-            elif len(piece) > 1 and _too_large(error):
-                size_limit.learn(error, len(piece))
+            elif len(piece) > 1 and _too_large(error) and size_limit.learn(error, len(piece)):
                 pieces.append((offset, piece, probe))  # sent again in parts the size the server takes
             else:
                 failed.append((offset, _failure(piece, error)))
         except APIConnectionError as error:
             # No answer through all its retries, and none to any other request of the batch meanwhile: the
             # server cannot be reached, and every other chunk would spend its retries learning that again.
-            if batch.stop_when_unreachable and batch.answers == answers_before:
+            # (A probe is sent once: one that gets no answer says too little to stop the batch.)
+            if not probe and batch.stop_when_unreachable and batch.answers == answers_before:
                 batch.stop(error)
             failed.append((offset, _failure(piece, error)))
         except WemasyError as error:
@@ -293,6 +331,17 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
             accepted.append((offset, result))
             unreported += _unreported(piece, result)
     batch.last_chunk_ok = bool(accepted)
+    return _chunk_result(accepted, rejected, failed, unreported, not_sent)
+
+
+def _chunk_result(
+    accepted: list[tuple[int, PushResult]],
+    rejected: list[tuple[int, OrderRejection]],
+    failed: list[tuple[int, ChunkFailure]],
+    unreported: list[int],
+    not_sent: list[tuple[int, list[int]]],
+    in_doubt: Sequence[int] = (),
+) -> PushResult:
     merged = merge_results([r for _, r in sorted(accepted, key=lambda pair: pair[0])])
     return attrs.evolve(
         merged,
@@ -300,6 +349,7 @@ async def push_chunk(ids: list[int], push_once: PushOnce, batch: BatchState | No
         failed=tuple(f for _, f in sorted(failed, key=lambda pair: pair[0])),
         unreported=tuple(unreported),
         not_sent=tuple(itertools.chain.from_iterable(p for _, p in sorted(not_sent, key=lambda pair: pair[0]))),
+        in_doubt=tuple(in_doubt),
     )
 
 
@@ -360,6 +410,8 @@ class _Feed:
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
         #: Chunks being pushed now, by index: if the batch is left, their ids are in doubt.
         self.in_flight: dict[int, list[int]] = {}
+        #: What chunks cancelled under way had done (see push_chunk), by index.
+        self.partial: dict[int, PushResult] = {}
 
 
 async def _work(feed: _Feed) -> None:
@@ -367,12 +419,15 @@ async def _work(feed: _Feed) -> None:
         index = next(feed.index)
         feed.in_flight[index] = chunk
         try:
-            outcome: PushResult | BaseException = await push_chunk(chunk, feed.push_once, feed.batch)
+            outcome: PushResult | BaseException = await push_chunk(
+                chunk, feed.push_once, feed.batch, feed.partial, index
+            )
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug, not an API failure: hand it to the reader
-            outcome = exc
-        del feed.in_flight[index]
+            outcome = exc  # the chunk stays in flight: its ids end in doubt when the stream closes
+        else:
+            del feed.in_flight[index]
         feed.queue.put_nowait((index, outcome))
 
 
@@ -467,7 +522,10 @@ class PushStream:
             if isinstance(outcome, PushResult):
                 self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
         for index, chunk in sorted(feed.in_flight.items()):
-            self._left.append((index, attrs.evolve(_EMPTY, in_doubt=tuple(chunk))))
+            done = feed.partial.get(index)
+            if done is None:
+                done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
+            self._left.append((index, done if self._count == 1 else attrs.evolve(done, raw={})))
         feed.in_flight.clear()
         for chunk in feed.chunks:
             self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
