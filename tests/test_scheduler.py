@@ -34,7 +34,6 @@ from wemasy_async.testing import CannedResponse, Fault, RequestRecord, WemasyEmu
 LIMIT, WINDOW = 5, 0.5
 PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
 FAST_RETRIES = RetryPolicy(backoff_base=0.001)
-NO_RETRIES_POLICY = NO_RETRIES
 #: Long enough to mean "it hangs"; only a failing test ever waits this long.
 HANG = 10.0
 
@@ -408,9 +407,7 @@ async def test_after_a_retry_after_of_0_nothing_is_sent_into_the_same_window(emu
 async def test_a_window_of_dropped_requests_does_not_stall_later_calls(emulator: WemasyEmulator) -> None:
     """Every request of a window is dropped: the budget never hears when that window ends, yet once the
     server answers again, later calls go through."""
-    async with WemasyClient(
-        token=TOKEN, base_url=emulator.base_url, retry=NO_RETRIES_POLICY, window_seconds=WINDOW
-    ) as client:
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=NO_RETRIES, window_seconds=WINDOW) as client:
         await client.sendcloud.status()
         emulator.faults.drop_rate = 1.0
         results = await asyncio.gather(*(client.sendcloud.status() for _ in range(2 * LIMIT)), return_exceptions=True)
