@@ -32,6 +32,7 @@ from ._errors import (
     ValidationError,
     WemasyError,
 )
+from ._journal import JournalError, JournalSummary, read_journal
 from ._models import (
     ChunkFailure,
     OrderRejection,
@@ -67,6 +68,8 @@ __all__ = [
     "DeadlineExceededError",
     "InvalidOrderIdError",
     "InvalidResponseError",
+    "JournalError",
+    "JournalSummary",
     "NotFoundError",
     "OrderRejection",
     "PayloadTooLargeError",
@@ -91,4 +94,5 @@ __all__ = [
     "WemasyClient",
     "WemasyError",
     "__version__",
+    "read_journal",
 ]

@@ -21,7 +21,7 @@ import operator
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -39,6 +39,9 @@ from ._errors import (
     WemasyError,
 )
 from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary
+
+if TYPE_CHECKING:
+    from ._journal import BatchJournal
 
 __all__ = [
     "DEFAULT_CHUNK_CONCURRENCY",
@@ -402,8 +405,16 @@ class _Feed:
     """What the workers share. They hold this, not the stream, so a stream the caller drops (a bare
     ``async for`` left with ``break``) is collected at once and cancels them."""
 
-    def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce, batch: BatchState) -> None:
+    def __init__(
+        self,
+        ids: list[int],
+        chunk_size: int,
+        push_once: PushOnce,
+        batch: BatchState,
+        journal: BatchJournal | None = None,
+    ) -> None:
         self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
+        self.journal = journal
         self.batch = batch
         self.index = itertools.count()
         self.push_once = push_once
@@ -418,6 +429,8 @@ async def _work(feed: _Feed) -> None:
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
         feed.in_flight[index] = chunk
+        if feed.journal is not None:
+            feed.journal.started(index, chunk)
         try:
             outcome: PushResult | BaseException = await push_chunk(
                 chunk, feed.push_once, feed.batch, feed.partial, index
@@ -428,6 +441,14 @@ async def _work(feed: _Feed) -> None:
             outcome = exc  # the chunk stays in flight: its ids end in doubt when the stream closes
         else:
             del feed.in_flight[index]
+            if feed.journal is not None and isinstance(outcome, PushResult):
+                # Durable before the reader sees it and before this worker takes another chunk: after a
+                # kill, at most one chunk a worker is sent again.
+                try:
+                    await feed.journal.finished(index, outcome)
+                finally:
+                    feed.queue.put_nowait((index, outcome))
+                continue
         feed.queue.put_nowait((index, outcome))
 
 
@@ -453,14 +474,21 @@ class PushStream:
         max_concurrency: int,
         progress: Progress | None,
         stop_when_unreachable: bool = True,
+        journal: BatchJournal | None = None,
     ) -> None:
         self.duplicates = duplicates
         #: Distinct ids in the batch, and how many have an outcome so far.
         self.total = len(ids)
         self.done = 0
+        #: With a journal, only what it does not show as answered is sent (see _journal).
+        self._journal = journal
+        if journal is not None:
+            ids = journal.pending
+            self.done = self.total - len(ids)
         self._count = -(-len(ids) // chunk_size)
         self._progress = progress
-        self._feed = _Feed(ids, chunk_size, push_once, BatchState(stop_when_unreachable=stop_when_unreachable))
+        batch = BatchState(stop_when_unreachable=stop_when_unreachable)
+        self._feed = _Feed(ids, chunk_size, push_once, batch, journal)
         self._results: list[tuple[int, PushResult]] = []
         self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
         self._received = 0
@@ -470,6 +498,8 @@ class PushStream:
         # Dropped without aclose(), as after a bare `async for ... break`: stop sending.
         for worker in self._workers:
             worker.cancel()
+        if self._journal is not None:
+            self._journal.abandon()
 
     def __aiter__(self) -> PushStream:
         return self
@@ -504,6 +534,8 @@ class PushStream:
     def result(self) -> PushResult:
         """The chunk results received so far, merged in input order, with the batch's duplicates; once the
         stream is closed, also the ids it left in doubt or unsent."""
+        if self._journal is not None:  # with what earlier runs of the batch did
+            return merge_results(self._journal.in_order(self._results + self._left), duplicates=self.duplicates)
         ordered = [r for _, r in sorted(self._results + self._left, key=lambda pair: pair[0])]
         return merge_results(ordered, duplicates=self.duplicates)
 
@@ -525,10 +557,18 @@ class PushStream:
             done = feed.partial.get(index)
             if done is None:
                 done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
+            elif feed.journal is not None:
+                feed.journal.record(index, done)
             self._left.append((index, done if self._count == 1 else attrs.evolve(done, raw={})))
         feed.in_flight.clear()
         for chunk in feed.chunks:
             self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
+        if self._journal is not None:
+            try:
+                await self._journal.close()
+            except WemasyError as error:  # a write failed: the batch went on, the journal lags behind it
+                error.result = self.result()
+                raise
 
     async def __aenter__(self) -> PushStream:
         return self

@@ -16,6 +16,7 @@ from .._batching import (
 )
 from .._converter import structure_response
 from .._errors import UsageError
+from .._journal import JournalPath, open_journal
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
 from .._retry import RetryPolicy
@@ -61,6 +62,8 @@ class SendcloudResource:
         strict: bool = False,
         timeout: Timeout = NOT_GIVEN,
         deadline: Deadline = NOT_GIVEN,
+        journal: JournalPath | None = None,
+        retry_rejected: bool = False,
     ) -> PushResult:
         """Validate the orders and queue them for SendCloud shipments (labels too if ``create_label``).
 
@@ -81,6 +84,12 @@ class SendcloudResource:
         A push is safe to repeat: the server reports an already-queued order as skipped. If a request was
         re-sent after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
 
+        ``journal="push.sqlite"`` records each chunk's outcome in that file as it arrives; if the process
+        dies, the same call again sends only what the journal does not show as answered (ids never sent,
+        in flight at the crash, failed; rejected ones too with ``retry_rejected=True``) and returns the
+        whole batch's result. A journal of another batch (other ids, base URL, token or ``create_label``),
+        one another process is writing, or a damaged file raises :class:`JournalError` before any request.
+
         >>> result = await client.sendcloud.push_shipments(range(1001, 3001), create_label=True)
         >>> result.summary.new_orders, len(result.rejected), result.failed_order_ids
         (1998, 2, ())
@@ -93,6 +102,8 @@ class SendcloudResource:
             progress=progress,
             timeout=timeout,
             deadline=deadline,
+            journal=journal,
+            retry_rejected=retry_rejected,
         )
         async with stream:
             async for _ in stream:
@@ -119,6 +130,8 @@ class SendcloudResource:
         progress: Progress | None = None,
         timeout: Timeout = NOT_GIVEN,
         deadline: Deadline = NOT_GIVEN,
+        journal: JournalPath | None = None,
+        retry_rejected: bool = False,
     ) -> PushStream:
         """Like :meth:`push_shipments`, but yields each chunk's result as it completes, so a batch script
         can show progress and a web service can stop early. The ids are checked here, before any request.
@@ -162,4 +175,13 @@ class SendcloudResource:
             progress=progress,
             # A request that is not retried says little about the server when it fails once.
             stop_when_unreachable=self._client.retry.max_attempts > 1,
+            # Opened last: every argument is checked before the file is touched.
+            journal=open_journal(
+                journal,
+                ids,
+                self._client,
+                chunk_size=chunk_size,
+                create_label=label,
+                retry_rejected=retry_rejected,
+            ),
         )
