@@ -22,6 +22,7 @@ from . import __version__
 from ._batching import DEFAULT_CHUNK_CONCURRENCY, DEFAULT_CHUNK_SIZE
 from ._client import BASE_URL_ENV_VAR, WemasyClient
 from ._errors import AuthenticationError, ConfigurationError, PermissionDeniedError, UsageError, WemasyError
+from ._journal import JournalSummary, read_journal
 from ._models import PushResult
 from ._protocol import TOKEN_ENV_VAR
 from ._retry import RetryPolicy
@@ -193,6 +194,8 @@ async def _push_and_report(args: argparse.Namespace, client: WemasyClient | None
         chunk_size=args.chunk_size,
         max_concurrency=args.concurrency,
         progress=progress,
+        journal=getattr(args, "journal", None),
+        retry_rejected=getattr(args, "retry_rejected", False),
     )
     interrupted = False
     try:
@@ -225,6 +228,42 @@ async def _push_and_report(args: argparse.Namespace, client: WemasyClient | None
         print(f"wemasy-async: the push stopped: {stopped_by}", file=sys.stderr)
         return EXIT_API, result
     return (EXIT_OK if result.ok else EXIT_INCOMPLETE), result
+
+
+def _print_journal(summary: JournalSummary, out: TextIO) -> None:
+    def when(at: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+    print(
+        f"journal {summary.path}: a batch of {summary.ids} ids to {summary.base_url} "
+        f"(create_label={'yes' if summary.create_label else 'no'})",
+        file=out,
+    )
+    print(
+        f"accepted {summary.accepted}: {summary.new} new, {summary.retry} retry, {summary.skipped} skipped "
+        f"in {summary.requests} requests",
+        file=out,
+    )
+    print(f"rejected {summary.rejected}", file=out)
+    print(f"failed {summary.failed}" + (f", unreported {summary.unreported}" if summary.unreported else ""), file=out)
+    print(f"in doubt {summary.in_doubt} (sent, no answer recorded: in flight when the push stopped)", file=out)
+    print(f"not sent {summary.not_sent}", file=out)
+    last = "finished" if summary.last_run_finished else "did not finish (killed, or still running)"
+    print(f"runs {summary.runs}; the last (pid {summary.last_pid}) {last}", file=out)
+    print(f"created {when(summary.created_at)}, updated {when(summary.updated_at)}", file=out)
+    if summary.complete:
+        print("complete: every id has an answer", file=out)
+    else:
+        print(f"to send on resume: {summary.to_send} ids (run the same push with --journal again)", file=out)
+
+
+async def _journal(args: argparse.Namespace) -> int:
+    summary = read_journal(args.file)
+    if args.json:
+        print(json.dumps(summary.as_json()))
+    else:
+        _print_journal(summary, sys.stdout)
+    return EXIT_OK
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -336,6 +375,17 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     push.add_argument("--failed-out", metavar="FILE", help="write the ids of failed requests here, to retry")
     push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    push.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="record each chunk's outcome in this SQLite file; after a crash the same command sends only what is "
+        "not answered",
+    )
+    push.add_argument("--retry-rejected", action="store_true", help="with --journal: send its rejected ids again")
+
+    journal = commands.add_parser("journal", help="summarize a push journal (--journal FILE)")
+    journal.add_argument("file", metavar="FILE", help="the journal file")
+    journal.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     serve = commands.add_parser("serve", help="run the emulator of the Wemasy API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -367,7 +417,7 @@ async def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGINT, task.cancel)  # Ctrl-C: stop cleanly, print what was done
     try:
-        command = {"status": _status, "push": _push, "serve": _serve, "demo": _demo}[args.command]
+        command = {"status": _status, "push": _push, "serve": _serve, "demo": _demo, "journal": _journal}[args.command]
         return await command(args)
     except asyncio.CancelledError:
         return EXIT_INTERRUPTED
