@@ -1,0 +1,570 @@
+"""The batch journal: a killed push resumes where it stopped, sending only what was not answered; a journal
+of another batch, a second writer and a damaged or foreign file are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOKEN
+from tests.test_batching import assert_every_id_accounted_once
+from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, read_journal
+from wemasy_async._journal import _load
+from wemasy_async.cli import main as cli_main
+from wemasy_async.testing import WemasyEmulator
+from wemasy_async.testing._emulator import RequestRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ROOT / "tests" / "journal_child.py"
+PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
+FAST = {"limit": 1_000_000, "window_seconds": 60.0}
+
+
+def pushes(emulator: WemasyEmulator, *agents: str) -> list[RequestRecord]:
+    """The push requests the emulator logged; only those of the runs named (their User-Agent's first word)."""
+    return [
+        r
+        for r in emulator.requests
+        if r.path == PUSH and (not agents or r.headers.get("User-Agent", "").split(" ", 1)[0] in agents)
+    ]
+
+
+def sent_ids(requests: Iterable[RequestRecord]) -> list[int]:
+    return [int(x) for r in requests for x in (r.order_ids or ())]
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "WEMASY_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+
+
+def push_and_kill(
+    base_url: str, journal: Path, first: int, last: int, kill_after: int, agent: str, *, ack: bool = True
+) -> list[list[int]]:
+    """Run the child's push; SIGKILL it once it has reported ``kill_after`` chunks (or let it finish).
+    With ``ack`` the child stands still after each report until answered (see tests/journal_child.py).
+    Returns the chunks it reported (each durable in the journal before it was reported)."""
+    command = [sys.executable, str(CHILD), base_url, str(journal), str(first), str(last), "40", "4", agent]
+    command.append("1" if ack else "0")
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
+    assert child.stdout is not None
+    assert child.stdin is not None
+    reported: list[list[int]] = []
+    try:
+        assert child.stdout.readline() == "ready\n"
+        while len(reported) < kill_after:
+            line = child.stdout.readline()
+            if line in ("done\n", ""):
+                break
+            reported.append(json.loads(line))
+            if ack and len(reported) < kill_after:
+                child.stdin.write("\n")
+                child.stdin.flush()
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+        child.stdout.close()
+        child.stdin.close()
+    return reported
+
+
+def chunks_of(requests: Sequence[RequestRecord]) -> list[set[int]]:
+    """A run's chunks, from its requests: a chunk's first request holds all its ids; a request re-sent after
+    a 422 holds a part of them."""
+    chunks: list[set[int]] = []
+    for request in requests:
+        ids = {int(x) for x in request.order_ids or ()}
+        if not any(ids <= chunk for chunk in chunks):
+            chunks.append(ids)
+    return chunks
+
+
+def assert_resent_at_most_the_chunks_in_flight(emulator: WemasyEmulator, runs: list[str], concurrency: int) -> None:
+    """Each id a run sends that an earlier run sent too lies in a chunk of the latest such run that had no
+    outcome in the journal when it was killed: at most ``concurrency`` such chunks a killed run."""
+    for n in range(1, len(runs)):
+        resent = set(sent_ids(pushes(emulator, runs[n])))
+        for m in range(n - 1, -1, -1):
+            earlier = pushes(emulator, runs[m])
+            touched = [chunk for chunk in chunks_of(earlier) if chunk & resent]
+            assert len(touched) <= concurrency, (runs[n], runs[m], len(touched))
+            resent -= set(sent_ids(earlier))
+        assert not resent - set(sent_ids(pushes(emulator, runs[n])))
+
+
+# --- kill -9 and resume ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.wemasy_emulator(unknown_order_ids={17, 555, 1203}, **FAST)
+def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
+    seed: int, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """SIGKILL at random points (after K reported chunks, K from a seeded random; the child standing still
+    at the kill, or running freely), twice, then resume: every
+    id is accounted for exactly once in the merged result, the server queued each id once, each resumed run
+    re-sent at most the chunks in flight at the kill (4 workers: 4 chunks), and never a chunk the killed run
+    had reported."""
+    rng = random.Random(seed)
+    journal = tmp_path / "push.sqlite"
+    first, last = 1, 2000  # 50 chunks of 40
+    ids = list(range(first, last + 1))
+    reported: dict[str, list[list[int]]] = {}
+    runs = []
+    for run in ("run1", "run2"):
+        ack, kill_after = rng.random() < 0.7, rng.randint(0, 40)
+        chunks = push_and_kill(wemasy_emulator.base_url, journal, first, last, kill_after, run, ack=ack)
+        runs.append(run)
+        reported[run] = chunks
+        summary = read_journal(journal)  # readable as the dead process left it
+        assert summary.ids == len(ids)
+        assert summary.in_doubt <= 4 * 40
+        assert summary.accepted + summary.rejected + summary.in_doubt + summary.not_sent == len(ids)
+        if ack and 0 < kill_after == len(chunks):  # killed while it stood still: its journal was not closed
+            assert not summary.last_run_finished
+
+    async def resume() -> PushResult:
+        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, user_agent="final") as client:
+            return await client.sendcloud.push_shipments(ids, chunk_size=40, max_concurrency=4, journal=journal)
+
+    result = asyncio.run(resume())
+    runs.append("final")
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    assert {r.order_id for r in result.rejected} == {17, 555, 1203}
+    assert sorted(wemasy_emulator.queued) == [i for i in ids if i not in (17, 555, 1203)]
+    assert result.summary.total_orders == len(ids) - 3
+    assert_resent_at_most_the_chunks_in_flight(wemasy_emulator, runs, concurrency=4)
+    # A chunk a killed run reported was durable: no later run sent its ids again.
+    for n, run in enumerate(runs[:-1]):
+        later = {i for other in runs[n + 1 :] for i in sent_ids(pushes(wemasy_emulator, other))}
+        assert not later & {i for chunk in reported[run] for i in chunk}
+    resent = set(sent_ids(pushes(wemasy_emulator, "run2"))) & set(sent_ids(pushes(wemasy_emulator, "run1")))
+    resent |= set(sent_ids(pushes(wemasy_emulator, "final"))) & set(sent_ids(pushes(wemasy_emulator, "run1", "run2")))
+    # What was queued by a killed run and sent again comes back skipped; nothing else does.
+    assert {int(x) for x in result.details.skipped_orders} <= resent
+    summary = read_journal(journal)
+    assert (summary.accepted, summary.rejected, summary.to_send, summary.runs) == (len(ids) - 3, 3, 0, 3)
+    assert summary.last_run_finished
+
+
+@pytest.mark.wemasy_emulator(**FAST)
+def test_a_batch_killed_after_its_last_chunk_resumes_without_sending(
+    wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """A run killed once every chunk is reported (before it closed its journal): the resume sends nothing."""
+    journal = tmp_path / "push.sqlite"
+    push_and_kill(wemasy_emulator.base_url, journal, 1, 400, 10, "run1")  # 10 chunks of 40: all reported
+    assert not read_journal(journal).last_run_finished
+    before = len(wemasy_emulator.requests)
+
+    async def resume() -> PushResult:
+        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+            return await client.sendcloud.push_shipments(range(1, 401), chunk_size=40, journal=journal)
+
+    result = asyncio.run(resume())
+    assert len(wemasy_emulator.requests) == before
+    assert [int(x) for x in result.details.new_orders] == list(range(1, 401))
+    assert result.requests == 10
+
+
+# --- resuming in one process -----------------------------------------------------------------------
+
+
+@pytest.mark.wemasy_emulator(unknown_order_ids={5, 77}, **FAST)
+async def test_a_completed_journal_sends_nothing_and_returns_the_same_result(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """The second run of a finished batch sends no request; its result is the first run's."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 1001))
+    first = await client.sendcloud.push_shipments(ids, chunk_size=50, journal=journal)
+    requests = len(wemasy_emulator.requests)
+    again = await client.sendcloud.push_shipments(ids, chunk_size=50, journal=journal)
+    assert len(wemasy_emulator.requests) == requests
+    assert again.summary == first.summary
+    assert again.details == first.details
+    assert again.rejected == first.rejected
+    assert (again.requests, again.total_chunks) == (first.requests, first.total_chunks)
+    assert_every_id_accounted_once(again, ids, wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(**FAST)
+async def test_a_stream_left_early_resumes_with_what_it_did_not_finish(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """Break out after three chunks (as Ctrl-C does): the resume sends only the ids not yet answered, and
+    the merged result holds every id once, in input order."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 1001))
+    async with client.sendcloud.iter_push_shipments(ids, chunk_size=50, max_concurrency=2, journal=journal) as stream:
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 3:
+                break
+    left = stream.result()
+    answered = {int(x) for x in left.details.new_orders}
+    assert len(answered) >= 150
+    before = len(pushes(wemasy_emulator))
+    result = await client.sendcloud.push_shipments(ids, chunk_size=50, max_concurrency=2, journal=journal)
+    resent = set(sent_ids(pushes(wemasy_emulator)[before:]))
+    assert not resent & answered
+    assert resent == set(ids) - answered
+    # In input order; ids in doubt at the break that the server had queued come back skipped.
+    new = [int(x) for x in result.details.new_orders]
+    assert new == sorted(new)
+    assert sorted(new + [int(x) for x in result.details.skipped_orders]) == ids
+    assert {int(x) for x in result.details.skipped_orders} <= set(left.in_doubt)
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+@pytest.mark.wemasy_emulator(poison_order_ids={123}, **FAST)
+async def test_failed_ids_are_sent_again_and_only_they(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """Ids whose request failed are retried by the next run; the ids accepted are not sent again."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 301))
+    first = await client.sendcloud.push_shipments(ids, chunk_size=100, max_concurrency=1, journal=journal)
+    assert 123 in first.failed_order_ids
+    assert read_journal(journal).failed == len(first.failed_order_ids)
+    wemasy_emulator.poison_order_ids = set()  # the server is fixed
+    before = len(pushes(wemasy_emulator))
+    result = await client.sendcloud.push_shipments(ids, chunk_size=100, max_concurrency=1, journal=journal)
+    assert sorted(sent_ids(pushes(wemasy_emulator)[before:])) == sorted(first.failed_order_ids)
+    assert result.ok
+    assert sorted(int(x) for x in result.details.new_orders) == ids
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    assert read_journal(journal).failed == 0
+
+
+@pytest.mark.wemasy_emulator(unknown_order_ids={20, 40}, **FAST)
+async def test_rejected_ids_stay_rejected_unless_retried(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """A resume keeps the rejections; retry_rejected=True sends just those ids again; a rejection that a
+    retry overturned does not come back in a later run."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 101))
+    await client.sendcloud.push_shipments(ids, chunk_size=30, journal=journal)
+    before = len(pushes(wemasy_emulator))
+    kept = await client.sendcloud.push_shipments(ids, chunk_size=30, journal=journal)
+    assert len(pushes(wemasy_emulator)) == before
+    assert [r.order_id for r in kept.rejected] == [20, 40]
+
+    wemasy_emulator.unknown_order_ids = {40}  # the shop now has order 20
+    retried = await client.sendcloud.push_shipments(ids, chunk_size=30, journal=journal, retry_rejected=True)
+    assert sorted(sent_ids(pushes(wemasy_emulator)[before:])) == [20, 20, 40]  # 422 for 40, then 20 alone
+    assert [r.order_id for r in retried.rejected] == [40]
+    assert_every_id_accounted_once(retried, ids, wemasy_emulator)
+
+    later = await client.sendcloud.push_shipments(ids, chunk_size=30, journal=journal)
+    assert [r.order_id for r in later.rejected] == [40]
+    assert_every_id_accounted_once(later, ids, wemasy_emulator)
+    assert read_journal(journal).rejected == 1
+
+
+async def test_a_resume_may_use_another_chunk_size(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """The chunk size is not part of the batch: a resume with another one sends what is left."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 201))
+    async with client.sendcloud.iter_push_shipments(ids, chunk_size=20, max_concurrency=1, journal=journal) as stream:
+        async for _ in stream:
+            break
+    result = await client.sendcloud.push_shipments(ids, chunk_size=7, journal=journal)
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    assert sorted(int(x) for x in (*result.details.new_orders, *result.details.skipped_orders)) == ids
+
+
+# --- refused -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ids": list(range(1, 100))}, "99"),
+        ({"ids": list(range(100, 0, -1))}, "other ids or another order"),
+        ({"token": "another-token"}, "another API token"),
+        ({"create_label": True}, "create_label=False"),
+        ({"base_url": "other"}, "is of a batch pushed to"),
+    ],
+)
+async def test_a_journal_of_another_batch_is_refused_before_any_request(
+    change: dict[str, object], message: str, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """Other ids (or order), another token, create_label or base URL: a clear JournalError, nothing sent,
+    and the journal left as it was."""
+    journal = tmp_path / "push.sqlite"
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+        await client.sendcloud.push_shipments(range(1, 101), chunk_size=30, journal=journal)
+    before = (len(wemasy_emulator.requests), read_journal(journal))
+    base_url = wemasy_emulator.base_url
+    with WemasyEmulator().run_in_thread() as other:
+        if change.get("base_url"):
+            base_url = other.base_url
+        token = str(change.get("token", TOKEN))
+        async with WemasyClient(token=token, base_url=base_url) as client:
+            with pytest.raises(JournalError, match=message) as info:
+                client.sendcloud.iter_push_shipments(
+                    change.get("ids", range(1, 101)),  # type: ignore[arg-type]
+                    create_label=bool(change.get("create_label", False)),
+                    journal=journal,
+                )
+        assert not other.requests
+    assert TOKEN not in str(info.value)
+    assert "another-token" not in str(info.value)
+    assert (len(wemasy_emulator.requests), read_journal(journal)) == before
+
+
+async def test_a_second_writer_in_this_process_is_refused(client: WemasyClient, tmp_path: Path) -> None:
+    """While one stream writes the journal, another push on it is refused; the first one finishes intact."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 101))
+    async with client.sendcloud.iter_push_shipments(ids, chunk_size=10, journal=journal) as stream:
+        with pytest.raises(JournalError, match="already being written"):
+            client.sendcloud.iter_push_shipments(ids, chunk_size=10, journal=journal)
+        async for _ in stream:
+            pass
+    assert read_journal(journal).accepted == 100
+    again = await client.sendcloud.push_shipments(ids, chunk_size=10, journal=journal)  # free again
+    assert again.summary.total_orders == 100
+
+
+@pytest.mark.wemasy_emulator(**FAST)
+async def test_a_second_writer_process_is_refused(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """Another process pushing with a journal this process is writing exits with a clear message (its pid
+    named), without a traceback or a request; the journal stays whole."""
+    journal = tmp_path / "push.sqlite"
+    async with client.sendcloud.iter_push_shipments(range(1, 101), chunk_size=10, journal=journal) as stream:
+        command = [sys.executable, "-m", "wemasy_async", "push", "1-100", "--chunk-size", "10"]
+        command += ["--base-url", wemasy_emulator.base_url, "--journal", str(journal), "--no-progress"]
+        done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=child_env())
+        async for _ in stream:
+            pass
+    assert len(pushes(wemasy_emulator)) == 10  # this process's chunks: none from the other
+    assert done.returncode == 2
+    assert f"being written by another process (pid {os.getpid()}" in done.stderr
+    assert "Traceback" not in done.stderr
+    summary = read_journal(journal)
+    assert (summary.accepted, summary.runs, summary.to_send) == (100, 1, 0)
+
+
+def finished_journal(base_url: str, path: Path, ids: Sequence[int]) -> None:
+    async def push() -> None:
+        async with WemasyClient(token=TOKEN, base_url=base_url) as client:
+            await client.sendcloud.push_shipments(ids, chunk_size=100, journal=path)
+
+    asyncio.run(push())
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1, 1000 / 4096])
+@pytest.mark.wemasy_emulator(**FAST)
+def test_a_truncated_journal_is_refused_without_a_traceback(
+    keep: float, wemasy_emulator: WemasyEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal cut short (a torn copy, a full disk) is refused by a push and by the summary, with a message
+    naming the file, and is not written to."""
+    journal = tmp_path / "push.sqlite"
+    finished_journal(wemasy_emulator.base_url, journal, range(1, 5001))
+    size = journal.stat().st_size
+    with open(journal, "r+b") as handle:
+        handle.truncate(int(size * keep) if keep < 1 else 1000)
+    torn = journal.read_bytes()
+    requests = len(wemasy_emulator.requests)
+    push = ["push", "1-5000", "--token", TOKEN, "--base-url", wemasy_emulator.base_url, "--journal", str(journal)]
+    code = cli_main(push)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{journal} is not a usable push journal" in err or "is a push journal but it is damaged" in err
+    assert len(wemasy_emulator.requests) == requests
+    with pytest.raises(JournalError, match=str(journal)):
+        read_journal(journal)
+    assert cli_main(["journal", str(journal)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert journal.read_bytes() == torn
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """Random bytes given as the journal: a JournalError, the file unchanged."""
+    journal = tmp_path / "notes.bin"
+    junk = random.Random(7).randbytes(10_000)
+    journal.write_bytes(junk)
+
+    async def push() -> None:
+        async with WemasyClient(token=TOKEN, base_url="http://127.0.0.1:9") as client:
+            client.sendcloud.iter_push_shipments([1, 2, 3], journal=journal)
+
+    with pytest.raises(JournalError, match="not a usable push journal"):
+        asyncio.run(push())
+    with pytest.raises(JournalError, match="not a usable push journal"):
+        read_journal(journal)
+    assert journal.read_bytes() == junk
+
+
+def test_another_sqlite_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """Someone's own SQLite database given as the journal is not written into."""
+    journal = tmp_path / "orders.db"
+    conn = sqlite3.connect(journal)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO orders VALUES (1)")
+    conn.commit()
+    conn.close()
+    content = journal.read_bytes()
+
+    async def push() -> None:
+        async with WemasyClient(token=TOKEN, base_url="http://127.0.0.1:9") as client:
+            client.sendcloud.iter_push_shipments([1, 2, 3], journal=journal)
+
+    with pytest.raises(JournalError, match="not a wemasy-async push journal"):
+        asyncio.run(push())
+    with pytest.raises(JournalError, match="not a wemasy-async push journal"):
+        read_journal(journal)
+    assert journal.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.db"]
+
+
+async def test_bad_journal_arguments_are_usage_errors(client: WemasyClient, tmp_path: Path) -> None:
+    """A journal that is not a path, or retry_rejected without a journal: a UsageError naming it."""
+    with pytest.raises(UsageError, match="journal must be a file path"):
+        client.sendcloud.iter_push_shipments([1], journal=42)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="retry_rejected=True needs a journal"):
+        client.sendcloud.iter_push_shipments([1], retry_rejected=True)
+    with pytest.raises(JournalError, match="cannot open the journal"):
+        client.sendcloud.iter_push_shipments([1], journal=tmp_path / "missing-dir" / "push.sqlite")
+    with pytest.raises(JournalError, match="no journal at"):
+        read_journal(tmp_path / "none.sqlite")
+
+
+# --- what the journal holds --------------------------------------------------------------------------
+
+
+@pytest.mark.wemasy_emulator(unknown_order_ids={9}, **FAST)
+async def test_the_token_is_never_written_into_the_journal(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """The journal keeps a salted hash of the token, never the token; its summary shows neither."""
+    journal = tmp_path / "push.sqlite"
+    await client.sendcloud.push_shipments(range(1, 51), journal=journal)
+    for content in await asyncio.to_thread(lambda: [path.read_bytes() for path in tmp_path.iterdir()]):
+        assert TOKEN.encode() not in content
+    assert TOKEN not in json.dumps(read_journal(journal).as_json())
+
+
+@pytest.mark.wemasy_emulator(**FAST)
+async def test_huge_and_odd_values_survive_the_journal(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """Ids beyond 8 bytes are kept as text; a resume still finds the batch and sends nothing more."""
+    journal = tmp_path / "push.sqlite"
+    ids = [2**70, 5, 2**63]
+    first = await client.sendcloud.push_shipments(ids, journal=journal)
+    requests = len(wemasy_emulator.requests)
+    again = await client.sendcloud.push_shipments(ids, journal=journal)
+    assert len(wemasy_emulator.requests) == requests
+    assert again.details == first.details
+    assert_every_id_accounted_once(again, ids, wemasy_emulator)
+
+
+async def test_a_journal_that_cannot_be_written_is_reported_and_the_batch_goes_on(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails (a full disk) does not stop the batch: its result is complete, and a JournalError
+    carrying it says the journal lags behind."""
+    import wemasy_async._journal as journal_module
+
+    def full_disk(result: PushResult) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module, "_encode", full_disk)
+    ids = list(range(1, 101))
+    with pytest.raises(JournalError, match="No space left on device") as info:
+        await client.sendcloud.push_shipments(ids, chunk_size=10, journal=tmp_path / "push.sqlite")
+    assert info.value.result.summary.total_orders == 100
+    assert_every_id_accounted_once(info.value.result, ids, wemasy_emulator)
+
+
+def test_an_id_sent_by_several_runs_belongs_to_the_latest(tmp_path: Path) -> None:
+    """Read back, a failure of run 1 that run 2 answered no longer counts, nor does a rejection retried."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(
+        "CREATE TABLE chunks (seq INTEGER PRIMARY KEY, run INTEGER, position INTEGER, ids BLOB, started_at REAL,"
+        " finished_at REAL, outcome TEXT, new TEXT, retry TEXT, skipped TEXT, queued BLOB)"
+    )
+
+    def outcome(new: list[int], rejected: Sequence[int] = (), failed: Sequence[int] = ()) -> str:
+        header = [len(new), len(new), 0, 0, len(new), "", 1, "no", False, 1]
+        header += [
+            [[i, "invalid"] for i in rejected],
+            [[list(failed), "ServerError: 500"]] if failed else [],
+            [],
+            [],
+            [],
+        ]
+        return json.dumps(header)
+
+    from wemasy_async._journal import _ids_blob
+
+    rows = [
+        (0, 1, 0, _ids_blob([1, 2, 3]), 0.0, 1.0, outcome([1], rejected=[2], failed=[3])),
+        (1, 1, 3, _ids_blob([4, 5]), 0.0, None, None),  # in flight when run 1 died
+        (2, 2, 1, _ids_blob([2, 3, 4, 5]), 2.0, 3.0, outcome([2, 3, 4, 5])),
+    ]
+    conn.executemany(
+        "INSERT INTO chunks (seq, run, position, ids, started_at, finished_at, outcome) VALUES (?,?,?,?,?,?,?)", rows
+    )
+    state = _load(conn, retry_rejected=False, for_resume=True)
+    conn.close()
+    assert (state.accepted, state.rejected, state.failed, state.in_doubt, state.sent) == (5, 0, 0, 0, 5)
+    assert state.settled == {1, 2, 3, 4, 5}
+    assert Counter(r.order_id for _, p in state.pieces for r in p.rejected) == Counter()
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+@pytest.mark.wemasy_emulator(unknown_order_ids={5}, **FAST)
+def test_cli_push_with_a_journal_then_its_summary(
+    wemasy_emulator: WemasyEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """push --journal twice (the second sends nothing), then `journal FILE` and `journal FILE --json`."""
+    monkeypatch.setenv("WEMASY_API_TOKEN", TOKEN)
+    journal = str(tmp_path / "push.sqlite")
+    push = ["push", "1-300", "--chunk-size", "100", "--base-url", wemasy_emulator.base_url, "--journal", journal]
+    assert cli_main([*push, "--no-progress"]) == 1  # order 5 is rejected
+    requests = len(wemasy_emulator.requests)
+    assert cli_main([*push, "--no-progress", "--json"]) == 1
+    document = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(wemasy_emulator.requests) == requests
+    assert document["summary"]["total_orders"] == 299
+    assert document["rejected"] == [{"order_id": 5, "message": "The selected order_ids.4 is invalid."}]
+
+    wemasy_emulator.unknown_order_ids = set()
+    assert cli_main([*push, "--no-progress", "--retry-rejected"]) == 0
+    assert sent_ids(wemasy_emulator.requests[requests:]) == [5]
+    capsys.readouterr()
+
+    assert cli_main(["journal", journal]) == 0
+    text = capsys.readouterr().out
+    assert "a batch of 300 ids" in text
+    assert "accepted 300: 300 new" in text
+    assert "runs 3" in text
+    assert "complete" in text
+    assert cli_main(["journal", journal, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["ids"], summary["accepted"], summary["rejected"], summary["runs"]) == (300, 300, 0, 3)
+    assert summary["complete"] is True
+    assert TOKEN not in json.dumps(summary)
