@@ -1,11 +1,10 @@
 """A batch push with a journal, run as its own process by tests/test_journal.py, which kills it with SIGKILL.
 
 It prints ``ready`` once the journal is open, then one line per chunk the stream yields (a JSON list of the
-ids that chunk settled: accepted or rejected), then ``done``. Each chunk's outcome is durable in the
-journal before the stream yields it, so the parent knows, from the lines it read, chunks that must not
-be sent again after the kill. With ACK 1 it waits, after each line, for a line on stdin, blocking its
-event loop meanwhile: everything stands still until the parent answers or kills it, so the kill lands
-at a known point, with chunks in flight. With ACK 0 it runs freely and the kill lands wherever it is.
+ids that chunk settled: accepted or rejected), then ``done``. With ACK 1 it waits, after each line, for
+a line on stdin, blocking its event loop meanwhile: everything stands still until the parent answers or
+kills it, so the kill lands at a known point, with chunks in flight. With ACK 0 it runs freely and the
+kill lands wherever it is.
 
     python tests/journal_child.py BASE_URL JOURNAL FIRST LAST CHUNK_SIZE CONCURRENCY AGENT ACK
 """

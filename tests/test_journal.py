@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from tests.conftest import TOKEN
 from tests.test_batching import assert_every_id_accounted_once
 from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, read_journal
-from wemasy_async._journal import _load
+from wemasy_async._journal import _SCHEMA, _ids_blob, _load
 from wemasy_async.cli import main as cli_main
 from wemasy_async.testing import WemasyEmulator
 from wemasy_async.testing._emulator import RequestRecord
@@ -89,17 +88,25 @@ def chunks_of(requests: Sequence[RequestRecord]) -> list[set[int]]:
     return chunks
 
 
-def assert_resent_at_most_the_chunks_in_flight(emulator: WemasyEmulator, runs: list[str], concurrency: int) -> None:
+def assert_resent_at_most_the_chunks_in_flight(emulator: WemasyEmulator, runs: list[str], chunks: int) -> None:
     """Each id a run sends that an earlier run sent too lies in a chunk of the latest such run that had no
-    outcome in the journal when it was killed: at most ``concurrency`` such chunks a killed run."""
+    outcome in the journal when it was killed: at most ``chunks`` such chunks a killed run."""
     for n in range(1, len(runs)):
         resent = set(sent_ids(pushes(emulator, runs[n])))
         for m in range(n - 1, -1, -1):
             earlier = pushes(emulator, runs[m])
             touched = [chunk for chunk in chunks_of(earlier) if chunk & resent]
-            assert len(touched) <= concurrency, (runs[n], runs[m], len(touched))
+            assert len(touched) <= chunks, (runs[n], runs[m], len(touched))
             resent -= set(sent_ids(earlier))
-        assert not resent - set(sent_ids(pushes(emulator, runs[n])))
+
+
+def settled_in(journal: Path, ids: list[int]) -> set[int]:
+    """The ids the journal shows as answered (accepted or rejected), as a resume reads it."""
+    conn = sqlite3.connect(journal)
+    try:
+        return _load(conn, retry_rejected=False, for_resume=True, batch=ids).settled
+    finally:
+        conn.close()
 
 
 # --- kill -9 and resume ----------------------------------------------------------------------------
@@ -111,24 +118,25 @@ def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
     seed: int, wemasy_emulator: WemasyEmulator, tmp_path: Path
 ) -> None:
     """SIGKILL at random points (after K reported chunks, K from a seeded random; the child standing still
-    at the kill, or running freely), twice, then resume: every
-    id is accounted for exactly once in the merged result, the server queued each id once, each resumed run
-    re-sent at most the chunks in flight at the kill (4 workers: 4 chunks), and never a chunk the killed run
-    had reported."""
+    at the kill, or running freely), twice, then resume: no run sends again an id the journal showed as
+    answered after the kill, every
+    id is accounted for exactly once in the merged result, the server queued each id once, and each resumed
+    run re-sent at most the chunks in flight at the kill (4 workers, each with at most 3 chunks whose outcome
+    may not be committed yet: 12 chunks)."""
     rng = random.Random(seed)
     journal = tmp_path / "push.sqlite"
     first, last = 1, 2000  # 50 chunks of 40
     ids = list(range(first, last + 1))
-    reported: dict[str, list[list[int]]] = {}
+    answered: dict[str, set[int]] = {}
     runs = []
     for run in ("run1", "run2"):
         ack, kill_after = rng.random() < 0.7, rng.randint(0, 40)
         chunks = push_and_kill(wemasy_emulator.base_url, journal, first, last, kill_after, run, ack=ack)
         runs.append(run)
-        reported[run] = chunks
+        answered[run] = settled_in(journal, ids)
         summary = read_journal(journal)  # readable as the dead process left it
         assert summary.ids == len(ids)
-        assert summary.in_doubt <= 4 * 40
+        assert summary.in_doubt <= 12 * 40
         assert summary.accepted + summary.rejected + summary.in_doubt + summary.not_sent == len(ids)
         if ack and 0 < kill_after == len(chunks):  # killed while it stood still: its journal was not closed
             assert not summary.last_run_finished
@@ -143,11 +151,10 @@ def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
     assert {r.order_id for r in result.rejected} == {17, 555, 1203}
     assert sorted(wemasy_emulator.queued) == [i for i in ids if i not in (17, 555, 1203)]
     assert result.summary.total_orders == len(ids) - 3
-    assert_resent_at_most_the_chunks_in_flight(wemasy_emulator, runs, concurrency=4)
-    # A chunk a killed run reported was durable: no later run sent its ids again.
-    for n, run in enumerate(runs[:-1]):
+    assert_resent_at_most_the_chunks_in_flight(wemasy_emulator, runs, chunks=12)
+    for n, run in enumerate(runs[:-1]):  # what the journal showed as answered was never sent again
         later = {i for other in runs[n + 1 :] for i in sent_ids(pushes(wemasy_emulator, other))}
-        assert not later & {i for chunk in reported[run] for i in chunk}
+        assert not later & answered[run]
     resent = set(sent_ids(pushes(wemasy_emulator, "run2"))) & set(sent_ids(pushes(wemasy_emulator, "run1")))
     resent |= set(sent_ids(pushes(wemasy_emulator, "final"))) & set(sent_ids(pushes(wemasy_emulator, "run1", "run2")))
     # What was queued by a killed run and sent again comes back skipped; nothing else does.
@@ -155,26 +162,6 @@ def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
     summary = read_journal(journal)
     assert (summary.accepted, summary.rejected, summary.to_send, summary.runs) == (len(ids) - 3, 3, 0, 3)
     assert summary.last_run_finished
-
-
-@pytest.mark.wemasy_emulator(**FAST)
-def test_a_batch_killed_after_its_last_chunk_resumes_without_sending(
-    wemasy_emulator: WemasyEmulator, tmp_path: Path
-) -> None:
-    """A run killed once every chunk is reported (before it closed its journal): the resume sends nothing."""
-    journal = tmp_path / "push.sqlite"
-    push_and_kill(wemasy_emulator.base_url, journal, 1, 400, 10, "run1")  # 10 chunks of 40: all reported
-    assert not read_journal(journal).last_run_finished
-    before = len(wemasy_emulator.requests)
-
-    async def resume() -> PushResult:
-        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
-            return await client.sendcloud.push_shipments(range(1, 401), chunk_size=40, journal=journal)
-
-    result = asyncio.run(resume())
-    assert len(wemasy_emulator.requests) == before
-    assert [int(x) for x in result.details.new_orders] == list(range(1, 401))
-    assert result.requests == 10
 
 
 # --- resuming in one process -----------------------------------------------------------------------
@@ -486,7 +473,7 @@ async def test_a_journal_that_cannot_be_written_is_reported_and_the_batch_goes_o
     carrying it says the journal lags behind."""
     import wemasy_async._journal as journal_module
 
-    def full_disk(result: PushResult) -> object:
+    def full_disk(*args: object) -> object:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(journal_module, "_encode", full_disk)
@@ -497,40 +484,44 @@ async def test_a_journal_that_cannot_be_written_is_reported_and_the_batch_goes_o
     assert_every_id_accounted_once(info.value.result, ids, wemasy_emulator)
 
 
-def test_an_id_sent_by_several_runs_belongs_to_the_latest(tmp_path: Path) -> None:
-    """Read back, a failure of run 1 that run 2 answered no longer counts, nor does a rejection retried."""
+def test_an_id_sent_by_several_runs_belongs_to_the_latest() -> None:
+    """Read back, a failure of run 1 that run 2 answered no longer counts, nor does a rejection retried;
+    a rejection a later run was asked to retry, with no answer recorded, is to be sent again."""
     conn = sqlite3.connect(":memory:")
-    conn.executescript(
-        "CREATE TABLE chunks (seq INTEGER PRIMARY KEY, run INTEGER, position INTEGER, ids BLOB, started_at REAL,"
-        " finished_at REAL, outcome TEXT, new TEXT, retry TEXT, skipped TEXT, queued BLOB)"
-    )
+    conn.executescript(_SCHEMA)
 
     def outcome(new: list[int], rejected: Sequence[int] = (), failed: Sequence[int] = ()) -> str:
-        header = [len(new), len(new), 0, 0, len(new), "", 1, "no", False, 1]
-        header += [
-            [[i, "invalid"] for i in rejected],
-            [[list(failed), "ServerError: 500"]] if failed else [],
-            [],
-            [],
-            [],
-        ]
-        return json.dumps(header)
+        header: list[object] = [len(new), len(new), 0, 0, len(new), "", 1, "no", False, 1]
+        header += [[[i, "invalid"] for i in rejected], [[list(failed), "ServerError: 500"]] if failed else []]
+        return json.dumps([*header, [], [], []])
 
-    from wemasy_async._journal import _ids_blob
-
-    rows = [
-        (0, 1, 0, _ids_blob([1, 2, 3]), 0.0, 1.0, outcome([1], rejected=[2], failed=[3])),
-        (1, 1, 3, _ids_blob([4, 5]), 0.0, None, None),  # in flight when run 1 died
-        (2, 2, 1, _ids_blob([2, 3, 4, 5]), 2.0, 3.0, outcome([2, 3, 4, 5])),
-    ]
-    conn.executemany(
-        "INSERT INTO chunks (seq, run, position, ids, started_at, finished_at, outcome) VALUES (?,?,?,?,?,?,?)", rows
+    conn.executemany(  # the batch is 1..5; run 1's chunks are runs of it in a row, run 2's is kept whole
+        "INSERT INTO chunks (seq, run, position, count, ids, started_at) VALUES (?, ?, ?, ?, ?, 0)",
+        [(0, 1, 0, 3, None), (1, 1, 3, 2, None), (2, 2, 1, 4, _ids_blob([2, 3, 4, 5]))],
     )
-    state = _load(conn, retry_rejected=False, for_resume=True)
-    conn.close()
+    conn.executemany(
+        "INSERT INTO outcomes (seq, finished_at, header, new, retry, skipped) VALUES (?, 1, ?, '', '', '')",
+        [(0, outcome([1], rejected=[2], failed=[3])), (2, outcome([2, 3, 4, 5]))],  # chunk 1: in flight at a kill
+    )
+    state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
     assert (state.accepted, state.rejected, state.failed, state.in_doubt, state.sent) == (5, 0, 0, 0, 5)
     assert state.settled == {1, 2, 3, 4, 5}
-    assert Counter(r.order_id for _, p in state.pieces for r in p.rejected) == Counter()
+    assert not [r for _, piece in state.pieces for r in piece.rejected]
+
+    conn.execute("DELETE FROM outcomes WHERE seq = 2")
+    conn.execute("DELETE FROM chunks WHERE seq = 2")
+    state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
+    assert (state.accepted, state.rejected, state.failed, state.in_doubt) == (1, 1, 1, 2)
+    assert state.settled == {1, 2}
+    conn.execute(
+        "INSERT INTO runs (run, pid, started_at, sdk_version, chunk_size, retry_rejected) VALUES (2, 1, 0, '', 3, 1)"
+    )
+    state = _load(
+        conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5]
+    )  # run 2 retried rejections, then died
+    assert (state.accepted, state.rejected, state.in_doubt) == (1, 0, 3)
+    assert state.settled == {1}
+    conn.close()
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -426,6 +426,7 @@ class _Feed:
 
 
 async def _work(feed: _Feed) -> None:
+    unconfirmed: list[int] = []  # with a journal: this worker's chunks whose outcome may not be durable yet
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
         feed.in_flight[index] = chunk
@@ -442,14 +443,14 @@ async def _work(feed: _Feed) -> None:
         else:
             del feed.in_flight[index]
             if feed.journal is not None and isinstance(outcome, PushResult):
-                # Durable before the reader sees it and before this worker takes another chunk: after a
-                # kill, at most one chunk a worker is sent again.
-                try:
-                    await feed.journal.finished(index, outcome)
-                finally:
-                    feed.queue.put_nowait((index, outcome))
-                continue
+                feed.journal.finished(index, outcome)
+                unconfirmed.append(index)
         feed.queue.put_nowait((index, outcome))
+        if feed.journal is not None and len(unconfirmed) == 3:
+            # Before this worker takes another chunk, its outcome of two requests ago is durable (it is, but
+            # for a slow disk): after a kill, at most three chunks a worker go again, and the journal's
+            # thread, which groups its writes, never holds the batch up.
+            await feed.journal.durable(unconfirmed.pop(0))
 
 
 class PushStream:
@@ -558,7 +559,7 @@ class PushStream:
             if done is None:
                 done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
             elif feed.journal is not None:
-                feed.journal.record(index, done)
+                feed.journal.finished(index, done)
             self._left.append((index, done if self._count == 1 else attrs.evolve(done, raw={})))
         feed.in_flight.clear()
         for chunk in feed.chunks:

@@ -7,22 +7,24 @@ crash and only what the journal does not show as answered is sent: ids never sen
 flight when the process died (the server may have queued them: they come back "skipped"), failed ids,
 and rejected ids only when asked (``retry_rejected=True``). The merged result is the whole batch's.
 
-Cost, for a million ids: the batch's ids are hashed once (sha256 of their 8-byte form, ~20 ms); each chunk
-is one row, never one row per id: its ids as an 8-byte array, its outcome as a small JSON header and the
-server's details as joined strings. The rows are written by one thread of the journal's own, which owns
-the connection and commits whatever has queued up in one transaction, so the event loop never waits on
-the disk.
+Cost, for a million ids (benchmarks/bench_journal.py): under a fifth of the batch's client CPU and an 8 MB
+file. Never a row per id: the batch's ids are stored once (8 bytes each); a chunk's row keeps where it
+begins in them and its length, and its outcome a small JSON header (the rejected, failed, unsent ids) and
+the server's details, of which the largest list (usually "new") is not stored but derived when the server
+named exactly the ids it accepted. One thread of the journal's own owns the connection and writes what has
+queued up (over a millisecond) in one transaction, so the event loop never waits on the disk.
 
-Durability: the file is in WAL mode with ``synchronous=NORMAL``. A chunk's outcome is committed before
-the stream yields it to the caller and before its worker takes another chunk, so after a kill (SIGKILL,
-OOM, a crash: the OS keeps what was committed) at most ``max_concurrency`` chunks are sent again. After
-a power loss the last commits may be lost too; their chunks are then sent again, which is safe: an
-order already queued comes back "skipped". A chunk's start is written without waiting: it only tells the
-journal's summary that the chunk was in flight.
+Durability: the file is in WAL mode with ``synchronous=NORMAL``: a committed transaction survives the
+process being killed (SIGKILL, OOM, a crash: the OS keeps what was written); after a power loss the last
+commits may be lost too, which only means their chunks are sent again. A chunk's outcome is committed
+about a millisecond after it arrives, and a worker takes a new chunk only once its outcome of two chunks
+back is committed (almost always already so), so after a kill at most three chunks a worker, in flight or
+answered but not yet committed, are sent again. That is safe: an order already queued comes back
+"skipped". Chunk starts are written with the next outcomes: they tell the summary what was in flight.
 
-A journal belongs to one batch: it keeps a fingerprint (a hash of the distinct ids in order, the base
-URL, a salted hash of the token, never the token, and ``create_label``), and resuming anything else is
-refused with a :class:`JournalError`. The writing process holds an OS lock on the file (``flock``) for
+A journal belongs to one batch: it keeps the distinct ids in order, the base URL, a salted hash of the
+token (never the token) and ``create_label``, and resuming anything else is refused with a
+:class:`JournalError`. The writing process holds an OS lock on the file (``flock``) for
 as long as the batch runs, so a second process cannot write it at once; the lock goes with the process,
 however it ends. A damaged (torn, truncated) or foreign file is refused with a JournalError, never
 written to.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -73,21 +76,26 @@ CREATE TABLE runs (
     chunk_size INTEGER NOT NULL,
     retry_rejected INTEGER NOT NULL
 );
+CREATE TABLE batch_ids (ids BLOB NOT NULL);
 CREATE TABLE chunks (
     seq INTEGER PRIMARY KEY,
     run INTEGER NOT NULL,
     position INTEGER NOT NULL,
-    ids BLOB NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    outcome TEXT,
-    new TEXT,
-    retry TEXT,
-    skipped TEXT,
+    count INTEGER NOT NULL,
+    ids BLOB,
+    started_at REAL NOT NULL
+);
+CREATE TABLE outcomes (
+    seq INTEGER PRIMARY KEY,
+    finished_at REAL NOT NULL,
+    header TEXT NOT NULL,
+    new TEXT NOT NULL,
+    retry TEXT NOT NULL,
+    skipped TEXT NOT NULL,
     queued BLOB
 );
 """
-_TABLES = {"batch", "runs", "chunks"}
+_TABLES = {"batch", "batch_ids", "runs", "chunks", "outcomes"}
 
 
 class JournalError(UsageError):
@@ -142,21 +150,25 @@ def _unstrings(text: str | None) -> tuple[str, ...]:
     return tuple(json.loads(text[1:]))
 
 
-def _mixed(values: Sequence[Any]) -> bytes | None:
-    """``queued_orders`` (documented ``mixed[]``): 8-byte ints when they are all ints, else JSON."""
+def _mixed(values: Sequence[Any], accepted: list[int]) -> bytes | None:
+    """``queued_orders`` (documented ``mixed[]``): ``=`` when they are the chunk's accepted ids (the server
+    queued all it accepted: the common case), else 8-byte ints, else JSON."""
     if not values:
         return None
-    if set(map(type, values)) == {int}:
-        try:
-            return b"q" + array.array("q", values).tobytes()
-        except OverflowError:
-            pass
-    return b"j" + json.dumps(list(values)).encode()
+    listed = list(values)
+    if listed == accepted:
+        return b"="
+    try:
+        return b"q" + array.array("q", listed).tobytes()
+    except (TypeError, OverflowError):
+        return b"j" + json.dumps(listed).encode()
 
 
-def _unmixed(blob: bytes | None) -> tuple[Any, ...]:
+def _unmixed(blob: bytes | None, accepted: list[int]) -> tuple[Any, ...]:
     if not blob:
         return ()
+    if blob == b"=":
+        return tuple(accepted)
     if blob[:1] == b"q":
         return tuple(_blob_ids(blob))
     return tuple(json.loads(blob[1:]))
@@ -166,10 +178,29 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _encode(result: PushResult) -> tuple[str, str, str, str, bytes | None]:
-    """A chunk's outcome as the row's columns: a JSON header, then the details."""
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+#: In a details column: "the chunk's accepted ids not named in the other two columns, in the order sent".
+_DERIVED = "*"
+
+
+def _accepted(sent: list[int], unanswered: Sequence[int]) -> list[int]:
+    """The ids of a chunk the server accepted, in the order sent: all but those with another outcome."""
+    if not unanswered:
+        return sent
+    skip = set(unanswered)
+    return [i for i in sent if i not in skip]
+
+
+def _encode(result: PushResult, sent: list[int]) -> tuple[str, str, str, str, bytes | None]:
+    """A chunk's outcome as the row's columns: a JSON header, then the details.
+
+    Most of a chunk's ids are usually in one of the server's lists (all new, or all skipped on a re-run).
+    When the server named exactly the ids it accepted (none unreported, as many names as ids), the largest
+    list is not stored: it is the accepted ids not in the other two, written back as decimal strings in the
+    order sent. That halves what a chunk writes."""
     s, d = result.summary, result.details
-    header = json.dumps(
+    header = _COMPACT.encode(
         [
             s.total_orders,
             s.new_orders,
@@ -186,10 +217,29 @@ def _encode(result: PushResult) -> tuple[str, str, str, str, bytes | None]:
             list(result.unreported),
             list(result.not_sent),
             list(result.in_doubt),
-        ],
-        separators=(",", ":"),
+        ]
     )
-    return header, _strings(d.new_orders), _strings(d.retry_orders), _strings(d.skipped_orders), _mixed(d.queued_orders)
+    accepted = sent
+    if result.rejected or result.failed or result.unreported or result.not_sent or result.in_doubt:
+        unanswered = [i for f in result.failed for i in f.order_ids]
+        unanswered += [*result.unreported, *result.not_sent, *result.in_doubt, *(r.order_id for r in result.rejected)]
+        accepted = _accepted(sent, unanswered)
+    lists = (d.new_orders, d.retry_orders, d.skipped_orders)
+    derived = -1
+    if not result.unreported and sum(map(len, lists)) == len(accepted):
+        derived = 0 if len(lists[0]) >= len(lists[2]) else 2
+    new, retry, skipped = (_DERIVED if k == derived else _strings(values) for k, values in enumerate(lists))
+    return header, new, retry, skipped, _mixed(d.queued_orders, accepted)
+
+
+def _details(accepted: list[int], new: str, retry: str, skipped: str, queued: bytes | None) -> PushDetails:
+    """The details a chunk's row holds (see :func:`_encode`)."""
+    lists = [None if text == _DERIVED else _unstrings(text) for text in (new, retry, skipped)]
+    if None in lists:
+        named = {int(x) for named_list in lists if named_list is not None for x in named_list}
+        lists[lists.index(None)] = tuple(str(i) for i in accepted if i not in named)
+    new_orders, retry_orders, skipped_orders = (tuple(values or ()) for values in lists)
+    return PushDetails(new_orders, retry_orders, skipped_orders, _unmixed(queued, accepted))
 
 
 # --- the batch's state, as the journal holds it --------------------------------------------------
@@ -270,38 +320,49 @@ class _State:
     updated_at: float = 0.0
 
 
-def _load(conn: sqlite3.Connection, *, retry_rejected: bool, for_resume: bool) -> _State:
+def _load(
+    conn: sqlite3.Connection, *, retry_rejected: bool, for_resume: bool, batch: list[int] | None = None
+) -> _State:
     """Read every chunk back. An id sent by several runs belongs to the latest chunk that sent it (a
     resumed run sends only what was not settled, so earlier records of such an id no longer stand).
 
     Chunks are read newest run first: ``later`` holds the ids sent by later runs (within one run chunks
-    are disjoint), so it stays empty for the first run's chunks unless ids were sent again."""
+    are disjoint), so it stays empty for the first run's chunks unless ids were sent again. A rejection
+    stands unless this run retries rejections, or a later run asked to and did not record a new answer for
+    the id (it may have been sent, and queued, before that run died): such an id is sent again."""
     state = _State()
-    columns = "run, position, ids, started_at, finished_at, outcome"
+    if batch is None:
+        row = conn.execute("SELECT ids FROM batch_ids").fetchone()
+        batch = _blob_ids(row[0]) if row else []
+    columns = "c.run, c.position, c.count, c.ids, c.started_at, o.finished_at, o.header"
     if for_resume:
-        columns += ", new, retry, skipped, queued"
+        columns += ", o.new, o.retry, o.skipped, o.queued"
+    retrying_runs = [run for (run,) in conn.execute("SELECT run FROM runs WHERE retry_rejected")]
     later: set[int] = set()
     this_run: list[list[int]] = []
     current_run = None
-    for row in conn.execute(f"SELECT {columns} FROM chunks ORDER BY run DESC, seq DESC"):
-        run, position, blob, started_at, finished_at, outcome = row[:6]
+    query = f"SELECT {columns} FROM chunks c LEFT JOIN outcomes o USING (seq) ORDER BY c.run DESC, c.seq DESC"
+    for row in conn.execute(query):
+        run, position, count, blob, started_at, finished_at, header_text = row[:7]
         if run != current_run:
             for earlier_sent in this_run:
                 later.update(earlier_sent)
             this_run.clear()
             current_run = run
+            retried = retry_rejected or any(r > run for r in retrying_runs)
         state.updated_at = max(state.updated_at, started_at, finished_at or 0.0)
-        sent = _blob_ids(blob)
+        # A chunk that is a run of the batch's ids in a row keeps only where it begins and its length.
+        sent = batch[position : position + count] if blob is None else _blob_ids(blob)
         this_run.append(sent)
 
         def standing(values: Iterable[int]) -> list[int]:
             return [i for i in values if i not in later] if later else list(values)
 
         state.sent += len(standing(sent))
-        if outcome is None:  # started, no answer recorded: in flight when the process died
+        if header_text is None:  # started, no answer recorded: in flight when the process died
             state.in_doubt += len(standing(sent))
             continue
-        header = json.loads(outcome)
+        header = json.loads(header_text)
         total, new, retry, skipped, queued, message, total_chunks, labels, ambiguous, requests = header[:10]
         rejected_pairs, failed_groups, unreported, not_sent, in_doubt = header[10:]
         failed_ids = [i for group in failed_groups for i in group[0]]
@@ -311,6 +372,9 @@ def _load(conn: sqlite3.Connection, *, retry_rejected: bool, for_resume: bool) -
         state.not_sent += len(standing(not_sent))
         state.in_doubt += len(standing(in_doubt))
         kept = [(i, m) for i, m in rejected_pairs if i not in later]
+        if retried:  # to be sent again: the answer a retry got, if any, was not recorded
+            state.in_doubt += len(kept)
+            kept = []
         state.rejected += len(kept)
         # Accepted ids are settled for good: no later run sends them, so nothing supersedes them.
         state.accepted += len(sent) - len(unanswered) - len(rejected_pairs)
@@ -320,25 +384,14 @@ def _load(conn: sqlite3.Connection, *, retry_rejected: bool, for_resume: bool) -
         state.requests += requests
         if not for_resume:
             continue
-        if unanswered or rejected_pairs:
-            skip = set(unanswered)
-            skip.update(i for i, _ in rejected_pairs)
-            state.settled.update(i for i in sent if i not in skip)
-        else:
-            state.settled.update(sent)
-        standing_rejections = () if retry_rejected else tuple(OrderRejection(i, m) for i, m in kept)
-        state.settled.update(r.order_id for r in standing_rejections)
+        accepted = _accepted(sent, unanswered + [i for i, _ in rejected_pairs])
+        state.settled.update(accepted)
+        standing_rejections = tuple(OrderRejection(i, m) for i, m in kept)
+        state.settled.update(i for i, _ in kept)
         if total or standing_rejections or requests:
-            new_ids, retry_ids, skipped_ids, queued_ids = row[6:10]
-            details = PushDetails(
-                new_orders=_unstrings(new_ids),
-                retry_orders=_unstrings(retry_ids),
-                skipped_orders=_unstrings(skipped_ids),
-                queued_orders=_unmixed(queued_ids),
-            )
             piece = PushResult(
                 summary=PushSummary(total, new, retry, skipped, queued),
-                details=details,
+                details=_details(accepted, *row[7:11]),
                 message=message,
                 total_chunks=total_chunks,
                 labels_will_be_created=labels,
@@ -480,12 +533,18 @@ def _connect(path: str) -> sqlite3.Connection:
 
 # --- writing, off the event loop -----------------------------------------------------------------
 
-_START, _FINISH, _CLOSE = 0, 1, 2
+_FINISH, _CLOSE = 1, 2
+#: How long the writer lets outcomes gather before it commits them together.
+_GROUP_SECONDS = 0.001
 
 
 class _Writer(threading.Thread):
     """The journal's one thread: it owns the connection from here on and writes whatever has queued up
-    in one transaction, then tells the event loop which outcomes are durable."""
+    in one transaction, then tells the event loop which outcomes are durable.
+
+    Chunk starts go into ``starts`` (a deque: appending does not wake this thread) and are written with
+    the next outcome; outcomes and the close go into ``inbox``, which wakes it. A chunk's start is always
+    appended before its outcome is put, so a transaction holding an outcome holds its start too."""
 
     def __init__(self, conn: sqlite3.Connection, lock: _Lock, run: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(name=f"wemasy-journal-{os.path.basename(lock.path)}", daemon=True)
@@ -493,7 +552,17 @@ class _Writer(threading.Thread):
         self.lock = lock
         self.run_id = run
         self.loop = loop
+        self.starts: collections.deque[tuple[int, int, list[int], bool, float]] = collections.deque()
+        #: Set by the event loop when it waits for an outcome: cuts short the pause that groups writes.
+        self.nudge = threading.Event()
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        #: The ids of chunks started and not yet finished, by seq.
+        self.in_flight: dict[int, list[int]] = {}
+        #: Outcomes committed (by seq), and futures of the event loop waiting for one; under ``guard``.
+        self.guard = threading.Lock()
+        self.committed: set[int] = set()
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.stopped = False
         #: The first error writing met; after it nothing more is written (the batch goes on).
         self.error: BaseException | None = None
 
@@ -501,22 +570,36 @@ class _Writer(threading.Thread):
         closing: list[asyncio.Future[None] | None] = []
         while not closing:
             batch = [self.inbox.get()]
+            # A pause, so the outcomes arriving meanwhile share one transaction (nobody waits for it: the
+            # stream asks for an outcome one request after it came, and nudges if it must wait).
+            self.nudge.wait(_GROUP_SECONDS)
+            self.nudge.clear()
             while True:
                 try:
                     batch.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
-            waiting = [record[-1] for record in batch if record[0] == _FINISH and record[-1] is not None]
+            starts = []
+            while True:
+                try:
+                    starts.append(self.starts.popleft())
+                except IndexError:
+                    break
+            finishes = [record for record in batch if record[0] == _FINISH]
             closing += [record[1] for record in batch if record[0] == _CLOSE]
             try:
                 if self.error is None:
-                    self._write(batch)
+                    self._write(starts, finishes)
             except Exception as error:
                 self.error = error
                 if self.conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         self.conn.execute("ROLLBACK")
             finally:
+                # Durable (or never to be, after an error: then nobody may wait for it either).
+                with self.guard:
+                    self.committed.update(record[1] for record in finishes)
+                    waiting = [self.waiters.pop(record[1]) for record in finishes if record[1] in self.waiters]
                 self._tell(waiting)
         try:
             if self.error is None:
@@ -527,27 +610,32 @@ class _Writer(threading.Thread):
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
             self.lock.release()
-            self._tell([f for f in closing if f is not None])
+            with self.guard:
+                self.stopped = True
+                left = list(self.waiters.values())
+                self.waiters.clear()
+            self._tell(left + [f for f in closing if f is not None])
 
-    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+    def _write(self, starts: list[tuple[int, int, list[int], bool, float]], finishes: list[tuple[Any, ...]]) -> None:
         """One transaction for every record that queued up while the last one was written."""
-        starts = [
-            (seq, self.run_id, position, _ids_blob(chunk), at)
-            for kind, seq, position, chunk, at in (r for r in batch if r[0] == _START)
-        ]
-        finishes = [(at, *_encode(result), seq) for kind, seq, result, at, _ in (r for r in batch if r[0] == _FINISH)]
-        if not (starts or finishes):
+        in_flight = self.in_flight
+        rows = []
+        for seq, position, chunk, in_a_row, at in starts:
+            in_flight[seq] = chunk
+            rows.append((seq, self.run_id, position, len(chunk), None if in_a_row else _ids_blob(chunk), at))
+        outcomes = [(seq, at, *_encode(result, in_flight.pop(seq, []))) for _, seq, result, at in finishes]
+        if not (rows or outcomes):
             return
         self.conn.execute("BEGIN IMMEDIATE")
-        if starts:
+        if rows:
             self.conn.executemany(
-                "INSERT INTO chunks (seq, run, position, ids, started_at) VALUES (?, ?, ?, ?, ?)", starts
+                "INSERT INTO chunks (seq, run, position, count, ids, started_at) VALUES (?, ?, ?, ?, ?, ?)", rows
             )
-        if finishes:
+        if outcomes:
             self.conn.executemany(
-                "UPDATE chunks SET finished_at = ?, outcome = ?, new = ?, retry = ?, skipped = ?, queued = ? "
-                "WHERE seq = ?",
-                finishes,
+                "INSERT INTO outcomes (seq, finished_at, header, new, retry, skipped, queued) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                outcomes,
             )
         self.conn.execute("COMMIT")
 
@@ -580,7 +668,8 @@ class BatchJournal:
         path: str,
         writer: _Writer,
         pending: list[int],
-        starts: Sequence[int],
+        positions: Sequence[int],
+        chunk_size: int,
         first_seq: int,
         total: int,
         pieces: list[tuple[int, PushResult]],
@@ -590,7 +679,9 @@ class BatchJournal:
         self.total = total
         self.settled = total - len(pending)
         self._writer = writer
-        self._starts = starts
+        #: Where each id this run sends stands in the batch (``range`` for a new batch).
+        self._positions = positions
+        self._chunk_size = chunk_size
         self._first_seq = first_seq
         self._pieces = pieces
         self._closed: asyncio.Future[None] | None = None
@@ -601,28 +692,33 @@ class BatchJournal:
 
     def started(self, index: int, chunk: list[int]) -> None:
         """Chunk ``index`` of this run is being sent (written without waiting: see the module's doc)."""
-        self._writer.inbox.put((_START, self._first_seq + index, self._starts[index], chunk, time.time()))
+        first = index * self._chunk_size
+        position = self._positions[first]
+        in_a_row = self._positions[first + len(chunk) - 1] - position == len(chunk) - 1
+        self._writer.starts.append((self._first_seq + index, position, chunk, in_a_row, time.time()))
 
-    def finished(self, index: int, result: PushResult) -> asyncio.Future[None]:
-        """Chunk ``index`` ended with ``result``; the future is done once that is committed."""
-        future: asyncio.Future[None] = self._writer.loop.create_future()
-        if self._closing or not self._writer.is_alive():
-            future.set_result(None)
-            return future
-        self._writer.inbox.put((_FINISH, self._first_seq + index, result, time.time(), future))
-        return future
-
-    def record(self, index: int, result: PushResult) -> None:
-        """Like :meth:`finished`, without waiting (for the chunks cancelled under way, as the stream closes)."""
+    def finished(self, index: int, result: PushResult) -> None:
+        """Chunk ``index`` ended with ``result`` (written without waiting; see :meth:`durable`)."""
         if not self._closing:
-            self._writer.inbox.put((_FINISH, self._first_seq + index, result, time.time(), None))
+            self._writer.inbox.put((_FINISH, self._first_seq + index, result, time.time()))
+
+    async def durable(self, index: int) -> None:
+        """Return once the outcome of chunk ``index`` is committed (at once if it is: the usual case when
+        asked one request later, as the stream does), or can never be (the writer failed or stopped)."""
+        writer, seq = self._writer, self._first_seq + index
+        with writer.guard:
+            if seq in writer.committed or writer.error is not None or writer.stopped:
+                return
+            future = writer.waiters[seq] = writer.loop.create_future()
+        writer.nudge.set()
+        await future
 
     def in_order(self, pieces: Iterable[tuple[int, PushResult]]) -> list[PushResult]:
         """This run's chunk results (by chunk index) and the stored ones, in the batch's order (each
         by where its chunk begins)."""
-        starts = self._starts
+        positions, size = self._positions, self._chunk_size
         placed = [(position, 0, result) for position, result in self._pieces]
-        placed += [(starts[index], 1, result) for index, result in pieces]
+        placed += [(positions[index * size], 1, result) for index, result in pieces]
         placed.sort(key=lambda item: (item[0], item[1]))
         return [result for _, _, result in placed]
 
@@ -681,7 +777,7 @@ def open_journal(
     conn: sqlite3.Connection | None = None
     try:
         conn = _connect(path)
-        pending, starts, first_seq, pieces, run = _open_run(
+        pending, positions, first_seq, pieces, run = _open_run(
             conn, path, ids, base_url, token, chunk_size, create_label, retry_rejected
         )
     except sqlite3.DatabaseError as error:
@@ -695,7 +791,7 @@ def open_journal(
         raise
     writer = _Writer(conn, lock, run, loop)
     writer.start()
-    return BatchJournal(path, writer, pending, starts, first_seq, len(ids), pieces)
+    return BatchJournal(path, writer, pending, positions, chunk_size, first_seq, len(ids), pieces)
 
 
 def _abort(conn: sqlite3.Connection | None, lock: _Lock) -> None:
@@ -719,7 +815,7 @@ def _open_run(
     create_label: bool,
     retry_rejected: bool,
 ) -> tuple[list[int], Sequence[int], int, list[tuple[int, PushResult]], int]:
-    fingerprint = hashlib.sha256(_ids_blob(ids)).hexdigest()
+    blob = _ids_blob(ids)
     existing = _identify(conn, path)
     if existing:
         meta = _meta(conn)
@@ -738,7 +834,8 @@ def _open_run(
                 f"the journal {path} is of a batch pushed with create_label={bool(meta.get('create_label'))}, "
                 f"not {create_label}; resume it with the same create_label, or give this push another journal file"
             )
-        if meta.get("ids_sha256") != fingerprint:
+        stored = conn.execute("SELECT ids FROM batch_ids").fetchone()
+        if stored is None or stored[0] != blob:  # the same distinct ids in the same order, byte for byte
             raise JournalError(
                 f"the journal {path} is of another batch: {meta.get('ids')} distinct ids, this push has {len(ids)}"
                 f"{' (the same count, other ids or another order)' if meta.get('ids') == len(ids) else ''}. Resume "
@@ -758,7 +855,6 @@ def _open_run(
             [
                 ("format", JOURNAL_FORMAT),
                 ("ids", len(ids)),
-                ("ids_sha256", fingerprint),
                 ("base_url", base_url),
                 ("token_salt", salt),
                 ("token_sha256", _token_hash(salt, token)),
@@ -767,19 +863,20 @@ def _open_run(
                 ("created_at", now),
             ],
         )
+        # The batch's ids, once: a chunk that is a run of them in a row is kept as where it begins and its length.
+        conn.execute("INSERT INTO batch_ids (ids) VALUES (?)", (blob,))
         conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    state = _load(conn, retry_rejected=retry_rejected, for_resume=True) if existing else _State()
+    state = _load(conn, retry_rejected=retry_rejected, for_resume=True, batch=ids) if existing else _State()
     settled = state.settled
     pending: list[int]
-    starts: Sequence[int]
+    positions: Sequence[int]
     if settled:
         positions = [position for position, order_id in enumerate(ids) if order_id not in settled]
         pending = [ids[position] for position in positions]
-        starts = positions[::chunk_size]
     else:
-        pending, starts = ids, range(0, len(ids), chunk_size)
+        pending, positions = ids, range(len(ids))
     (last_seq,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM chunks").fetchone()
     conn.execute("BEGIN IMMEDIATE")
     cursor = conn.execute(
@@ -789,7 +886,7 @@ def _open_run(
     conn.execute("COMMIT")
     run = cursor.lastrowid
     assert run is not None
-    return pending, starts, last_seq + 1, state.pieces, run
+    return pending, positions, last_seq + 1, state.pieces, run
 
 
 def read_journal(journal: JournalPath) -> JournalSummary:
