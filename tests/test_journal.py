@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -559,3 +560,74 @@ def test_cli_push_with_a_journal_then_its_summary(
     assert (summary["ids"], summary["accepted"], summary["rejected"], summary["runs"]) == (300, 300, 0, 3)
     assert summary["complete"] is True
     assert TOKEN not in json.dumps(summary)
+
+
+@pytest.mark.wemasy_emulator(queued_order_ids={3, 4, 12}, failed_order_ids={5, 13}, **FAST)
+async def test_mixed_details_come_back_as_the_server_gave_them(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """Chunks whose ids came back new, retry and skipped: a resume's details are the first run's, list by list."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 21))
+    first = await client.sendcloud.push_shipments(ids, chunk_size=10, journal=journal)
+    assert first.details.skipped_orders == ("3", "4", "12")
+    assert first.details.retry_orders == ("5", "13")
+    again = await client.sendcloud.push_shipments(ids, chunk_size=10, journal=journal)
+    assert again.details == first.details
+    assert again.summary == first.summary
+
+
+async def test_a_stalled_journal_holds_each_worker_to_three_unconfirmed_chunks(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the journal cannot commit (a stalled disk), each worker sends three chunks and waits: a kill then
+    would send again at most three chunks a worker. Once the disk is back, the batch completes."""
+    import threading
+
+    import wemasy_async._journal as journal_module
+
+    disk = threading.Event()
+    write = journal_module._Writer._write
+
+    def stalled_write(self: journal_module._Writer, *args: Any) -> None:
+        disk.wait()
+        write(self, *args)
+
+    waiting = 0
+    all_waiting = asyncio.Event()
+    durable = journal_module.BatchJournal.durable
+
+    async def counted_durable(self: journal_module.BatchJournal, index: int) -> None:
+        nonlocal waiting
+        waiting += 1
+        if waiting == 4:
+            all_waiting.set()
+        await durable(self, index)
+
+    monkeypatch.setattr(journal_module._Writer, "_write", stalled_write)
+    monkeypatch.setattr(journal_module.BatchJournal, "durable", counted_durable)
+    ids = list(range(1, 401))
+    async with client.sendcloud.iter_push_shipments(
+        ids, chunk_size=10, max_concurrency=4, journal=tmp_path / "push.sqlite"
+    ) as stream:
+        ran_on = asyncio.Event()
+
+        async def drain() -> None:
+            async for _ in stream:
+                if stream.done > 12 * 10:  # more chunks answered than the journal allows without a commit
+                    ran_on.set()
+
+        reader = asyncio.ensure_future(drain())
+        stalled = asyncio.ensure_future(all_waiting.wait())
+        too_far = asyncio.ensure_future(ran_on.wait())
+        try:
+            await asyncio.wait([too_far, stalled], return_when=asyncio.FIRST_COMPLETED)
+            assert stalled.done(), "the batch ran on while nothing it did was durable"
+            assert len(pushes(wemasy_emulator)) == 12
+        finally:
+            disk.set()  # before the stream closes: closing waits for the journal's writes
+            stalled.cancel()
+            too_far.cancel()
+        await reader
+    assert_every_id_accounted_once(stream.result(), ids, wemasy_emulator)
+    assert read_journal(tmp_path / "push.sqlite").accepted == 400
