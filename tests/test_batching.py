@@ -32,14 +32,14 @@ from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 
 def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emulator: WemasyEmulator) -> None:
-    """Each distinct input id is in exactly one of: the server's details, rejected, failed; and what the
-    result calls accepted is what the emulator queued or skipped."""
+    """Each distinct input id is in exactly one of: the server's details, rejected, failed, not sent, in
+    doubt; and what the result calls accepted is what the emulator queued or skipped."""
     distinct = list(dict.fromkeys(ids))
     details = result.details
     accepted = [int(x) for x in (*details.new_orders, *details.retry_orders, *details.skipped_orders)]
     rejected = [r.order_id for r in result.rejected]
     failed = list(result.failed_order_ids)
-    places = Counter(accepted + rejected + failed + list(result.not_sent))
+    places = Counter(accepted + rejected + failed + list(result.not_sent) + list(result.in_doubt))
     assert sorted(places) == sorted(distinct)
     assert set(places.values()) <= {1}
     assert not result.unreported
@@ -300,6 +300,69 @@ async def test_cancelling_a_push_leaves_nothing_running(client: WemasyClient, we
     assert len(wemasy_emulator.requests) < 20
 
 
+async def test_a_cancelled_push_hands_its_result_to_the_caller(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """push_shipments cancelled mid-batch raises CancelledError carrying what the batch did: the chunks
+    answered, the ids under way in doubt, the rest not sent; every id in one place."""
+    ids = list(range(1, 201))
+    pushed = asyncio.Event()
+
+    def hold_after_the_first_chunk(done: int, total: int) -> None:
+        wemasy_emulator.faults.delay_seconds = 30  # the next requests stay in flight
+        pushed.set()
+
+    push = asyncio.create_task(
+        client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, progress=hold_after_the_first_chunk)
+    )
+    await pushed.wait()
+    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
+    push.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await push
+    result: PushResult = info.value.result  # type: ignore[attr-defined]
+    assert result.summary.total_orders >= 10
+    assert len(result.in_doubt) in (10, 20)  # the requests held by the server (the budget may allow one)
+    assert len(result.not_sent) >= 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_push_timed_out_by_wait_for_keeps_its_result_on_the_cause(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """Under asyncio.wait_for (or asyncio.timeout) the TimeoutError's cause is the CancelledError with the
+    result: whenever the timeout strikes, every id is in one place."""
+    wemasy_emulator.faults.delay_seconds = 30
+    ids = list(range(1, 101))
+    with pytest.raises(asyncio.TimeoutError) as info:
+        await asyncio.wait_for(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2), 0.2)
+    result: PushResult = info.value.__cause__.result  # type: ignore[union-attr]
+    assert len(result.in_doubt) + len(result.not_sent) == 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_restart_inside_a_batch_is_ridden_out(wemasy_emulator: WemasyEmulator) -> None:
+    """The server goes down between chunks and comes back within the retries' span: nothing fails, nothing
+    is queued twice, the batch carries on."""
+    policy = RetryPolicy(max_attempts=4, backoff_base=0.05, ride_out=0.5)
+    ids = list(range(1, 201))
+    emulator = WemasyEmulator()
+    restarts: list[asyncio.Task[None]] = []
+
+    def restart_once(done: int, total: int) -> None:
+        if not restarts:
+            restarts.append(asyncio.create_task(emulator.restart(down_for=0.2)))
+
+    async with emulator:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=policy) as client:
+            result = await client.sendcloud.push_shipments(ids, chunk_size=20, max_concurrency=2, progress=restart_once)
+        await restarts[0]
+    assert emulator.restarts == 1
+    assert result.ok
+    assert result.summary.total_orders == 200
+    assert_every_id_accounted_once(result, ids, emulator)
+
+
 async def test_bad_ids_are_refused_before_the_stream_starts(
     client: WemasyClient, wemasy_emulator: WemasyEmulator
 ) -> None:
@@ -489,6 +552,28 @@ async def test_a_poison_order_is_isolated_and_the_good_ones_are_queued(wemasy_em
     assert statuses.count(500) <= 2 + 9  # the chunk and its retry, then one half per level
     assert len(statuses) <= 1 + 2 + 2 * 9  # the good chunk, the poisoned one, two probes per level
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_probe_that_meets_a_429_waits_for_the_window_like_any_call(wemasy_emulator: WemasyEmulator) -> None:
+    """A bisection probe is sent once, but a 429 is not a failure: it waits for the budget and goes again,
+    so only the poison id fails, not the half the 429 met."""
+    wemasy_emulator.poison_order_ids = {11}
+    throttled = CannedResponse(429, {"error": True, "message": "Too Many Attempts."}, {"Retry-After": "0"})
+
+    def after_the_good_chunk(done: int, total: int) -> None:
+        # The poisoned chunk and its retry (500), then a 429 for the first probe.
+        if done == 8:
+            wemasy_emulator.inject(Fault.SERVER_ERROR, Fault.SERVER_ERROR, throttled)
+
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    ids = list(range(1, 17))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        result = await client.sendcloud.push_shipments(
+            ids, chunk_size=8, max_concurrency=1, progress=after_the_good_chunk
+        )
+    assert 429 in [r.status for r in wemasy_emulator.requests]
+    assert result.failed_order_ids == (11,)
+    assert sorted(wemasy_emulator.queued) == [i for i in ids if i != 11]
 
 
 async def test_no_bisection_while_the_server_fails_everything(wemasy_emulator: WemasyEmulator) -> None:

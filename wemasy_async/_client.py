@@ -280,6 +280,7 @@ class WemasyClient:
         policy = self.retry if retry is None else retry
         waited = 0.0  # backoff waits, and waits after 429s that named no time
         ambiguous = False
+        first_failure_at: float | None = None  # when this call first failed (retries ride out an outage from then)
         attempt = sends = 1
         while True:
             failure: RawResponse | APIConnectionError
@@ -342,12 +343,12 @@ class WemasyClient:
             except DeadlineExceededError:
                 raise
             except APIConnectionError as exc:
-                failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
+                failure, cause, retry_after = exc, type(exc).__name__, 0.0
             else:
                 if status < 300 or not policy.retries_status(status):
                     return Exchange(response, ambiguous)
                 failure, cause = response, str(status)
-                if status == 429 and policy.max_attempts > 1:
+                if status == 429 and policy.wait_on_rate_limit:
                     # The gate holds every caller until then; this call just queues again, using no attempt.
                     # A wait the server names is refused when it is longer than max_wait; waits it does not
                     # name add up to at most max_wait.
@@ -361,11 +362,16 @@ class WemasyClient:
                     sends += 1
                     self._count_retry(sends, gate, cause, method, path)
                     continue
-                delay = max(policy.backoff(attempt, self._random), hints.retry_after or 0.0)
+                retry_after = hints.retry_after or 0.0
+            now = time.monotonic()
+            if first_failure_at is None:
+                first_failure_at = now
+            until_deadline = None if deadline_at is None else deadline_at - now
+            delay = max(policy.delay(attempt, now - first_failure_at, self._random, until_deadline), retry_after)
             if (
                 attempt >= policy.max_attempts
                 or waited + delay > policy.max_wait
-                or (deadline_at is not None and time.monotonic() + delay >= deadline_at)
+                or (until_deadline is not None and delay >= until_deadline)
             ):
                 if isinstance(failure, APIConnectionError):
                     raise failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import attrs
@@ -24,7 +25,8 @@ from .._types import NOT_GIVEN, Timeout
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
 
-#: A bisection probe (see _batching) is sent once: its answer is the point.
+#: A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about the
+#: ids: the probe waits for the budget and goes again, as any call does.
 _PROBE = RetryPolicy(max_attempts=1)
 
 STATUS_PATH = "/services/webshop/v1/integrations/sendcloud/status"
@@ -78,6 +80,11 @@ class SendcloudResource:
         chunks complete. With ``strict=True`` any rejected or failed id raises :class:`PushFailedError`,
         which carries the full result.
 
+        If the call is cancelled (``task.cancel()``, ``asyncio.timeout``), nothing more is sent and the
+        ``CancelledError`` carries the batch's result so far in ``.result`` (under ``asyncio.timeout`` it is
+        the ``TimeoutError``'s ``__cause__``): ids of requests under way in ``.result.in_doubt``, the rest in
+        ``.result.not_sent``. :meth:`iter_push_shipments` hands out each chunk as it completes instead.
+
         A push is safe to repeat: the server reports an already-queued order as skipped. If a request was
         re-sent after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
 
@@ -94,9 +101,15 @@ class SendcloudResource:
             timeout=timeout,
             deadline=deadline,
         )
-        async with stream:
-            async for _ in stream:
-                pass
+        try:
+            async with stream:
+                async for _ in stream:
+                    pass
+        except asyncio.CancelledError as cancelled:
+            # Cancelled (task.cancel(), asyncio.timeout): the stream has stopped sending; what the batch did
+            # goes with the CancelledError, so no id is lost (asyncio.timeout's TimeoutError has it as cause).
+            cancelled.result = stream.result()  # type: ignore[attr-defined]
+            raise
         result = stream.result()
         if not stream.total:
             result = attrs.evolve(result, message="no order ids given")
