@@ -134,14 +134,14 @@ async def test_the_servers_maximum_is_learned_once_for_the_whole_batch(
     client: WemasyClient, wemasy_emulator: WemasyEmulator
 ) -> None:
     """A server taking at most 300 ids, chunks of 500: one 422 teaches the batch the server's number (from
-    its message), and every later chunk goes in parts of 300 or fewer, without another 422."""
+    its message), and every later chunk is cut at 300, without another 422 (not 300 + 200 per 500)."""
     ids = list(range(1, 3001))
     result = await client.sendcloud.push_shipments(ids, chunk_size=500, max_concurrency=1)
     assert result.ok
     statuses = [r.status for r in wemasy_emulator.requests]
     assert statuses.count(422) == 1
-    assert statuses.count(200) == 12  # 300 + 200 for each of the six chunks
-    assert max(len(r.order_ids or ()) for r in wemasy_emulator.requests if r.status == 200) == 300
+    sizes = [len(r.order_ids or ()) for r in wemasy_emulator.requests if r.status == 200]
+    assert sizes == [300, 200] + [300] * 8 + [100]  # the first chunk in two parts, then chunks of 300
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
 
 
@@ -574,6 +574,24 @@ async def test_a_probe_that_meets_a_429_waits_for_the_window_like_any_call(wemas
     assert 429 in [r.status for r in wemasy_emulator.requests]
     assert result.failed_order_ids == (11,)
     assert sorted(wemasy_emulator.queued) == [i for i in ids if i != 11]
+
+
+@pytest.mark.wemasy_emulator(limit=100_000)
+async def test_the_bisection_budget_grows_with_the_batch(wemasy_emulator: WemasyEmulator) -> None:
+    """A batch may spend a tenth of its chunks' requests isolating poison ids (at least 64): 1,000 chunks
+    of 8 with 14 poison ids need 84 probes, and every poison id, and only they, fail."""
+    poison = {8 * k + 5 for k in range(10, 1000, 70)}
+    assert len(poison) == 15
+    poison.discard(max(poison))
+    wemasy_emulator.poison_order_ids = poison
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    ids = list(range(1, 8001))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        result = await client.sendcloud.push_shipments(ids, chunk_size=8, max_concurrency=4)
+    assert set(result.failed_order_ids) == poison
+    probes = len(wemasy_emulator.requests) - 1000 - len(poison)  # each chunk once, a poisoned one twice
+    assert 64 < probes <= 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
 
 
 async def test_no_bisection_while_the_server_fails_everything(wemasy_emulator: WemasyEmulator) -> None:

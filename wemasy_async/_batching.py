@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import operator
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Protocol
 
@@ -196,7 +196,8 @@ class BatchState:
     #: Requests answered 200, and whether the last chunk the batch finished went through.
     successes: int = 0
     last_chunk_ok: bool = False
-    #: Requests the batch may still spend isolating ids that make the server fail (see push_chunk).
+    #: Requests the batch may still spend isolating ids that make the server fail (see push_chunk): a tenth
+    #: of its chunks' requests, at least 64 (a poison id in a chunk of 500 costs about 18).
     bisect_budget: int = 64
 
     def stop(self, error: WemasyError) -> None:
@@ -403,8 +404,12 @@ class _Feed:
     ``async for`` left with ``break``) is collected at once and cancels them."""
 
     def __init__(self, ids: list[int], chunk_size: int, push_once: PushOnce, batch: BatchState) -> None:
-        self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
         self.batch = batch
+        #: Chunks handed out so far, and whether the last of them has been: the stream is over when it has
+        #: been and each of them has been read.
+        self.produced = 0
+        self.exhausted = not ids
+        self.chunks = self._chunks(ids, chunk_size)
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
@@ -412,6 +417,18 @@ class _Feed:
         self.in_flight: dict[int, list[int]] = {}
         #: What chunks cancelled under way had done (see push_chunk), by index.
         self.partial: dict[int, PushResult] = {}
+
+    def _chunks(self, ids: list[int], chunk_size: int) -> Iterator[list[int]]:
+        # Once the batch has learned the server's maximum ids per request, later chunks are cut at that size
+        # (a server taking 300: chunks of 300, not 300 + 200 for each 500).
+        size_limit, start, end = self.batch.size_limit, 0, len(ids)
+        while start < end:
+            size = chunk_size if size_limit.most is None else min(chunk_size, size_limit.most)
+            chunk = ids[start : start + size]
+            start += size
+            self.produced += 1
+            self.exhausted = start >= end
+            yield chunk
 
 
 async def _work(feed: _Feed) -> None:
@@ -458,13 +475,17 @@ class PushStream:
         #: Distinct ids in the batch, and how many have an outcome so far.
         self.total = len(ids)
         self.done = 0
-        self._count = -(-len(ids) // chunk_size)
+        # Chunks the batch starts with (more once it learns a lower server maximum).
+        count = -(-len(ids) // chunk_size)
+        #: A batch of one chunk keeps its response's JSON in the result's ``raw``.
+        self._single = count == 1
         self._progress = progress
-        self._feed = _Feed(ids, chunk_size, push_once, BatchState(stop_when_unreachable=stop_when_unreachable))
+        batch = BatchState(stop_when_unreachable=stop_when_unreachable, bisect_budget=max(64, count // 10))
+        self._feed = _Feed(ids, chunk_size, push_once, batch)
         self._results: list[tuple[int, PushResult]] = []
         self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
         self._received = 0
-        self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, self._count))]
+        self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, count))]
 
     def __del__(self) -> None:
         # Dropped without aclose(), as after a bare `async for ... break`: stop sending.
@@ -475,7 +496,8 @@ class PushStream:
         return self
 
     async def __anext__(self) -> PushResult:
-        if self._received >= self._count:
+        feed = self._feed
+        if feed.exhausted and self._received >= feed.produced:
             await self.aclose()
             raise StopAsyncIteration
         index, outcome = await self._feed.queue.get()
@@ -484,7 +506,7 @@ class PushStream:
             await self.aclose()
             raise outcome
         # Kept for result(): the chunk's raw JSON goes with the chunk the caller gets, not into the batch.
-        self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
+        self._results.append((index, outcome if self._single else attrs.evolve(outcome, raw={})))
         self.done += (
             outcome.summary.total_orders
             + len(outcome.rejected)
@@ -520,12 +542,12 @@ class PushStream:
         while not feed.queue.empty():
             index, outcome = feed.queue.get_nowait()
             if isinstance(outcome, PushResult):
-                self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
+                self._results.append((index, outcome if self._single else attrs.evolve(outcome, raw={})))
         for index, chunk in sorted(feed.in_flight.items()):
             done = feed.partial.get(index)
             if done is None:
                 done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
-            self._left.append((index, done if self._count == 1 else attrs.evolve(done, raw={})))
+            self._left.append((index, done if self._single else attrs.evolve(done, raw={})))
         feed.in_flight.clear()
         for chunk in feed.chunks:
             self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
