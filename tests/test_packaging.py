@@ -17,8 +17,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -162,32 +160,37 @@ def test_pytest_starts_without_the_sdk_and_the_fixture_brings_it(tmp_path: Path)
     assert re.search(r"^2 passed in ", result.stdout, flags=re.MULTILINE), result.stdout
 
 
-def _readme_pytest_example() -> str:
-    """The README's pytest example: the first Python fence after "With pytest"."""
+def _readme_pytest_example() -> tuple[str, str]:
+    """The README's pytest example (the first Python fence after "With pytest") and the pyproject.toml lines
+    it shows for asyncio_mode=auto (the TOML fence after it)."""
     testing = _section("## Testing your code: the emulator")
-    (example, *_) = _fenced_blocks(testing[testing.index("With pytest") :], "python")
-    return example
+    after = testing[testing.index("With pytest") :]
+    return _fenced_blocks(after, "python")[0], _fenced_blocks(after, "toml")[0]
 
 
-@pytest.mark.parametrize(
-    ("ini", "drop_marker"),
-    [
-        pytest.param("[pytest]\n", False, id="as-written"),
-        pytest.param("[pytest]\nasyncio_mode = auto\n", True, id="auto-mode-without-the-marker"),
-    ],
-)
-def test_the_readme_pytest_example_runs_in_a_users_project(tmp_path: Path, ini: str, drop_marker: bool) -> None:
-    """The README's example, in a directory with a user's own pytest.ini (none of this project's settings),
-    with the plugins installed in this environment loaded as pytest loads them for a user."""
-    example = _readme_pytest_example()
-    if drop_marker:  # the README says the marker can go in auto mode: check it can
-        marker = next(line for line in example.splitlines() if line.startswith("@pytest.mark.asyncio"))
-        example = example.replace(marker + "\n", "")
-    (tmp_path / "pytest.ini").write_text(ini, encoding="utf-8")
+def test_the_readme_pytest_example_runs_as_written_in_a_users_project(tmp_path: Path) -> None:
+    """The README's example, in a directory with a user's own bare pytest.ini (none of this project's
+    settings), with the plugins installed in this environment loaded as pytest loads them for a user."""
+    example, _ = _readme_pytest_example()
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     (tmp_path / "test_readme_example.py").write_text(example, encoding="utf-8")
     result = _pytest_in(tmp_path, "test_readme_example.py")
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^1 passed in ", result.stdout, flags=re.MULTILINE), result.stdout
+
+
+def test_the_readme_pytest_example_runs_without_its_marker_under_the_readmes_auto_mode(tmp_path: Path) -> None:
+    """The README says the asyncio marker can go with the pyproject.toml lines it shows, and that those
+    lines keep pytest-asyncio quiet: a user's pyproject.toml of just those lines, the example less its marker."""
+    example, config = _readme_pytest_example()
+    (marker,) = (line for line in example.splitlines() if line.startswith("@pytest.mark.asyncio"))
+    (tmp_path / "pyproject.toml").write_text(config, encoding="utf-8")
+    (tmp_path / "test_readme_example.py").write_text(example.replace(marker + "\n", ""), encoding="utf-8")
+    result = _pytest_in(tmp_path, "test_readme_example.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^1 passed in ", result.stdout, flags=re.MULTILINE), result.stdout
+    assert "configfile: pyproject.toml" in _pytest_in(tmp_path, "--co", "-v").stdout
+    assert "Warning" not in result.stdout + result.stderr
 
 
 # --- the README's two commands and CI ------------------------------------------------------------------
