@@ -95,6 +95,7 @@ def test_the_sdist_holds_the_license_the_examples_and_what_the_tests_need(tmp_pa
         "README.md",
         "pyproject.toml",
         "noxfile.py",
+        ".ci/run",
         "examples/quickstart.py",
         f"{PLUGIN_MODULE}.py",
         "wemasy_async/__init__.py",
