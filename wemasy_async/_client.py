@@ -69,14 +69,14 @@ class _Connection:
     whether the client made it), the transport over it, the event loop they belong to, and whether the
     client they came from is closed. Made once per client made with ``WemasyClient(...)``."""
 
-    __slots__ = ("closed", "loop", "owns_session", "proxy", "proxy_auth", "session", "transport")
+    __slots__ = ("closed", "loop", "owns_session", "proxy", "proxy_headers", "session", "transport")
 
     def __init__(self, session: aiohttp.ClientSession | None) -> None:
         self.session = session
         self.owns_session = session is None
         #: The proxy a session the client makes goes through (from the environment), and its credentials.
         self.proxy: URL | None = None
-        self.proxy_auth: aiohttp.BasicAuth | None = None
+        self.proxy_headers: dict[str, str] | None = None
         self.transport: AiohttpTransport | None = None
         #: The event loop the session belongs to: the one running when the client was first used.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -200,7 +200,7 @@ class WemasyClient:
         self._random = random.Random()
         self._conn = _Connection(session)
         if session is None and trust_env:
-            self._conn.proxy, self._conn.proxy_auth = _environment_proxy(self.base_url)
+            self._conn.proxy, self._conn.proxy_headers = _environment_proxy(self.base_url)
         self._is_copy = False
         self._transport_cache: AiohttpTransport | None = None
         self._prepared: dict[tuple[str, str], PreparedRequest] = {}
@@ -301,9 +301,16 @@ class WemasyClient:
             if conn.session is None:
                 # Our own session carries the auth headers and timeout, so calls need not repeat them. It
                 # never follows redirects and is never handed out, so the token goes nowhere else.
-                session_headers = authorized_request(
-                    "GET", self.base_url, None, token=self._token, user_agent=self.user_agent
-                ).headers
+                session_headers = dict(
+                    authorized_request(
+                        "GET", self.base_url, None, token=self._token, user_agent=self.user_agent
+                    ).headers
+                )
+                if conn.proxy is not None:
+                    # aiohttp adds a session's headers to those it sends the proxy, and sends an Authorization
+                    # among them as Proxy-Authorization: the token would go to the proxy (in the clear in
+                    # the CONNECT of an https call). Through a proxy, each request carries the token itself.
+                    del session_headers["Authorization"]
                 timeout = self.timeout
                 conn.session = aiohttp.ClientSession(
                     headers=session_headers,
@@ -317,7 +324,7 @@ class WemasyClient:
                     session_headers=session_headers,
                     session_timeout=timeout,
                     proxy=conn.proxy,
-                    proxy_auth=conn.proxy_auth,
+                    proxy_headers=conn.proxy_headers,
                 )
             else:
                 conn.transport = AiohttpTransport(conn.session)
@@ -655,7 +662,7 @@ def _retry_policy(current: RetryPolicy, retry: RetryPolicy | None, max_retries: 
     return current
 
 
-def _environment_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+def _environment_proxy(base_url: str) -> tuple[URL | None, dict[str, str] | None]:
     """The proxy for ``base_url`` that ``HTTPS_PROXY``/``HTTP_PROXY`` name, unless ``NO_PROXY`` lists its host
     (as urllib, requests and httpx read them), with the credentials it holds; ``(None, None)`` for none.
 
@@ -682,4 +689,7 @@ def _environment_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | N
             f"{variable} (from the environment) is not a usable http:// proxy URL; fix it, list "
             f"{host} in NO_PROXY, or pass trust_env=False"
         )
-    return proxy_url.with_user(None), aiohttp.BasicAuth.from_url(proxy_url)
+    auth = aiohttp.BasicAuth.from_url(proxy_url)
+    # aiohttp moves an Authorization among the proxy's headers to Proxy-Authorization: on the request itself
+    # for http://, on the CONNECT for https:// (its proxy_auth= does the same, but is deprecated).
+    return proxy_url.with_user(None), None if auth is None else {"Authorization": auth.encode()}

@@ -30,8 +30,9 @@ class AiohttpTransport:
     ``session_headers`` and ``session_timeout`` say what a session the client made itself already sends
     with every request; only what differs is passed per request, since aiohttp's per-request merging of
     headers and options costs as much as the rest of the SDK's work on a call. A caller's session gets
-    everything per request. ``proxy`` (and ``proxy_auth``) is the proxy a session the client made goes
-    through, read from the environment once when it was made; a caller's session keeps its own settings.
+    everything per request. ``proxy`` (and ``proxy_headers``, its credentials) is the proxy a session the
+    client made goes through, read from the environment once when it was made; a caller's session keeps its
+    own settings.
 
     No frame of :meth:`send` holds a mapping with the token, and no error it raises is chained to an
     aiohttp exception (whose ``request_info`` holds the request headers): crash reporters record both.
@@ -44,14 +45,14 @@ class AiohttpTransport:
         session_headers: Mapping[str, str] | None = None,
         session_timeout: float | aiohttp.ClientTimeout | None = None,
         proxy: URL | None = None,
-        proxy_auth: aiohttp.BasicAuth | None = None,
+        proxy_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.session = session
         #: What the session sends with every request already (None for a caller's session).
         self.session_headers = session_headers
         self._session_timeout = session_timeout
         self._proxy = proxy
-        self._proxy_auth = proxy_auth
+        self._proxy_headers = proxy_headers
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     def _client_timeout(self, timeout: float | aiohttp.ClientTimeout | None) -> aiohttp.ClientTimeout:
@@ -67,36 +68,32 @@ class AiohttpTransport:
 
     async def send(self, request: PreparedRequest, *, timeout: float | aiohttp.ClientTimeout | None) -> RawResponse:
         """One HTTP exchange; ``timeout`` in seconds (``None``: no limit) or an ``aiohttp.ClientTimeout``."""
+        # The headers that differ from the session's are worked out inside the call, so that no local of
+        # this frame holds a mapping with the token.
         if self.session_headers is not None:
             if timeout == self._session_timeout:
-                client_timeout = None
-                if request.headers is self.session_headers:  # the client's cached body-less requests share it
-                    extra = None
-                else:
-                    extra = _differences(request.headers, self.session_headers)
-            else:
-                client_timeout = self._client_timeout(timeout)
-                extra = _differences(request.headers, self.session_headers)
-            if client_timeout is None:
                 context = self.session.request(
                     request.method,
                     request.url,
-                    headers=extra,
+                    # the client's cached body-less requests share the session's headers object
+                    headers=None
+                    if request.headers is self.session_headers
+                    else _differences(request.headers, self.session_headers),
                     data=request.body,
                     allow_redirects=False,
                     proxy=self._proxy,
-                    proxy_auth=self._proxy_auth,
+                    proxy_headers=self._proxy_headers,
                 )
             else:
                 context = self.session.request(
                     request.method,
                     request.url,
-                    headers=extra,
+                    headers=_differences(request.headers, self.session_headers),
                     data=request.body,
                     allow_redirects=False,
-                    timeout=client_timeout,
+                    timeout=self._client_timeout(timeout),
                     proxy=self._proxy,
-                    proxy_auth=self._proxy_auth,
+                    proxy_headers=self._proxy_headers,
                 )
         else:
             context = self.session.request(
