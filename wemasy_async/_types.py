@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import TYPE_CHECKING, Final, Union
+
+if TYPE_CHECKING:  # aiohttp is imported where requests are sent, not to name a type
+    from aiohttp import ClientTimeout
 
 __all__ = ["NOT_GIVEN", "NotGiven", "Timeout"]
 
@@ -19,5 +22,6 @@ class NotGiven(enum.Enum):
 
 NOT_GIVEN: Final = NotGiven.NOT_GIVEN
 
-#: Seconds for one HTTP exchange; ``None`` for no limit; ``NOT_GIVEN`` for the client's default.
-Timeout = float | None | NotGiven
+#: Seconds for one HTTP exchange, or an ``aiohttp.ClientTimeout`` (its ``total``, ``connect``, ``sock_read``
+#: limits); ``None`` for no limit; ``NOT_GIVEN`` for the client's default.
+Timeout = Union[float, "ClientTimeout", None, NotGiven]  # Union: a string cannot go in an X | Y union
