@@ -16,6 +16,7 @@ from wemasy_async import (
     APIConnectionError,
     AuthenticationError,
     ClientClosedError,
+    ConfigurationError,
     InvalidOrderIdError,
     PermissionDeniedError,
     PushDetails,
@@ -361,6 +362,18 @@ async def test_a_restart_inside_a_batch_is_ridden_out(wemasy_emulator: WemasyEmu
     assert result.ok
     assert result.summary.total_orders == 200
     assert_every_id_accounted_once(result, ids, emulator)
+
+
+async def test_a_bad_timeout_is_refused_once_before_any_request(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A per-call option the client refuses is the caller's mistake: raised at the call, not recorded as a
+    failure of every chunk."""
+    with pytest.raises(ConfigurationError, match="timeout"):
+        await client.sendcloud.push_shipments(range(1, 1001), timeout="30")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="timeout"):
+        client.sendcloud.iter_push_shipments([1, 2], timeout=-1)
+    assert wemasy_emulator.requests == []
 
 
 async def test_bad_ids_are_refused_before_the_stream_starts(

@@ -176,8 +176,9 @@ class SizeLimit:
         return True
 
 
-#: Errors that would fail every request of a batch alike: the batch sends nothing more after the first.
-BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError, ClientClosedError)
+#: Errors that would fail every request of a batch alike: the batch sends nothing more after the first (a
+#: UsageError is a mistake in the call, such as an option the client refuses, raised before sending).
+BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError, ClientClosedError, UsageError)
 
 
 @attrs.define

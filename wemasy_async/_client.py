@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import random
 import time
@@ -53,7 +52,7 @@ from ._retry import NO_RETRIES, RetryPolicy
 from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport
-from ._types import NOT_GIVEN, NotGiven, Timeout
+from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
 from .resources.sendcloud import SendcloudResource
 
 __all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_timeout"]
@@ -594,27 +593,6 @@ def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> 
         return RedisBudget(redis_url, base_url, token, **options)
     except ValueError:  # its text may repeat the URL, password and all
         raise ConfigurationError("redis_url is not a usable Redis URL (redis://[:password@]host:port/db)") from None
-
-
-def _is_seconds(value: object) -> bool:
-    """A positive, finite number of seconds (a bool is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
-
-
-def checked_timeout(timeout: object) -> float | aiohttp.ClientTimeout | None:
-    """``timeout`` if it is one: positive seconds, an ``aiohttp.ClientTimeout`` whose limits are positive
-    seconds or None, or ``None`` (no limit); else a :class:`ConfigurationError` naming it."""
-    if timeout is None or isinstance(timeout, aiohttp.ClientTimeout):
-        for name in ("total", "connect", "sock_read", "sock_connect"):
-            value = getattr(timeout, name, None)
-            if value is not None and not _is_seconds(value):
-                raise ConfigurationError(f"timeout's {name} must be positive seconds or None, got {value!r}")
-        return timeout
-    if _is_seconds(timeout):
-        return timeout  # type: ignore[return-value]  # _is_seconds said it is an int or float
-    raise ConfigurationError(
-        f"timeout must be positive seconds, an aiohttp.ClientTimeout, or None for no limit; got {timeout!r}"
-    )
 
 
 def _total_seconds(timeout: float | aiohttp.ClientTimeout | None) -> float | None:

@@ -21,7 +21,7 @@ from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
 from .._retry import RetryPolicy
 from .._sender import Deadline, Sender
-from .._types import NOT_GIVEN, Timeout
+from .._types import NOT_GIVEN, Timeout, checked_timeout
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
 
@@ -152,6 +152,8 @@ class SendcloudResource:
             raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
 
         deadline_at = self._client.deadline_at(deadline)
+        if timeout is not NOT_GIVEN:
+            checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
         async def push_once(chunk: list[int], *, retry: bool = True) -> PushResult:
             exchange = await self._client._send(
