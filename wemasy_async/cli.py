@@ -82,9 +82,9 @@ class IdCount:
     """Counts the ids read so far and refuses more than ``maximum`` (in one range or in all) unless
     ``allowed``. It counts whole ranges at once, before reading them, so nothing is read or sent first."""
 
-    def __init__(self, *, allowed: bool, maximum: int = MAX_IDS_WITHOUT_YES, flag: str | None = "--yes") -> None:
+    def __init__(self, *, allowed: bool, maximum: int | None = None, flag: str | None = "--yes") -> None:
         self.allowed = allowed
-        self.maximum = maximum
+        self.maximum = MAX_IDS_WITHOUT_YES if maximum is None else maximum
         self.flag = flag
         self.count = 0
 
