@@ -569,6 +569,16 @@ def test_a_missing_token_is_told_in_the_command_lines_words(
         ),
         ("timeout must be positive seconds or None, got 0", "--timeout must be positive seconds, got 0"),
         ("chunk_size must be a positive int, got 0", "--chunk-size must be a positive int, got 0"),
+        (
+            "The rate limit's gate is closed for 300 s, longer than this call waits (RetryPolicy.max_wait=120 s).",
+            "The rate limit's gate is closed for 300 s, longer than this call waits (at most 120 s).",
+        ),
+        (
+            "HTTPS_PROXY (from the environment) is not a usable http:// proxy URL; fix it, list api.wemasy.nl in "
+            "NO_PROXY, or pass trust_env=False",
+            "HTTPS_PROXY (from the environment) is not a usable http:// proxy URL; fix it, list api.wemasy.nl in "
+            "NO_PROXY, or unset it",
+        ),
     ],
 )
 def test_client_messages_are_put_in_the_command_lines_words(message: str, expected: str) -> None:

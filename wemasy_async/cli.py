@@ -59,6 +59,11 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 #: would otherwise queue a hundred million shipments).
 MAX_IDS_WITHOUT_YES: Final = 1_000_000
 
+_EXIT_CODES: Final = (
+    "Exit codes: 0 done, 1 some ids rejected or failed, 2 usage, configuration or auth, 3 API unreachable or "
+    "failing, 130 interrupted."
+)
+
 #: What ``status`` prints instead of a secret value.
 HIDDEN: Final = "<hidden: use --show-secrets>"
 
@@ -88,14 +93,13 @@ class IdCount:
         self.flag = flag
         self.count = 0
 
-    def add(self, size: int, what: str, where: str) -> None:
-        self.count += size
-        if self.allowed:
-            return
-        if size > self.maximum:
+    def add_range(self, size: int, what: str, where: str) -> None:
+        if not self.allowed and size > self.maximum:
             raise UsageError(f"{what} ({where}) holds {size:,} ids, more than {self.maximum:,}{self._hint()}")
-        if self.count > self.maximum:
-            raise UsageError(f"more than {self.maximum:,} ids in all (at {where}){self._hint()}")
+        self.count += size
+
+    def too_many(self, where: str) -> UsageError:
+        return UsageError(f"more than {self.maximum:,} ids in all (at {where}){self._hint()}")
 
     def _hint(self) -> str:
         return f": give {self.flag} to push them all" if self.flag else ""
@@ -111,21 +115,30 @@ def _ids_from_lines(lines: Iterable[str], where: Callable[[int], str], count: Id
             raise UsageError(
                 f"{where(number)} holds NUL characters: is it UTF-16 without a byte-order mark? Save it as UTF-8"
             )
-        for part in line.replace(",", " ").split():
-            match = _ID_OR_RANGE.fullmatch(part)
-            try:
-                low = int(match[1]) if match else 0
-                high = int(match[2]) if match and match[2] else low
-            except ValueError:  # more digits than int() reads: no order id is that long
-                low = high = 0
-            if low < 1 or high < low:
-                raise UsageError(f"not an order id or a range like 1-5000: {part!r} ({where(number)})")
-            if match and match[2]:
-                count.add(high - low + 1, f"the range {part}", where(number))
-                yield from range(low, high + 1)
+        for part in line.replace(",", " ").split() if "," in line else line.split():
+            if part.isdigit() and part.isascii() and len(part) < 20 and part.strip("0"):
+                # One id, the common case: kept cheap for a million-line file.
+                count.count += 1
+                yield int(part)
             else:
-                count.add(1, part, where(number))
+                match = _ID_OR_RANGE.fullmatch(part)
+                try:
+                    low = int(match[1]) if match else 0
+                    high = int(match[2]) if match and match[2] else low
+                except ValueError:  # more digits than int() reads: no order id is that long
+                    low = high = 0
+                if low < 1 or high < low:
+                    raise UsageError(f"not an order id or a range like 1-5000: {part!r} ({where(number)})")
+                if match and match[2]:
+                    count.add_range(high - low + 1, f"the range {part}", where(number))
+                    if count.count > count.maximum and not count.allowed:
+                        raise count.too_many(where(number))
+                    yield from range(low, high + 1)
+                    continue
+                count.count += 1
                 yield low
+            if count.count > count.maximum and not count.allowed:
+                raise count.too_many(where(number))
 
 
 def _decoded_lines(binary: IO[bytes], name: str) -> Iterator[str]:
@@ -331,7 +344,7 @@ def _print_result(result: PushResult, out: TextIO) -> None:
     for rejection in result.rejected:
         print(f"rejected {rejection.order_id}: {rejection.message}", file=out)
     for failure in result.failed:
-        print(f"failed {len(failure.order_ids)} ids: {failure.error}", file=out)
+        print(f"failed {len(failure.order_ids)} ids: {cli_message(str(failure.error))}", file=out)
     if result.in_doubt:
         print(f"in doubt: {len(result.in_doubt)} ids (under way when the push stopped)", file=out)
     if result.not_sent:
@@ -369,6 +382,8 @@ _CLI_WORDS = (
     (re.compile(r"\bmax_attempts\b"), "--max-attempts"),
     (re.compile(r"^timeout\b"), "--timeout"),
     (re.compile(r" or None\b"), ""),
+    (re.compile(r"\(RetryPolicy\.max_wait=([\d.]+) s\)"), r"(at most \1 s)"),
+    (re.compile(r"\bor pass trust_env=False"), "or unset it"),
 )
 
 
@@ -478,7 +493,7 @@ async def _push_and_report(
         print(f"wemasy-async: {stopped_by} (check the token: --token or ${TOKEN_ENV_VAR})", file=sys.stderr)
         return EXIT_USAGE, result
     if stopped_by is not None:  # the server could not be reached, or the client was closed
-        print(f"wemasy-async: the push stopped: {stopped_by}", file=sys.stderr)
+        print(f"wemasy-async: the push stopped: {cli_message(str(stopped_by))}", file=sys.stderr)
         return EXIT_API, result
     return (EXIT_OK if result.ok else EXIT_INCOMPLETE), result
 
@@ -581,7 +596,7 @@ async def _demo(args: argparse.Namespace) -> int:
 # --- the parser --------------------------------------------------------------------------------------
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default: the value argparse has, ``off`` for a flag, or the
     help's own words where it says ``default`` itself (a default read from the environment)."""
 
@@ -628,29 +643,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wemasy-async",
         description="The Wemasy API from the command line: SendCloud status, shipment pushes, an emulator.",
-        epilog=(
-            "Exit codes: 0 done, 1 some ids rejected or failed, 2 usage or auth, 3 API failure, 130 interrupted.\n"
-            f"{LOG_ENV_VAR}=debug (or info) writes the library's log to stderr, as -v does."
-        ),
+        epilog=(f"{_EXIT_CODES} {LOG_ENV_VAR}=debug (or info) writes the library's log to stderr, as -v does."),
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False, formatter_class=formatter)
-    common.add_argument("--token", help=f"API token (default: ${TOKEN_ENV_VAR})")
-    common.add_argument("--base-url", help=f"API base URL (default: ${BASE_URL_ENV_VAR}, else the real API)")
+    common.add_argument("--token", metavar="TOKEN", help=f"API token (default: ${TOKEN_ENV_VAR})")
+    common.add_argument(
+        "--base-url", metavar="URL", help=f"API base URL (default: ${BASE_URL_ENV_VAR}, else the real API)"
+    )
     common.add_argument(
         "--allow-insecure-http",
         action="store_true",
         help="allow a plain http:// base URL that is not loopback (the token then travels unencrypted; only "
         "behind a trusted proxy that terminates TLS)",
     )
-    common.add_argument("--timeout", type=_SECONDS, default=30.0, help="seconds per HTTP exchange")
+    common.add_argument("--timeout", type=_SECONDS, metavar="SECONDS", default=30.0, help="seconds per HTTP exchange")
     common.add_argument(
-        "--window-seconds", type=_SECONDS, default=60.0, help="the server's rate-limit window, in seconds"
+        "--window-seconds",
+        type=_SECONDS,
+        default=60.0,
+        metavar="SECONDS",
+        help="the server's rate-limit window, in seconds",
     )
-    common.add_argument("--max-attempts", type=_COUNT, default=6, help="sends per request, retries included")
+    common.add_argument(
+        "--max-attempts", type=_COUNT, metavar="N", default=6, help="sends per request, retries included"
+    )
     common.add_argument(
         "--redis-url",
+        metavar="URL",
         help="share the token's rate-limit budget with every process on this Redis (default: "
         f'${REDIS_URL_ENV_VAR}, else none; needs "wemasy-async[redis]")',
     )
@@ -679,12 +700,19 @@ def _parser() -> argparse.ArgumentParser:
         help="push orders to SendCloud shipments",
         formatter_class=formatter,
         description="Push order ids to SendCloud shipments. Ids come as arguments, from --file, or both; "
-        "a file may be UTF-8 (with or without a BOM) or UTF-16 with a BOM (as PowerShell writes it).",
+        "a file may be UTF-8 (with or without a BOM) or UTF-16 with a BOM (as PowerShell writes it). A bad id "
+        f"is named with its file and line, and more than {MAX_IDS_WITHOUT_YES:,} ids need --yes; nothing is "
+        "sent until every id has been read. On a terminal, a progress bar on stderr shows the rate, the time "
+        "left and any wait for the rate-limit window.",
+        epilog=_EXIT_CODES,
     )
-    push.add_argument("ids", nargs="*", help="order ids and ranges: 12 1-5000 3,4,5 (default: none; see --file)")
+    push.add_argument(
+        "ids", nargs="*", metavar="ID", help="order ids and ranges: 12 1-5000 3,4,5 (default: none; see --file)"
+    )
     push.add_argument(
         "--file",
         "-f",
+        metavar="FILE",
         help="read ids from this file (one per line or comma-separated); - for standard input (default: none)",
     )
     push.add_argument(
@@ -694,14 +722,16 @@ def _parser() -> argparse.ArgumentParser:
         help=f"push more than {MAX_IDS_WITHOUT_YES:,} ids (in a range or in all) without refusing",
     )
     push.add_argument("--create-label", action="store_true", help="also create shipping labels")
-    push.add_argument("--chunk-size", type=_COUNT, default=DEFAULT_CHUNK_SIZE, help="ids per request")
-    push.add_argument("--concurrency", type=_COUNT, default=DEFAULT_CHUNK_CONCURRENCY, help="requests at once")
+    push.add_argument("--chunk-size", type=_COUNT, metavar="N", default=DEFAULT_CHUNK_SIZE, help="ids per request")
+    push.add_argument(
+        "--concurrency", type=_COUNT, metavar="N", default=DEFAULT_CHUNK_CONCURRENCY, help="requests at once"
+    )
     push.add_argument("--json", action="store_true", help="print one JSON document on stdout, and no progress bar")
     push.add_argument(
         "--failed-out", metavar="FILE", help="write the ids of failed requests here, to retry (default: none)"
     )
     push.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (there is none when stderr is not a terminal)"
+        "--no-progress", action="store_true", help="no progress bar; there is none anyway when stderr is not a terminal"
     )
 
     serve = commands.add_parser(
@@ -790,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wemasy-async: {error} (check the token: --token or ${TOKEN_ENV_VAR})", file=sys.stderr)
         return EXIT_USAGE
     except WemasyError as error:
-        print(f"wemasy-async: {error}", file=sys.stderr)
+        print(f"wemasy-async: {cli_message(str(error))}", file=sys.stderr)
         return EXIT_API
     except OSError as error:  # a port in use, a --failed-out that cannot be written
         print(f"wemasy-async: {error}", file=sys.stderr)
