@@ -5,6 +5,7 @@ an exception, and a bounded timeout cache."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import types
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -525,3 +526,39 @@ async def test_distinct_timeouts_leave_the_timeout_cache_bounded(wemasy_emulator
             transport._client_timeout(1.0 + i / 100_000)
         assert len(transport._timeouts) == TIMEOUT_CACHE_SIZE
         assert transport._client_timeout(7.5) is transport._client_timeout(7.5)  # still a cache
+
+
+def test_wemasy_log_switches_the_librarys_log_on_for_a_client_in_code() -> None:
+    """WEMASY_LOG=debug works for library users too, not only the command line: a client made in a program
+    logs each exchange to stderr, without the token."""
+    import subprocess
+    import sys
+    import textwrap
+
+    program = textwrap.dedent(
+        f"""
+        import asyncio
+        from wemasy_async import WemasyClient
+        from wemasy_async.testing import WemasyEmulator
+
+        async def main():
+            async with WemasyEmulator() as emulator:
+                async with WemasyClient(token={TOKEN!r}, base_url=emulator.base_url) as client:
+                    await client.sendcloud.status()
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "WEMASY_LOG": "debug"}
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "GET http://127.0.0.1" in done.stderr
+    assert TOKEN not in done.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "WEMASY_LOG"},
+        timeout=120,
+    )
+    assert quiet.stderr == ""

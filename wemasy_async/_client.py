@@ -31,6 +31,7 @@ from ._errors import (
     RateLimitError,
     UsageError,
 )
+from ._logging import setup_logging_from_env
 from ._protocol import (
     DEFAULT_BASE_URL,
     TOKEN_ENV_VAR,
@@ -155,6 +156,7 @@ class WemasyClient:
         user_agent: str | None = None,
         trust_env: bool = True,
     ) -> None:
+        setup_logging_from_env()  # WEMASY_LOG=debug|info: the library's log on stderr
         self._token = validate_token(token if token is not None else os.environ.get(TOKEN_ENV_VAR))
         self.base_url = normalize_base_url(
             base_url or os.environ.get(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL,
