@@ -46,6 +46,7 @@ __all__ = [
     "PushStream",
     "check_create_label",
     "merge_results",
+    "partial_result",
     "prepare_order_ids",
 ]
 
@@ -355,6 +356,33 @@ def _chunk_result(
     )
 
 
+def partial_result(error: BaseException) -> PushResult | None:
+    """The batch result an exception carries, or None: on the exception itself (a batch stopped by a 401,
+    403, closed client or dead server; ``PushFailedError``), or on one it was raised from or during (a
+    cancelled ``push_shipments()``: its ``CancelledError``, which Python 3.10 hands the awaiting caller
+    as the ``__context__`` of a new one, and which is the ``__cause__`` of ``asyncio.timeout``'s and
+    ``asyncio.wait_for``'s ``TimeoutError``).
+
+    >>> try:
+    ...     async with asyncio.timeout(60):
+    ...         result = await client.sendcloud.push_shipments(ids)
+    ... except TimeoutError as error:
+    ...     result = partial_result(error)  # in_doubt: under way; not_sent: never sent
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending and len(seen) < 64:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found = getattr(current, "result", None)
+        if isinstance(found, PushResult):
+            return found
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
+
+
 def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = ()) -> PushResult:
     """One result from many: summary and total_chunks summed, details and outcomes concatenated in order."""
     summaries = [r.summary for r in results]
@@ -485,6 +513,7 @@ class PushStream:
         self._feed = _Feed(ids, chunk_size, push_once, batch)
         self._results: list[tuple[int, PushResult]] = []
         self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
+        self._closed = False
         self._received = 0
         self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, count))]
 
@@ -498,6 +527,8 @@ class PushStream:
 
     async def __anext__(self) -> PushResult:
         feed = self._feed
+        if self._closed:
+            raise StopAsyncIteration  # as a closed async generator does
         if feed.exhausted and self._received >= feed.produced:
             await self.aclose()
             raise StopAsyncIteration
@@ -536,9 +567,19 @@ class PushStream:
         Nothing is lost: chunks already answered but not yet read join :meth:`result`, the ids of chunks
         that were under way go to its ``in_doubt`` (the server may have queued them), and those of chunks
         never begun to its ``not_sent``."""
+        if self._closed:
+            return
+        self._closed = True
         for worker in self._workers:
             worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        try:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        finally:
+            # Also when cancelled again while waiting (a second Ctrl-C): the account is made all the same,
+            # a chunk whose worker has not stopped yet counting as in doubt.
+            self._account_for_the_rest()
+
+    def _account_for_the_rest(self) -> None:
         feed = self._feed
         while not feed.queue.empty():
             index, outcome = feed.queue.get_nowait()

@@ -517,14 +517,18 @@ class WemasyClient:
             if first_failure_at is None:
                 first_failure_at = now
             until_deadline = None if deadline_at is None else deadline_at - now
-            delay = max(policy.delay(attempt, now - first_failure_at, self._random, until_deadline), retry_after)
+            room = policy.max_wait - waited
+            delay = max(policy.delay(attempt, now - first_failure_at, self._random, until_deadline, room), retry_after)
             if (
                 attempt >= policy.max_attempts
                 or waited + delay > policy.max_wait
                 or (until_deadline is not None and delay >= until_deadline)
             ):
                 if isinstance(failure, APIConnectionError):
-                    raise failure
+                    try:
+                        raise failure
+                    finally:
+                        failure.__context__ = None  # Python 3.10 would chain aiohttp's error (see the transport)
                 decipher_response(failure)  # raises the status's error
             attempt += 1
             sends += 1

@@ -143,7 +143,9 @@ class WindowBudget:
         self._settled = 0  # ...and how many of them have been settled
         self._in_flight = 0
         self._last_settled = -math.inf
-        self._unanswered_epoch = -2  # the last epoch in which a request went unanswered
+        self._unclear_epoch = -2  # the last epoch in which a request went unanswered or uncounted
+        self._first_sent = -math.inf  # when this epoch's first request of ours was sent
+        self._carried_in = 0  # requests in flight when this epoch began (sent in an earlier one)
         #: What showed the server's window to differ from ``window_seconds`` (first sign only), or None.
         self.mismatch: str | None = None
 
@@ -154,6 +156,8 @@ class WindowBudget:
         decision = self.peek(now)
         if decision is not None:
             return decision
+        if not self._sent:
+            self._first_sent = now
         self._granted += 1
         self._sent += 1
         self._in_flight += 1
@@ -216,6 +220,7 @@ class WindowBudget:
         self._window_end = window_end
         # Requests still in flight may land in the new window: count them there, to be safe.
         self._granted = carried
+        self._carried_in = self._in_flight
         self._others = others
         self._others_learned = 0
         self._answers = self._sent = self._settled = 0
@@ -250,7 +255,7 @@ class WindowBudget:
         """The request got no answer (dropped, timed out): it may have been counted, so it stays counted."""
         self._roll(now)
         if self._settle(ticket, now):
-            self._unanswered_epoch = self._epoch
+            self._unclear_epoch = self._epoch
 
     def answered(self, ticket: Ticket, now: float, status: int, hints: RateLimitHeaders) -> float:
         """Read one answer's status and rate-limit headers; return how long the gate is closed from now."""
@@ -273,6 +278,9 @@ class WindowBudget:
         if self._window_end is None:
             self._window_end = now + self.window_seconds
         if hints.remaining is None:
+            # No count (a proxy's page, which the server's throttle never saw): the answers no longer say how
+            # many requests the server counted.
+            self._unclear_epoch = self._epoch
             self._answers += 1
             return 0.0
         count = limit - hints.remaining
@@ -281,12 +289,15 @@ class WindowBudget:
             # new window since. It began before this answer, so its end is before now + window_seconds.
             # Its count so far includes this request of ours: booking it as ours (not as another
             # client's) keeps the count safe without mistaking ourselves for someone else.
-            lasted = now - (self._window_end - self.window_seconds)
+            # The server's last window began when a request of this epoch arrived (no one else was seen and
+            # none was carried in), so it lasted at most from our first send of the epoch until now.
+            lasted = now - self._first_sent
             if lasted < self.window_seconds / 2 and self._sole_and_clear():
                 # No one else opened it earlier than we thought: the server's window is this short.
                 self._mismatched(f"began anew {lasted:.3g} s into a window", lasted)
             self._new_epoch(window_end=now + self.window_seconds, carried=self._in_flight + count, others=0)
             self._answers = self._sent = self._settled = 1
+            self._carried_in += 1  # this request, sent in the last epoch, is in the new window
             return 0.0
         others = count - self._granted
         if others > self._others_learned:
@@ -312,10 +323,15 @@ class WindowBudget:
         self._others_before = others_before
 
     def _sole_and_clear(self) -> bool:
-        """No one else seen, and every request of this window and the last answered: a server window at
-        odds with ours can only mean window_seconds is wrong (an unanswered request may have opened the
-        server's window before our first answer, another client before our first request)."""
-        return not (self._others_before or self._others_learned) and self._epoch - self._unanswered_epoch > 1
+        """No one else seen, none carried in, and every request of this window and the last answered with
+        the server's count: a server window at odds with ours can only mean window_seconds is wrong (an
+        unanswered request may have opened the server's window unseen, another client before our first
+        request, and an answer without a count is no evidence of one)."""
+        return (
+            not (self._others_before or self._others_learned)
+            and self._epoch - self._unclear_epoch > 1
+            and not self._carried_in
+        )
 
     def _mismatched(self, sign: str, server_seconds: float) -> None:
         if self.mismatch is None:

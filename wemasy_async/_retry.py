@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import attrs
@@ -61,14 +62,24 @@ class RetryPolicy:
         )
         return min(self.ride_out, ceilings, self.max_wait)
 
-    def delay(self, attempt: int, since_first_failure: float, rng: random.Random, left: float | None = None) -> float:
+    def delay(
+        self,
+        attempt: int,
+        since_first_failure: float,
+        rng: random.Random,
+        left: float | None = None,
+        room: float = math.inf,
+    ) -> float:
         """The wait before re-sending after failed attempt number ``attempt`` (1-based), ``since_first_failure``
         seconds after the call's first failure: the jittered backoff, but before the last attempt at least what
-        makes the retries span :meth:`span`, unless that would pass the call's deadline (``left`` seconds away)."""
+        makes the retries span :meth:`span`. The stretch is not made when it would not fit: in the ``room``
+        left of ``max_wait``, or before the call's deadline (``left`` seconds away) with time for the last
+        attempt (a tenth of what is left, up to a second); the jittered wait is kept then."""
         wait = self.backoff(attempt, rng)
         if attempt == self.max_attempts - 1:
             stretched = self.span() - since_first_failure
-            if stretched > wait and (left is None or stretched < left):
+            fits = stretched <= room and (left is None or stretched < left - min(1.0, left / 10))
+            if stretched > wait and fits:
                 wait = stretched
         return wait
 

@@ -149,7 +149,12 @@ class AiohttpTransport:
         # them the request's headers) are dropped.
         del context
         response = None
-        raise error
+        try:
+            raise error
+        finally:
+            # Python 3.10 resumes this coroutine inside asyncio's own handling of aiohttp's exception, and
+            # chains that to any raise here: cut the link.
+            error.__context__ = None
 
 
 def _differences(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str] | None:

@@ -19,15 +19,11 @@ from .._converter import structure_response
 from .._errors import UsageError
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
-from .._retry import RetryPolicy
 from .._sender import Deadline, Sender
 from .._types import NOT_GIVEN, Timeout, checked_timeout
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
 
-#: A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about the
-#: ids: the probe waits for the budget and goes again, as any call does.
-_PROBE = RetryPolicy(max_attempts=1)
 
 STATUS_PATH = "/services/webshop/v1/integrations/sendcloud/status"
 PUSH_PATH = "/services/webshop/v1/orders/sendcloud/shipments/push"
@@ -81,9 +77,9 @@ class SendcloudResource:
         which carries the full result.
 
         If the call is cancelled (``task.cancel()``, ``asyncio.timeout``), nothing more is sent and the
-        ``CancelledError`` carries the batch's result so far in ``.result`` (under ``asyncio.timeout`` it is
-        the ``TimeoutError``'s ``__cause__``): ids of requests under way in ``.result.in_doubt``, the rest in
-        ``.result.not_sent``. :meth:`iter_push_shipments` hands out each chunk as it completes instead.
+        batch's result so far goes with the exception: ``wemasy_async.partial_result(error)`` finds it (ids of
+        requests under way in ``in_doubt``, the rest in ``not_sent``). :meth:`iter_push_shipments` hands out
+        each chunk as it completes instead.
 
         A push is safe to repeat: the server reports an already-queued order as skipped. If a request was
         re-sent after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
@@ -152,6 +148,9 @@ class SendcloudResource:
             raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
 
         deadline_at = self._client.deadline_at(deadline)
+        # A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about
+        # the ids: the probe waits for the budget and goes again, as the client's other calls do.
+        probe = attrs.evolve(self._client.retry, max_attempts=1)
         if timeout is not NOT_GIVEN:
             checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
@@ -162,7 +161,7 @@ class SendcloudResource:
                 json_body={"create_label": label, "order_ids": chunk},
                 timeout=timeout,
                 deadline_at=deadline_at,
-                retry=None if retry else _PROBE,
+                retry=None if retry else probe,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)

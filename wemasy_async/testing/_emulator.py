@@ -475,6 +475,14 @@ class WemasyEmulator:
             return web.Response(
                 text="<html><head><title>Login</title></head><body>Log in</body></html>", content_type="text/html"
             )
+        if self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
+            # Laravel's global ValidatePostSize middleware: before the throttle, so no rate-limit headers.
+            log(413)
+            return web.json_response(self._error(413, "The POST data is too large."), status=413)
+        if path in self.redirects:
+            status, location = self.redirects[path]
+            log(status)
+            return web.Response(status=status, headers={"Location": location})
         if not request.path.startswith(API_PREFIX + "/"):
             # Outside /api no API route matches (a base URL without /api): Laravel's 404, before the api
             # middleware, so neither authenticated nor throttled.
@@ -484,14 +492,6 @@ class WemasyEmulator:
             return web.json_response(
                 self._error(404, f"The route {request.path.lstrip('/')} could not be found."), status=404
             )
-        if self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
-            # Laravel's global ValidatePostSize middleware: before the throttle, so no rate-limit headers.
-            log(413)
-            return web.json_response(self._error(413, "The POST data is too large."), status=413)
-        if path in self.redirects:
-            status, location = self.redirects[path]
-            log(status)
-            return web.Response(status=status, headers={"Location": location})
         if self.faults.delay_seconds:
             await asyncio.sleep(self.faults.delay_seconds)
 
