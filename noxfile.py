@@ -1,12 +1,26 @@
-"""Every check of the project: `nox` runs lint, typecheck and the tests on Python 3.10 to 3.13."""
+"""Every check of the project: `nox` runs lint, typecheck and the tests on each of Python 3.10 to 3.13.
+
+Each Python is looked for on the machine (`python3.12` on PATH, pyenv's versions, ...), never downloaded
+(`nox --download-python auto` lets uv fetch the missing ones). One that is not found is skipped with a
+warning, and the summary nox prints last names every session with what became of it, e.g.
+``* tests-3.12: skipped (Python interpreter 3.12 not found)``. On CI (the CI environment variable set,
+as .ci/run does) a missing Python fails the run instead: CI must test all four.
+"""
 
 from __future__ import annotations
 
+import os
+
 import nox
+
+# 2025.2.9: `download_python`; older noxes stop here with a message that says which version is needed.
+nox.needs_version = ">=2025.2.9"
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.download_python = "never"
+nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
@@ -15,6 +29,7 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 def tests(session: nox.Session) -> None:
     """The test suite against the emulator on loopback."""
     session.install("-e", ".[test]")
+    session.run("python", "--version")  # which Python this session found, in the log above its tests
     session.run("pytest", *session.posargs)  # the Redis tests start redis-server (.ci/run installs it)
 
 
@@ -28,9 +43,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package and its pytest plugin."""
     session.install("-e", ".[test]", "mypy>=1.10")
-    session.run("mypy", "--strict", "wemasy_async")
+    session.run("mypy", "--strict", "wemasy_async", "_wemasy_async_pytest.py")
 
 
 @nox.session(python="3.11")

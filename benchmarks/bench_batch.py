@@ -6,7 +6,15 @@ in a fresh process of its own, so its peak RSS is its own:
              send 4 at a time, merge into one result with every id accounted for.
   bare loop  aiohttp posting the same chunks of a prepared list, 4 at a time, keeping each response.
 
-    python benchmarks/bench_batch.py [--ids 1000000] [--chunk-size 500]
+Then the requests a batch spends under faults, against an in-process emulator (limit too high to matter),
+the SDK beside a plain chunk loop (what the SDK did before it learned to stop, learn and bisect; what a
+user's own loop over the same client does): each chunk sent with the client's retries, a size 422 halving
+that chunk only, any other error failing the chunk and the loop going on.
+  poison      5 ids anywhere in the batch make the server answer 500 for any request holding them
+  server max  the server takes 300 ids per request; the chunks are 500
+  revoked     the token is revoked (403) once 10% of the ids are queued
+
+    python benchmarks/bench_batch.py [--ids 1000000] [--chunk-size 500] [--faults-only]
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from emulator_process import emulator_in_subprocess
 from results import machine, record
 
-from wemasy_async import WemasyClient
+from wemasy_async import RetryPolicy, ValidationError, WemasyClient, WemasyError
+from wemasy_async.testing import WemasyEmulator
 
 PUSH = "/services/webshop/v1/orders/sendcloud/shipments/push"
 TOKEN = "bench-token"
@@ -59,6 +68,103 @@ async def bare_loop(base_url: str, ids: int, chunk_size: int) -> str:
     return f"{new} new, {len(answers)} requests"
 
 
+# --- under faults ------------------------------------------------------------------------------------
+
+#: Both sides retry alike; short backoffs keep the run quick (the requests spent are what is measured).
+FAULT_RETRIES = RetryPolicy(max_attempts=6, backoff_base=0.001, ride_out=0)
+
+
+async def sdk_batch(client: WemasyClient, ids: range, chunk_size: int) -> tuple[int, int]:
+    """The SDK's push_shipments: returns (ids accepted, ids not accepted)."""
+    try:
+        result = await client.sendcloud.push_shipments(ids, chunk_size=chunk_size, max_concurrency=CONCURRENCY)
+    except WemasyError as error:  # stopped: a 403 after the revocation
+        if error.result is None:
+            raise
+        result = error.result
+    return result.summary.total_orders, len(result.retry_order_ids) + len(result.rejected)
+
+
+async def chunk_loop(client: WemasyClient, ids: range, chunk_size: int) -> tuple[int, int]:
+    """A plain loop of push requests over the same client (its budget and retries)."""
+    chunks = iter([list(ids[i : i + chunk_size]) for i in range(0, len(ids), chunk_size)])
+    accepted = not_accepted = 0
+
+    async def push(chunk: list[int]) -> None:
+        nonlocal accepted, not_accepted
+        try:
+            data = await client.request("POST", PUSH, json={"create_label": False, "order_ids": chunk})
+            accepted += data["summary"]["total_orders"]
+        except ValidationError:
+            if len(chunk) == 1:
+                not_accepted += 1
+                return
+            await push(chunk[: len(chunk) // 2])
+            await push(chunk[len(chunk) // 2 :])
+        except WemasyError:
+            not_accepted += len(chunk)
+
+    async def worker() -> None:
+        for chunk in chunks:
+            await push(chunk)
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return accepted, not_accepted
+
+
+async def one_fault(fault: str, way: str, ids: int, chunk_size: int) -> dict[str, object]:
+    order_ids = range(1, ids + 1)
+    options: dict[str, object] = {"limit": 1_000_000_000, "max_ids_per_request": chunk_size}
+    if fault == "poison":
+        options["poison_order_ids"] = {ids * k // 6 for k in range(1, 6)}
+    elif fault == "server max":
+        options["max_ids_per_request"] = 300
+    emulator = WemasyEmulator(**options)  # type: ignore[arg-type]
+    if fault == "revoked":
+        push, tenth = emulator._push, ids // 10
+
+        def push_then_revoke(body: object) -> tuple[int, dict[str, object]]:
+            answer = push(body)  # type: ignore[arg-type]
+            if len(emulator.queued) >= tenth:
+                emulator.forbidden_tokens.add(TOKEN)
+            return answer
+
+        emulator._push = push_then_revoke  # type: ignore[method-assign]
+    async with emulator:
+        emulator.requests = []
+        started = time.perf_counter()
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=FAULT_RETRIES) as client:
+            accepted, not_accepted = await {"sdk": sdk_batch, "loop": chunk_loop}[way](client, order_ids, chunk_size)
+        wall = time.perf_counter() - started
+        statuses = [r.status for r in emulator.requests]
+    return {
+        "requests": len(statuses),
+        "errors": sum(1 for s in statuses if s is None or s >= 400),
+        "accepted": accepted,
+        "not_accepted": not_accepted,
+        "wall": wall,
+    }
+
+
+def fault_table(ids: int, chunk_size: int) -> str:
+    lines = [
+        f"{ids:,} order ids in chunks of {chunk_size}, {CONCURRENCY} requests at a time, against an in-process "
+        "emulator; both clients retry 5xx 6 times (short backoffs: the requests are the figure).",
+        "",
+        "| fault | client | requests | error answers | ids accepted | ids not accepted | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fault in ("poison", "server max", "revoked"):
+        for way, label in (("sdk", "sdk push_shipments"), ("loop", "plain chunk loop")):
+            f = asyncio.run(one_fault(fault, way, ids, chunk_size))
+            lines.append(
+                f"| {fault} | {label} | {f['requests']:,} | {f['errors']:,} | {f['accepted']:,} | "
+                f"{f['not_accepted']:,} | {f['wall']:.1f} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def run_client(name: str, base_url: str, ids: int, chunk_size: int) -> dict[str, object]:
     """Run one client in this process and report its figures as JSON (the child side)."""
     started_cpu, started_wall = time.process_time(), time.perf_counter()
@@ -78,10 +184,26 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--client", choices=["sdk", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--faults-only", action="store_true", help="only the requests spent under faults")
     args = parser.parse_args()
     if args.client:
         print(json.dumps(run_client(args.client, args.url, args.ids, args.chunk_size)))
         return
+    if not args.faults_only:
+        memory_and_cpu(args)
+    # After the clients' own processes: a child forked from a large parent starts with its peak RSS.
+    faults = fault_table(args.ids, args.chunk_size)
+    print(faults)
+    if not args.no_record:
+        record(
+            "batch-faults",
+            "## Batch under faults: requests spent\n\n"
+            f"`python benchmarks/bench_batch.py --ids {args.ids} --chunk-size {args.chunk_size}` ({machine()})\n\n"
+            f"{faults}\n",
+        )
+
+
+def memory_and_cpu(args: argparse.Namespace) -> None:
 
     figures = {}
     for name in ("sdk", "bare"):

@@ -16,6 +16,7 @@ from wemasy_async import (
     APIConnectionError,
     AuthenticationError,
     ClientClosedError,
+    ConfigurationError,
     InvalidOrderIdError,
     PermissionDeniedError,
     PushDetails,
@@ -26,20 +27,21 @@ from wemasy_async import (
     ServerError,
     ValidationError,
     WemasyClient,
+    partial_result,
 )
 from wemasy_async._batching import BatchState, PushStream, merge_results, prepare_order_ids, push_chunk
 from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 
 def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emulator: WemasyEmulator) -> None:
-    """Each distinct input id is in exactly one of: the server's details, rejected, failed; and what the
-    result calls accepted is what the emulator queued or skipped."""
+    """Each distinct input id is in exactly one of: the server's details, rejected, failed, not sent, in
+    doubt; and what the result calls accepted is what the emulator queued or skipped."""
     distinct = list(dict.fromkeys(ids))
     details = result.details
     accepted = [int(x) for x in (*details.new_orders, *details.retry_orders, *details.skipped_orders)]
     rejected = [r.order_id for r in result.rejected]
     failed = list(result.failed_order_ids)
-    places = Counter(accepted + rejected + failed + list(result.not_sent))
+    places = Counter(accepted + rejected + failed + list(result.not_sent) + list(result.in_doubt))
     assert sorted(places) == sorted(distinct)
     assert set(places.values()) <= {1}
     assert not result.unreported
@@ -134,14 +136,14 @@ async def test_the_servers_maximum_is_learned_once_for_the_whole_batch(
     client: WemasyClient, wemasy_emulator: WemasyEmulator
 ) -> None:
     """A server taking at most 300 ids, chunks of 500: one 422 teaches the batch the server's number (from
-    its message), and every later chunk goes in parts of 300 or fewer, without another 422."""
+    its message), and every later chunk is cut at 300, without another 422 (not 300 + 200 per 500)."""
     ids = list(range(1, 3001))
     result = await client.sendcloud.push_shipments(ids, chunk_size=500, max_concurrency=1)
     assert result.ok
     statuses = [r.status for r in wemasy_emulator.requests]
     assert statuses.count(422) == 1
-    assert statuses.count(200) == 12  # 300 + 200 for each of the six chunks
-    assert max(len(r.order_ids or ()) for r in wemasy_emulator.requests if r.status == 200) == 300
+    sizes = [len(r.order_ids or ()) for r in wemasy_emulator.requests if r.status == 200]
+    assert sizes == [300, 200] + [300] * 8 + [100]  # the first chunk in two parts, then chunks of 300
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
 
 
@@ -298,6 +300,130 @@ async def test_cancelling_a_push_leaves_nothing_running(client: WemasyClient, we
         await push
     assert asyncio.all_tasks() - before == set()
     assert len(wemasy_emulator.requests) < 20
+
+
+async def test_a_cancelled_push_hands_its_result_to_the_caller(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """push_shipments cancelled mid-batch raises CancelledError carrying what the batch did: the chunks
+    answered, the ids under way in doubt, the rest not sent; every id in one place."""
+    ids = list(range(1, 201))
+    pushed = asyncio.Event()
+
+    def hold_after_the_first_chunk(done: int, total: int) -> None:
+        wemasy_emulator.faults.delay_seconds = 30  # the next requests stay in flight
+        pushed.set()
+
+    push = asyncio.create_task(
+        client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, progress=hold_after_the_first_chunk)
+    )
+    await pushed.wait()
+    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
+    push.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await push
+    result = partial_result(info.value)  # Python 3.10 hands over a new CancelledError, the one with it inside
+    assert result is not None
+    assert result.summary.total_orders >= 10
+    assert len(result.in_doubt) in (10, 20)  # the requests held by the server (the budget may allow one)
+    assert len(result.not_sent) >= 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_push_timed_out_by_wait_for_keeps_its_result_on_the_cause(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """Under asyncio.wait_for (or asyncio.timeout) the TimeoutError's cause is the CancelledError with the
+    result: whenever the timeout strikes, every id is in one place."""
+    wemasy_emulator.faults.delay_seconds = 30
+    ids = list(range(1, 101))
+    with pytest.raises(asyncio.TimeoutError) as info:
+        await asyncio.wait_for(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2), 0.2)
+    result = partial_result(info.value)
+    assert result is not None
+    assert len(result.in_doubt) + len(result.not_sent) == 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+async def test_a_second_cancel_while_the_push_closes_loses_no_id(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, steps: int
+) -> None:
+    """Cancelled again while it is stopping its requests (a second Ctrl-C), the push still accounts for
+    every id: those under way in doubt, the others not sent."""
+    wemasy_emulator.faults.delay_seconds = 30
+    ids = list(range(1, 101))
+    push = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2))
+    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
+    push.cancel()
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    push.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await push
+    result = partial_result(info.value)
+    assert result is not None
+    assert len(result.in_doubt) + len(result.not_sent) == 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_closed_stream_ends_instead_of_waiting(client: WemasyClient) -> None:
+    """Iterating a stream after aclose() ends at once, as a closed async generator does (no endless wait)."""
+    stream = client.sendcloud.iter_push_shipments(range(1, 101), chunk_size=10)
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+    await stream.aclose()  # twice is harmless
+    assert len(stream.result().not_sent) + len(stream.result().in_doubt) == 100
+
+
+def test_partial_result_follows_the_chain_of_errors() -> None:
+    """The result is found on the error, its cause or its context, or not at all."""
+    result = PushResult(summary=PushSummary(0, 0, 0, 0, 0), details=PushDetails(), not_sent=(1,))
+    inner = asyncio.CancelledError()
+    inner.result = result  # type: ignore[attr-defined]
+    outer = TimeoutError()
+    outer.__cause__ = inner
+    context = asyncio.CancelledError()
+    context.__context__ = inner
+    assert partial_result(outer) is result
+    assert partial_result(context) is result
+    assert partial_result(ValueError()) is None
+
+
+async def test_a_restart_inside_a_batch_is_ridden_out(wemasy_emulator: WemasyEmulator) -> None:
+    """The server goes down between chunks and comes back within the retries' span: nothing fails, nothing
+    is queued twice, the batch carries on."""
+    policy = RetryPolicy(max_attempts=4, backoff_base=0.1, ride_out=0.5)  # the ceilings add up to 0.7 s
+    assert policy.span() == 0.5
+    ids = list(range(1, 201))
+    emulator = WemasyEmulator()
+    restarts: list[asyncio.Task[None]] = []
+
+    def restart_once(done: int, total: int) -> None:
+        if not restarts:
+            restarts.append(asyncio.create_task(emulator.restart(down_for=0.2)))
+
+    async with emulator:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=policy) as client:
+            result = await client.sendcloud.push_shipments(ids, chunk_size=20, max_concurrency=2, progress=restart_once)
+        await restarts[0]
+    assert emulator.restarts == 1
+    assert result.ok
+    assert result.summary.total_orders == 200
+    assert_every_id_accounted_once(result, ids, emulator)
+
+
+async def test_a_bad_timeout_is_refused_once_before_any_request(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A per-call option the client refuses is the caller's mistake: raised at the call, not recorded as a
+    failure of every chunk."""
+    with pytest.raises(ConfigurationError, match="timeout"):
+        await client.sendcloud.push_shipments(range(1, 1001), timeout="30")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="timeout"):
+        client.sendcloud.iter_push_shipments([1, 2], timeout=-1)
+    assert wemasy_emulator.requests == []
 
 
 async def test_bad_ids_are_refused_before_the_stream_starts(
@@ -488,6 +614,46 @@ async def test_a_poison_order_is_isolated_and_the_good_ones_are_queued(wemasy_em
     statuses = [r.status for r in wemasy_emulator.requests]
     assert statuses.count(500) <= 2 + 9  # the chunk and its retry, then one half per level
     assert len(statuses) <= 1 + 2 + 2 * 9  # the good chunk, the poisoned one, two probes per level
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+
+
+async def test_a_probe_that_meets_a_429_waits_for_the_window_like_any_call(wemasy_emulator: WemasyEmulator) -> None:
+    """A bisection probe is sent once, but a 429 is not a failure: it waits for the budget and goes again,
+    so only the poison id fails, not the half the 429 met."""
+    wemasy_emulator.poison_order_ids = {11}
+    throttled = CannedResponse(429, {"error": True, "message": "Too Many Attempts."}, {"Retry-After": "0"})
+
+    def after_the_good_chunk(done: int, total: int) -> None:
+        # The poisoned chunk and its retry (500), then a 429 for the first probe.
+        if done == 8:
+            wemasy_emulator.inject(Fault.SERVER_ERROR, Fault.SERVER_ERROR, throttled)
+
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    ids = list(range(1, 17))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        result = await client.sendcloud.push_shipments(
+            ids, chunk_size=8, max_concurrency=1, progress=after_the_good_chunk
+        )
+    assert 429 in [r.status for r in wemasy_emulator.requests]
+    assert result.failed_order_ids == (11,)
+    assert sorted(wemasy_emulator.queued) == [i for i in ids if i != 11]
+
+
+@pytest.mark.wemasy_emulator(limit=100_000)
+async def test_the_bisection_budget_grows_with_the_batch(wemasy_emulator: WemasyEmulator) -> None:
+    """A batch may spend a tenth of its chunks' requests isolating poison ids (at least 64): 1,000 chunks
+    of 8 with 14 poison ids need 84 probes, and every poison id, and only they, fail."""
+    poison = {8 * k + 5 for k in range(10, 1000, 70)}
+    assert len(poison) == 15
+    poison.discard(max(poison))
+    wemasy_emulator.poison_order_ids = poison
+    policy = RetryPolicy(max_attempts=2, backoff_base=0.001)
+    ids = list(range(1, 8001))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, retry=policy) as client:
+        result = await client.sendcloud.push_shipments(ids, chunk_size=8, max_concurrency=4)
+    assert set(result.failed_order_ids) == poison
+    probes = len(wemasy_emulator.requests) - 1000 - len(poison)  # each chunk once, a poisoned one twice
+    assert 64 < probes <= 100
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
 
 

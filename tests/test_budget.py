@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
 
-from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
+from tests.conftest import TOKEN
+from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent, WemasyClient
 from wemasy_async._rate_limit import Ticket
+from wemasy_async.testing import WemasyEmulator
 
 T = TypeVar("T")
 
@@ -278,3 +281,28 @@ async def test_a_first_waiter_whose_loop_closed_during_a_timed_wait_does_not_hol
     with budget._lock:
         budget._wake_all()
     assert isinstance(await within(mine), Ticket)
+
+
+async def test_a_server_window_far_shorter_than_configured_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Configured for 60 s against a server whose window is 1 s: the client cannot tell until the server's
+    count starts again; then it says so once, in the log, naming the option to set."""
+    clock = FakeClock()
+    async with WemasyEmulator(limit=50, window_seconds=1.0, clock=clock) as emulator:
+        budget = RateLimitBudget(60.0, clock=clock)
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, budget=budget) as client:
+            with caplog.at_level(logging.WARNING, logger="wemasy_async"):
+                for _ in range(3):
+                    await client.sendcloud.status()
+                clock.now += 1.5  # the server's window is over; the budget's runs for a minute
+                for _ in range(3):
+                    await client.sendcloud.status()
+                clock.now += 1.5
+                for _ in range(3):
+                    await client.sendcloud.status()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "not 60 s" in warnings[0]
+    assert "window_seconds" in warnings[0]
+    assert TOKEN not in warnings[0]

@@ -1,13 +1,19 @@
-"""The command line, run in-process against the emulator, without a terminal."""
+"""The command line, run in-process against the emulator, and in a subprocess under a pseudo-terminal where
+the terminal matters (the progress bar)."""
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -207,3 +213,574 @@ def test_a_push_to_a_server_that_cannot_be_reached_exits_3_at_once(
     assert len(document["failed"]) == 1
     assert len(document["not_sent"]) == 10000 - 500
     assert "connect" in document["stopped_by"]
+
+
+# --- status: secrets ---------------------------------------------------------------------------------
+
+SECRET = "sk-live-7f3a9c1e-SECRET"
+
+
+@pytest.fixture
+def with_credentials(env: WemasyEmulator) -> WemasyEmulator:
+    env.integration["credentials"] = {"public_key": "pk-live-1234", "secret_key": SECRET, "extra": {"webhook": "x"}}
+    return env
+
+
+def test_status_json_hides_the_credentials_values(
+    with_credentials: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status --json keeps the credentials' keys and says their values are hidden; no secret is printed."""
+    assert main(["status", "--json"]) == EXIT_OK
+    out = capsys.readouterr().out
+    hidden = "<hidden: use --show-secrets>"
+    assert json.loads(out)["credentials"] == {"public_key": hidden, "secret_key": hidden, "extra": {"webhook": hidden}}
+    assert SECRET not in out
+    assert "pk-live-1234" not in out
+
+
+def test_plain_status_names_the_credentials_but_not_their_values(
+    with_credentials: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The human-readable status lists which credentials there are and how to see them, never a value."""
+    assert main(["status"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "credentials: public_key, secret_key, extra (values hidden: use --show-secrets)" in out
+    assert SECRET not in out
+
+
+def test_show_secrets_prints_the_credentials(
+    with_credentials: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--show-secrets prints the values as the API sent them, in JSON and in the plain output."""
+    assert main(["status", "--json", "--show-secrets"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["credentials"]["secret_key"] == SECRET
+    assert main(["status", "--show-secrets"]) == EXIT_OK
+    assert f'secret_key="{SECRET}"' in capsys.readouterr().out
+
+
+# --- progress ----------------------------------------------------------------------------------------
+
+
+def run_in_terminal(argv: list[str], *, columns: int = 60, **env: str) -> tuple[int, str, str]:
+    """Run the command line in a subprocess whose stderr is a pseudo-terminal ``columns`` wide.
+
+    Returns the exit code, stdout, and everything written to the terminal."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    command = [sys.executable, "-m", "wemasy_async", *argv]
+    try:
+        with subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, env={**os.environ, **env}
+        ) as process:
+            os.close(terminal)
+            written = bytearray()
+            while True:
+                # A guard against a hung child, not a timing assumption: it fails only after 120 s of silence.
+                ready, _, _ = select.select([master], [], [], 120)
+                assert ready, f"{command} wrote nothing for 120 s"
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child's side of the terminal is closed
+                    break
+                if not data:
+                    break
+                written += data
+            assert process.stdout is not None
+            out = process.stdout.read()
+            code = process.wait()
+    finally:
+        os.close(master)
+    return code, out.decode(), written.decode()
+
+
+def terminal_lines(written: str) -> list[str]:
+    """What a terminal showed, one entry per redraw (tqdm redraws its line after a carriage return)."""
+    return [line for line in written.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line]
+
+
+def test_progress_on_a_terminal_fits_its_width_and_shows_rate_and_eta(env: WemasyEmulator) -> None:
+    """On a terminal 60 columns wide, every redraw of the bar fits in it; it shows the ids done, the time
+    spent and left ([elapsed<ETA]) and the rate; stdout keeps only the summary."""
+    code, out, written = run_in_terminal(["push", "1-200", "--chunk-size", "10", "--concurrency", "1"], columns=60)
+    assert code == EXIT_OK
+    assert out.startswith("accepted 200")
+    lines = terminal_lines(written)
+    assert lines
+    assert all(len(line) < 60 for line in lines), lines
+    assert re.search(r"200/200 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ids/s\]", lines[-1]), lines[-1]
+
+
+def test_progress_on_a_wider_terminal_uses_its_width(env: WemasyEmulator) -> None:
+    """The bar grows with the terminal (a hand-padded line would not)."""
+    _, _, narrow = run_in_terminal(["push", "1-20", "--chunk-size", "10"], columns=50)
+    _, _, wide = run_in_terminal(["push", "21-40", "--chunk-size", "10"], columns=120)
+    assert max(map(len, terminal_lines(narrow))) < 50
+    assert 100 < max(map(len, terminal_lines(wide))) < 120
+
+
+@pytest.mark.wemasy_emulator(limit=2, window_seconds=3)
+def test_progress_counts_down_a_wait_for_the_window(wemasy_emulator: WemasyEmulator) -> None:
+    """When the window's budget is spent, the bar counts down the wait for the next window, second by
+    second, and the countdown is gone once the wait is over."""
+    argv = ["push", "1-3", "--chunk-size", "1", "--concurrency", "1", "--window-seconds", "3"]
+    argv += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    code, _, written = run_in_terminal(argv, columns=80)
+    assert code == EXIT_OK
+    lines = terminal_lines(written)
+    waits = [re.match(r"waiting (\d+) s for the rate-limit window: ", line) for line in lines if "waiting" in line]
+    assert waits
+    assert all(waits), lines
+    seconds = [int(match[1]) for match in waits if match]
+    # Redrawn as each second passes (at least two of 3, 2, 1, whatever the machine's load), counting down.
+    assert len(set(seconds)) >= 2, lines
+    assert seconds == sorted(seconds, reverse=True)
+    assert max(seconds) <= 3
+    assert "waiting" not in lines[-1]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_the_wait_countdown_follows_the_clock() -> None:
+    """The countdown shows the whole seconds left, goes down as time passes and disappears at the end."""
+    from wemasy_async._scheduler import RetryEvent, WaitEvent
+    from wemasy_async.cli import PushProgress
+
+    now = [100.0]
+    screen = FakeTerminal()
+    progress = PushProgress(screen, enabled=True, clock=lambda: now[0])
+    progress.start(10)
+    try:
+        progress.on_event(WaitEvent(reason="window", seconds=41.2))
+        assert "waiting 42 s for the rate-limit window" in screen.getvalue()
+        now[0] += 1.5
+        progress.refresh_wait()
+        assert progress.wait_description() == "waiting 40 s for the rate-limit window"
+        progress.on_event(WaitEvent(reason="probe", seconds=None))  # waits without a known end are not counted
+        progress.on_event(RetryEvent(attempt=2, delay=0.5, cause="503", method="POST", path="/x"))
+        assert progress.wait_description() == "waiting 40 s for the rate-limit window"
+        now[0] += 40
+        progress.refresh_wait()
+        assert progress.wait_description() == ""
+        assert progress.bar.desc == ""
+        progress.on_event(WaitEvent(reason="gate", seconds=3))
+        assert progress.wait_description() == "waiting 3 s after a 429 (rate limited)"
+    finally:
+        await progress.aclose()
+
+
+def test_nothing_is_printed_to_a_stderr_that_is_not_a_terminal(env: WemasyEmulator) -> None:
+    """Piped or redirected, stderr gets no progress at all (a log file stays clean)."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-50", "--chunk-size", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith("accepted 50")
+
+
+# --- input -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "newline"),
+    [("utf-8-sig", "\n"), ("utf-16", "\r\n"), ("utf-16-be", "\r\n"), ("utf-32", "\n")],
+    ids=["utf-8-bom", "utf-16-powershell", "utf-16-be-bom", "utf-32-bom"],
+)
+def test_files_with_a_byte_order_mark_are_read(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path, encoding: str, newline: str
+) -> None:
+    """A file saved with a BOM (Notepad's UTF-8, PowerShell's `>` in UTF-16) is read like plain UTF-8."""
+    text = newline.join(["101", "102,103", "104-105", ""])
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_bytes(data)
+    assert main(["push", "--file", str(ids_file)]) == EXIT_OK
+    assert env.queued == [101, 102, 103, 104, 105]
+
+
+def test_utf16_on_standard_input_is_read(env: WemasyEmulator) -> None:
+    """`Get-Content ids.txt | wemasy-async push -f -` in PowerShell pipes UTF-16 with a BOM: it is read."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "--file", "-", "--json"]
+    data = "7\r\n8\r\n9\r\n".encode("utf-16")
+    done = subprocess.run(command, input=data, capture_output=True, check=False, timeout=120)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert env.queued == [7, 8, 9]
+
+
+def test_undecodable_bytes_name_the_file_and_line(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Bytes that are not UTF-8 (a Latin-1 export) are a usage error naming the file and line, not a
+    traceback; nothing is sent."""
+    ids_file = tmp_path / "export.csv"
+    ids_file.write_bytes(b"1\n2\n3 caf\xe9\n4\n")
+    assert main(["push", "--file", str(ids_file)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"wemasy-async: {ids_file}: cannot be read as UTF-8 text (line 3")
+    assert "Traceback" not in err
+    assert env.requests == []
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_clearly(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """UTF-16 without a BOM decodes as UTF-8 full of NULs: refused with a message that says what it is."""
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_bytes("1\n2\n".encode("utf-16-le"))
+    assert main(["push", "--file", str(ids_file)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{ids_file}, line 1 holds NUL characters: is it UTF-16 without a byte-order mark?" in err
+    assert env.requests == []
+
+
+def test_undecodable_standard_input_is_a_usage_error_without_traceback(env: WemasyEmulator) -> None:
+    """The same through a pipe, in a real process: exit 2 and one line naming standard input."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "--file", "-"]
+    done = subprocess.run(command, input=b"1\n\xff\xfe\xfd\n", capture_output=True, check=False, timeout=120)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.decode().startswith("wemasy-async: standard input: cannot be read as UTF-8 text (line 2")
+    assert b"Traceback" not in done.stderr
+
+
+def test_a_bad_id_names_its_file_and_line(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The bad token, its file and its line number: enough to fix it at once. Nothing is sent."""
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("1\n2,3\n\n4, 5x\n6\n")
+    assert main(["push", "--file", str(ids_file)]) == EXIT_USAGE
+    assert f"not an order id or a range like 1-5000: '5x' ({ids_file}, line 4)" in capsys.readouterr().err
+    assert env.requests == []
+
+
+@pytest.mark.parametrize("bad", ["0", "5-3", "-4", "1.5", "١٢", "1_000"])
+def test_what_is_not_a_positive_id_or_range_is_refused(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    """Zero, backwards ranges, signs, decimals and non-ASCII digits are refused, naming the argument."""
+    assert main(["push", "1", bad]) == EXIT_USAGE
+    assert f"{bad!r} (argument 2)" in capsys.readouterr().err
+    assert env.requests == []
+
+
+def test_a_huge_range_is_refused_without_yes_before_anything_is_read_or_sent(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`push 1-100000000` (a typo) is refused at once, naming the range and --yes; nothing is sent."""
+    assert main(["push", "1-100000000"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "the range 1-100000000 (argument 1) holds 100,000,000 ids, more than 1,000,000: give --yes" in err
+    assert env.requests == []
+
+
+def test_too_many_ids_in_all_are_refused_without_yes(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The limit counts every id, across arguments and the file, and --yes lifts it."""
+    import wemasy_async.cli
+
+    monkeypatch.setattr(wemasy_async.cli, "MAX_IDS_WITHOUT_YES", 10)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("7\n8\n9\n10\n")
+    assert main(["push", "1-4", "11-13", "--file", str(ids_file)]) == EXIT_USAGE
+    assert f"more than 10 ids in all (at {ids_file}, line 4): give --yes" in capsys.readouterr().err
+    assert env.requests == []
+    assert main(["push", "1-4", "11-13", "--file", str(ids_file), "--yes"]) == EXIT_OK
+    assert env.queued == [1, 2, 3, 4, 11, 12, 13, 7, 8, 9, 10]
+
+
+def test_ranges_are_read_lazily() -> None:
+    """The ids a command line names come one at a time: a range of a trillion is not built to read its
+    first ids (with --yes), and is refused without it before one id is read."""
+    import argparse
+    import itertools
+
+    from wemasy_async.cli import IdCount, UsageError, _order_ids
+
+    args = argparse.Namespace(ids=["5", "1-1000000000000"], file=None)
+    assert list(itertools.islice(_order_ids(args, IdCount(allowed=True)), 4)) == [5, 1, 2, 3]
+    ids = _order_ids(args, IdCount(allowed=False))
+    assert next(ids) == 5
+    with pytest.raises(UsageError, match="--yes"):
+        next(ids)
+
+
+def test_no_ids_at_all_is_a_usage_error(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No ids, or a file with none, exits 2 saying so: never "accepted 0"."""
+    assert main(["push"]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "no order ids: give ids or ranges as arguments" in captured.err
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(codecs.BOM_UTF8 + b"\n \n")
+    assert main(["push", "--file", str(empty)]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert f"no order ids in {empty}" in captured.err
+    assert "accepted" not in captured.out
+    assert env.requests == []
+
+
+def test_a_missing_file_is_a_usage_error_naming_it(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.txt"
+    assert main(["push", "--file", str(missing)]) == EXIT_USAGE
+    assert f"cannot read {missing}: No such file or directory" in capsys.readouterr().err
+
+
+# --- messages, options and help ------------------------------------------------------------------------
+
+
+def test_a_missing_token_is_told_in_the_command_lines_words(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wemasy_emulator: WemasyEmulator
+) -> None:
+    """It says --token or WEMASY_API_TOKEN, not the Python argument."""
+    monkeypatch.delenv("WEMASY_API_TOKEN", raising=False)
+    assert main(["push", "1", "--base-url", wemasy_emulator.base_url]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "give --token or set WEMASY_API_TOKEN" in err
+    assert "token=" not in err
+    assert "WemasyClient" not in err
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "no API token: pass token=... to WemasyClient or set the WEMASY_API_TOKEN environment variable",
+            "no API token: give --token or set WEMASY_API_TOKEN",
+        ),
+        (
+            "base_url must not contain credentials; pass the token as token=...",
+            "--base-url (or $WEMASY_BASE_URL) must not contain credentials; give the token with --token or "
+            "WEMASY_API_TOKEN",
+        ),
+        ("timeout must be positive seconds or None, got 0", "--timeout must be positive seconds, got 0"),
+        ("chunk_size must be a positive int, got 0", "--chunk-size must be a positive int, got 0"),
+        (
+            "The rate limit's gate is closed for 300 s, longer than this call waits (RetryPolicy.max_wait=120 s).",
+            "The rate limit's gate is closed for 300 s, longer than this call waits (at most 120 s).",
+        ),
+        (
+            "HTTPS_PROXY (from the environment) is not a usable http:// proxy URL; fix it, list api.wemasy.nl in "
+            "NO_PROXY, or pass trust_env=False",
+            "HTTPS_PROXY (from the environment) is not a usable http:// proxy URL; fix it, list api.wemasy.nl in "
+            "NO_PROXY, or unset it",
+        ),
+    ],
+)
+def test_client_messages_are_put_in_the_command_lines_words(message: str, expected: str) -> None:
+    from wemasy_async.cli import cli_message
+
+    assert cli_message(message) == expected
+
+
+def test_credentials_in_the_base_url_are_refused_in_cli_words(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client's own message, as the command line says it, without the password."""
+    assert main(["status", "--base-url", "https://user:hunter2@example.com/api"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--base-url" in err
+    assert "--token" in err
+    assert "token=" not in err
+    assert "hunter2" not in err
+
+
+def test_plain_http_is_refused_with_the_flag_that_allows_it(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A non-loopback http:// base URL is refused, naming --allow-insecure-http; with it, the call is made.
+
+    0.0.0.0 is not a loopback name to the client, yet connecting to it reaches this machine (Linux), so the
+    emulator answers without any traffic leaving the host."""
+    insecure = env.base_url.replace("127.0.0.1", "0.0.0.0")
+    assert main(["status", "--base-url", insecure]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "give --allow-insecure-http" in err
+    assert "allow_insecure_http" not in err
+    assert env.requests == []
+    assert main(["status", "--base-url", insecure, "--allow-insecure-http"]) == EXIT_OK
+    assert "active=True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["push", "1", "--timeout", "0"], "argument --timeout: must be more than 0, got 0"),
+        (["push", "1", "--chunk-size", "0"], "argument --chunk-size: must be at least 1, got 0"),
+        (["push", "1", "--max-attempts", "two"], "argument --max-attempts: not a whole number: 'two'"),
+        (["serve", "--error-rate", "1.5"], "argument --error-rate: must be between 0 and 1, got 1.5"),
+        (["status", "--window-seconds", "nan"], "argument --window-seconds: must be more than 0, got nan"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Numbers out of range are refused by the parser with exit 2 and the option's name, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == EXIT_USAGE
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["status", "push", "serve", "demo"])
+def test_every_option_has_help_and_its_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """In each command's --help, every option says what it does and what it is when not given."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    options = text.split("options:\n", 1)[1]
+    entries: list[str] = []
+    for line in options.splitlines():
+        if line.startswith("  -"):
+            entries.append(line)
+        elif line.startswith("   ") and entries:
+            entries[-1] += " " + line.strip()
+    assert len(entries) > 2
+    for entry in entries:
+        if entry.lstrip().startswith("-h, --help"):
+            continue
+        assert "(default" in entry, entry  # argparse shows no help line, and so no default, without help text
+
+
+# --- the library's log --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def library_log() -> Iterator[logging.Logger]:
+    """The library's logger, restored after the test (the command line configures it once per process)."""
+    log = logging.getLogger("wemasy_async")
+    handlers, level = list(log.handlers), log.level
+    try:
+        yield log
+    finally:
+        log.handlers[:] = handlers
+        log.setLevel(level)
+
+
+def test_verbose_writes_the_librarys_log_without_the_token(
+    env: WemasyEmulator, capsys: pytest.CaptureFixture[str], library_log: logging.Logger
+) -> None:
+    """-v writes each exchange to stderr; the token is nowhere in it."""
+    assert main(["push", "1-4", "--chunk-size", "2", "-v", "--token", TOKEN]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "wemasy_async DEBUG: POST http://127.0.0.1" in err
+    assert err.count("-> 200") == 2
+    assert TOKEN not in err
+
+
+def test_wemasy_log_debug_in_the_environment_does_the_same(
+    env: WemasyEmulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    library_log: logging.Logger,
+) -> None:
+    monkeypatch.setenv("WEMASY_LOG", "debug")
+    assert main(["status"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "GET http://127.0.0.1" in err
+    assert "-> 200" in err
+    assert TOKEN not in err
+
+
+def test_without_verbose_or_wemasy_log_nothing_is_logged(
+    env: WemasyEmulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    library_log: logging.Logger,
+) -> None:
+    monkeypatch.delenv("WEMASY_LOG", raising=False)
+    assert main(["status"]) == EXIT_OK
+    assert capsys.readouterr().err == ""
+
+
+def test_setup_logging_from_env_is_idempotent(
+    monkeypatch: pytest.MonkeyPatch, library_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Called by the command line and by every client, it adds one handler, once; `info` logs info,
+    not debug; unset or unknown values add nothing."""
+    from wemasy_async._logging import setup_logging_from_env
+
+    before = list(library_log.handlers)
+    monkeypatch.setenv("WEMASY_LOG", "verbose")
+    setup_logging_from_env()
+    assert library_log.handlers == before
+    monkeypatch.setenv("WEMASY_LOG", "INFO")
+    setup_logging_from_env()
+    setup_logging_from_env()
+    assert len(library_log.handlers) == len(before) + 1
+    library_log.debug("not this")
+    library_log.info("this")
+    err = capsys.readouterr().err
+    assert "wemasy_async INFO: this" in err
+    assert "not this" not in err
+
+
+# --- serve -------------------------------------------------------------------------------------------
+
+
+def start_serve(*options: str) -> tuple[subprocess.Popen[str], list[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wemasy_async", "serve", "--port", "0", *options], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    banner = [process.stdout.readline() for _ in range(4)]
+    return process, banner
+
+
+def test_serve_prints_the_client_options_that_match_its_window() -> None:
+    """The options a client needs to keep to the emulator's window, for the shell and for Python."""
+    process, banner = start_serve("--limit", "50", "--window", "1")
+    try:
+        base_url = banner[0].split(" at ")[1].split(" ")[0]
+        assert banner[0].startswith(f"Wemasy emulator at {base_url} (50 requests per 1 s window)")
+        assert f"wemasy-async push --base-url {base_url} --window-seconds 1 " in banner[1]
+        assert f'WemasyClient(token=..., base_url="{base_url}", window_seconds=1)' in banner[2]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == EXIT_OK
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_serve_accepts_the_tokens_it_is_given_and_forbids_others() -> None:
+    """--token lists the tokens accepted (others: 401), --forbidden-token those answered 403; the banner
+    counts them without printing them."""
+    process, banner = start_serve("--token", "good-one", "--token", "good-two", "--forbidden-token", "banned")
+    try:
+        base_url = banner[0].split(" at ")[1].split(" ")[0]
+        assert banner[3].strip() == "tokens: the 2 given with --token; 1 answered 403"
+        assert not any(token in "".join(banner) for token in ("good-one", "good-two", "banned"))
+
+        def status_of(token: str) -> int:
+            request = urllib.request.Request(
+                base_url + "/services/webshop/v1/integrations/sendcloud/status",
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=20) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert status_of("good-two") == 200
+        assert status_of("someone-else") == 401
+        assert status_of("banned") == 403
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()

@@ -234,3 +234,36 @@ def test_the_emulator_runs_in_a_thread_for_sync_code() -> None:
         url = emulator.base_url
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + STATUS, timeout=2)
+
+
+async def test_outside_api_is_a_404_without_auth_or_throttle(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """The routes live under /api, as on the real server: a base URL without /api meets Laravel's 404,
+    which no throttle counts and no token changes."""
+    root = wemasy_emulator.base_url.removesuffix("/api")
+    async with http.get(root + STATUS, headers=JSON_HEADERS) as response:
+        assert response.status == 404
+        assert "X-RateLimit-Limit" not in response.headers
+        assert "could not be found" in (await response.json())["message"]
+    assert wemasy_emulator.used(TOKEN) == 0
+    status, _, _ = await call(http, wemasy_emulator)
+    assert status == 200
+
+
+async def test_a_restart_refuses_connections_then_serves_with_its_state(http: aiohttp.ClientSession) -> None:
+    """While down, connections are refused; back on the same port, the throttle and queued orders are kept."""
+    async with WemasyEmulator(limit=5, window_seconds=60) as emulator:
+        status, _, _ = await call(http, emulator, PUSH, body={"create_label": False, "order_ids": [1]})
+        assert status == 200
+        base_url = emulator.base_url
+        await emulator.stop_serving()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await call(http, emulator)
+        await emulator.resume_serving()
+        assert emulator.base_url == base_url
+        status, headers, _ = await call(http, emulator, PUSH, body={"create_label": False, "order_ids": [1]})
+        assert status == 200
+        assert headers["X-RateLimit-Remaining"] == "3"
+        assert emulator.queued == [1]
+        assert emulator.restarts == 1

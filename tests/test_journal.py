@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -19,8 +20,9 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.test_batching import assert_every_id_accounted_once
-from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, read_journal
-from wemasy_async._journal import _SCHEMA, _ids_blob, _load
+from tests.test_cli import run_in_terminal, terminal_lines
+from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, partial_result, read_journal
+from wemasy_async._journal import _SCHEMA, BatchJournal, _ids_blob, _load, open_journal
 from wemasy_async.cli import main as cli_main
 from wemasy_async.testing import WemasyEmulator
 from wemasy_async.testing._emulator import RequestRecord
@@ -274,6 +276,84 @@ async def test_a_resume_may_use_another_chunk_size(
     result = await client.sendcloud.push_shipments(ids, chunk_size=7, journal=journal)
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
     assert sorted(int(x) for x in (*result.details.new_orders, *result.details.skipped_orders)) == ids
+
+
+@pytest.mark.wemasy_emulator(max_ids_per_request=30, **FAST)
+async def test_chunks_cut_at_the_learned_server_maximum_are_journaled_where_they_begin(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """A server taking 30 ids, chunks of 50: after the first 422 the batch cuts chunks of 30, so a chunk's
+    index no longer says where it begins. Left after four chunks, the journal holds exactly the ids
+    answered; the resume sends the rest and the merged result is the whole batch, in input order."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 301))
+    async with client.sendcloud.iter_push_shipments(ids, chunk_size=50, max_concurrency=1, journal=journal) as stream:
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 4:
+                break
+    left = stream.result()
+    answered = {int(x) for x in left.details.new_orders}
+    assert len(answered) == 50 + 3 * 30  # the first chunk in two parts, then chunks of 30
+    assert settled_in(journal, ids) == answered
+    summary = read_journal(journal)
+    assert (summary.accepted, summary.in_doubt + summary.not_sent) == (len(answered), 300 - len(answered))
+    before = len(pushes(wemasy_emulator))
+    result = await client.sendcloud.push_shipments(ids, chunk_size=50, max_concurrency=2, journal=journal)
+    assert set(sent_ids(pushes(wemasy_emulator)[before:])) == set(ids) - answered
+    new = [int(x) for x in result.details.new_orders]
+    assert new == sorted(new)
+    assert sorted(new + [int(x) for x in result.details.skipped_orders]) == ids
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    assert read_journal(journal).complete
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+async def test_a_second_cancel_while_a_journaled_push_closes_loses_no_id(
+    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled again while it is stopping (a second Ctrl-C), a journaled push accounts for every id; its
+    journal closes behind it (lock released, run marked finished) with those ids unanswered, and a resume
+    sends them and completes the batch."""
+    import wemasy_async.resources.sendcloud as sendcloud_module
+
+    opened: list[BatchJournal] = []
+
+    def recorded_open_journal(*args: Any, **kwargs: Any) -> BatchJournal | None:
+        journal = open_journal(*args, **kwargs)
+        if journal is not None:
+            opened.append(journal)
+        return journal
+
+    monkeypatch.setattr(sendcloud_module, "open_journal", recorded_open_journal)
+    journal = tmp_path / "push.sqlite"
+    wemasy_emulator.faults.delay_seconds = 30
+    ids = list(range(1, 101))
+    push = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal))
+    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
+    push.cancel()
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    push.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await push
+    result = partial_result(info.value)
+    assert result is not None
+    assert len(result.in_doubt) + len(result.not_sent) == 100
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    # The stream asked its journal to close without waiting for it; its thread ends once it has.
+    assert [j._closing for j in opened] == [True]
+    await asyncio.to_thread(opened[0]._writer.join)
+    summary = read_journal(journal)
+    assert summary.last_run_finished
+    assert (summary.accepted, summary.to_send) == (0, 100)
+    wemasy_emulator.faults.delay_seconds = 0
+    again = await client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal)
+    assert_every_id_accounted_once(again, ids, wemasy_emulator)
+    assert not again.in_doubt
+    assert not again.not_sent
+    assert read_journal(journal).complete
 
 
 # --- refused -------------------------------------------------------------------------------------
@@ -560,6 +640,34 @@ def test_cli_push_with_a_journal_then_its_summary(
     assert (summary["ids"], summary["accepted"], summary["rejected"], summary["runs"]) == (300, 300, 0, 3)
     assert summary["complete"] is True
     assert TOKEN not in json.dumps(summary)
+
+
+@pytest.mark.wemasy_emulator(**FAST)
+def test_a_resumed_cli_push_starts_its_progress_bar_at_what_the_journal_holds(
+    wemasy_emulator: WemasyEmulator, tmp_path: Path
+) -> None:
+    """On a terminal, a resumed `push --journal` shows the ids the journal already answered from its first
+    redraw (not a bar from 0 that jumps, or ends short of the batch), and ends at the whole batch."""
+    journal = tmp_path / "push.sqlite"
+    ids = list(range(1, 201))
+
+    async def first_chunks() -> None:
+        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+            stream = client.sendcloud.iter_push_shipments(ids, chunk_size=10, max_concurrency=1, journal=journal)
+            async with stream:
+                async for _ in stream:
+                    if stream.done >= 50:
+                        break
+
+    asyncio.run(first_chunks())
+    settled = len(settled_in(journal, ids))
+    assert 50 <= settled < 200
+    argv = ["push", "1-200", "--chunk-size", "10", "--concurrency", "1", "--journal", str(journal)]
+    code, out, written = run_in_terminal(argv, WEMASY_API_TOKEN=TOKEN, WEMASY_BASE_URL=wemasy_emulator.base_url)
+    assert code == 0, out
+    counts = [int(m.group(1)) for line in terminal_lines(written) if (m := re.search(r"(\d+)/200", line))]
+    assert counts[0] == settled
+    assert counts[-1] == 200
 
 
 @pytest.mark.wemasy_emulator(queued_order_ids={3, 4, 12}, failed_order_ids={5, 13}, **FAST)

@@ -356,6 +356,9 @@ ROUND_TRIPS_TO_RAMP = 4  # slow start reaches 2**k requests in flight after k ro
 )
 # Once a float-rounding failure: bounds are compared with a tolerance.
 @example(limit=9, window=1.0, requests=26, concurrency=2, latency=0.2080282324297876, jitter=0, seed=0)
+# Once a 429: an answer that came after our window's estimated end was read as the old window's, though its
+# request had landed in the server's next one (now every step first rolls past an ended window).
+@example(limit=8, window=1.0, requests=13, concurrency=4, latency=0.25, jitter=1.0, seed=2894659)
 def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     limit: int, window: float, requests: int, concurrency: int, latency: float, jitter: float, seed: int
 ) -> None:
@@ -373,6 +376,7 @@ def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     assert not outcome.stalled
     assert sum(outcome.throttled.values()) == 0
     assert outcome.requests == requests
+    assert outcome.clients[0].budget.mismatch is None  # the window is as configured: no false alarm
     windows = math.ceil(requests / limit)
     ideal = (windows - 1) * window
     rt = latency * (1 + jitter)  # the longest round trip
@@ -430,6 +434,7 @@ def test_with_drops_timeouts_and_limit_changes_no_wait_is_endless_and_every_call
     )
     assert outcome.endless_waits == []
     assert not outcome.stalled
+    assert outcome.clients[0].budget.mismatch is None
     healthy_from = max([faults_until, *(at for at, _ in limit_changes)])
     lowest = min([limit, *(new for _, new in limit_changes)])
     # From then on: a window and a second (a 429's rounding) to clear what is left, then the windows.
@@ -492,3 +497,94 @@ def test_a_budget_told_to_expect_others_opens_each_window_alone_and_ends_it_one_
     assert refused(budget, 2 * W + 2.1).reason in ("shared", "probe")
     budget.answered(second, 2 * W + 2.2, 200, hints(10, 8))
     assert budget.view(2 * W + 2.2).shared
+
+
+# --- a server window other than window_seconds ------------------------------------------------------
+
+
+def test_a_server_window_far_shorter_than_configured_is_named() -> None:
+    """A sole client configured for 60 s against a 1 s server: an answer shows a new window 1.2 s in (its
+    count fell back below what we had seen), and the budget says what it saw, once."""
+    budget = learned(limit=10, answered=3)  # three answers in the window opened at 0.1
+    assert budget.mismatch is None
+    late = grant(budget, 1.2)
+    budget.answered(late, 1.3, 200, hints(10, 9))  # count 1: the server's window began anew
+    assert budget.mismatch is not None
+    assert "not 60 s" in budget.mismatch
+    assert "1.3 s into a window" in budget.mismatch  # from our first send, at 0
+    assert "window_seconds" in budget.mismatch
+
+
+def test_a_new_window_opened_early_by_another_client_is_no_mismatch() -> None:
+    """Another client opened the server's window before ours, so it ends early for us: that is the shared
+    budget's business, not a wrong window_seconds."""
+    budget = learned(limit=10, answered=2)
+    other = grant(budget, 0.3)
+    budget.answered(other, 0.4, 200, hints(10, 4))  # 6 counted, 3 of them ours: another client was here
+    late = grant(budget, 5.0)
+    budget.answered(late, 5.1, 200, hints(10, 9))
+    assert budget.mismatch is None
+
+
+def test_a_window_that_ends_when_configured_is_no_mismatch() -> None:
+    """The next window's first answers, after our estimate, say nothing against it."""
+    budget = learned(limit=10, answered=3)
+    later = grant(budget, W + 1)
+    budget.answered(later, W + 1.1, 200, hints(10, 9))
+    assert budget.mismatch is None
+
+
+def test_a_slow_answer_is_no_sign_of_a_short_server_window() -> None:
+    """A request sent just after our window ended and answered half a window later, in a new server
+    window: the server's window may have lasted from that send, so nothing is said (the time is measured
+    from our first send of the window, not its first answer)."""
+    budget = learned(limit=10, answered=3)  # window opened by answers at 0.1, ends at 60.1
+    slow = grant(budget, 60.2)
+    second = grant(budget, 60.3)
+    budget.answered(slow, 60.4, 200, hints(10, 9))  # the first answer: the estimate opens at 60.4
+    budget.answered(second, 95.0, 200, hints(10, 9))  # count 1 again, 35 s on: a new server window
+    assert budget.mismatch is None
+
+
+def test_a_window_opened_by_an_unanswered_request_is_no_sign_either() -> None:
+    """A request that went unanswered may have opened the server's window long before our first answer:
+    while one has, in this window or the last, a new server window says nothing about its length."""
+    budget = learned(limit=10, answered=3)
+    lost = grant(budget, 0.5)
+    budget.no_answer(lost, 0.6)
+    late = grant(budget, 1.2)
+    budget.answered(late, 1.3, 200, hints(10, 9))
+    assert budget.mismatch is None
+
+
+def test_an_answer_after_the_windows_end_is_counted_in_the_next_window() -> None:
+    """A request sent before our window's estimated end and answered after it may have landed in the next
+    window: it is counted there (carried), so that window is never over-spent."""
+    budget = learned(limit=2, answered=1)  # the window ends at 60.1; one slot left
+    last = grant(budget, 59.0)
+    budget.answered(last, 61.0, 200, hints(2, 1))  # counted in the server's new window
+    fresh = grant(budget, 61.0)
+    assert isinstance(budget.try_acquire(61.0), Wait)  # the carried request and this one fill a limit of 2
+    budget.no_answer(fresh, 61.5)
+
+
+def test_a_request_given_up_after_the_windows_end_is_counted_in_the_next_window() -> None:
+    """The same for a request that got no answer: it may have been counted in the next window."""
+    budget = learned(limit=2, answered=1)
+    last = grant(budget, 59.0)
+    budget.no_answer(last, 61.0)
+    fresh = grant(budget, 61.0)
+    assert isinstance(budget.try_acquire(61.0), Wait)
+    budget.no_answer(fresh, 61.5)
+
+
+def test_answers_without_a_count_are_no_sign_of_a_short_server_window() -> None:
+    """A proxy's pages (no X-RateLimit headers) were never counted by the server, so a count lower than
+    the answers heard says nothing about its window."""
+    budget = learned(limit=10, answered=1)
+    for at in (0.2, 0.3):
+        page = grant(budget, at)
+        budget.answered(page, at + 0.05, 502, hints(None, None))
+    counted = grant(budget, 0.5)
+    budget.answered(counted, 0.6, 200, hints(10, 8))  # count 2 after three answers
+    assert budget.mismatch is None

@@ -75,6 +75,14 @@ BRANCHES = {
         ("advance", 2.5), ("acquire",), ("answer", 0, 200, 2, 0, None), ("answer", 0, 200, 2, 0, None),
         ("acquire",), ("advance", 2.5), ("acquire",),
     ],
+    "an answer after the window's end is carried into the next": [
+        ("acquire",), ("answer", 0, 200, 8, 1, None), ("acquire",), ("advance", 2.0), ("answer", 0, 200, 8, 7, None),
+        ("acquire",), ("acquire",),
+    ],
+    "a request given up after the window's end is carried into the next": [
+        ("acquire",), ("answer", 0, 200, 8, 1, None), ("acquire",), ("advance", 2.0), ("drop", 0),
+        ("acquire",), ("acquire",),
+    ],
 }  # fmt: skip
 
 

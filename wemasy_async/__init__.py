@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ._batching import DEFAULT_CHUNK_SIZE, PushStream
+from ._batching import DEFAULT_CHUNK_SIZE, PushStream, partial_result
 from ._client import WemasyClient
 from ._errors import (
     STATUS_ERRORS,
@@ -94,5 +94,6 @@ __all__ = [
     "WemasyClient",
     "WemasyError",
     "__version__",
+    "partial_result",
     "read_journal",
 ]

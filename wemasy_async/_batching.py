@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import operator
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,6 +49,7 @@ __all__ = [
     "PushStream",
     "check_create_label",
     "merge_results",
+    "partial_result",
     "prepare_order_ids",
 ]
 
@@ -179,8 +180,9 @@ class SizeLimit:
         return True
 
 
-#: Errors that would fail every request of a batch alike: the batch sends nothing more after the first.
-BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError, ClientClosedError)
+#: Errors that would fail every request of a batch alike: the batch sends nothing more after the first (a
+#: UsageError is a mistake in the call, such as an option the client refuses, raised before sending).
+BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError, ClientClosedError, UsageError)
 
 
 @attrs.define
@@ -199,7 +201,8 @@ class BatchState:
     #: Requests answered 200, and whether the last chunk the batch finished went through.
     successes: int = 0
     last_chunk_ok: bool = False
-    #: Requests the batch may still spend isolating ids that make the server fail (see push_chunk).
+    #: Requests the batch may still spend isolating ids that make the server fail (see push_chunk): a tenth
+    #: of its chunks' requests, at least 64 (a poison id in a chunk of 500 costs about 18).
     bisect_budget: int = 64
 
     def stop(self, error: WemasyError) -> None:
@@ -356,6 +359,33 @@ def _chunk_result(
     )
 
 
+def partial_result(error: BaseException) -> PushResult | None:
+    """The batch result an exception carries, or None: on the exception itself (a batch stopped by a 401,
+    403, closed client or dead server; ``PushFailedError``), or on one it was raised from or during (a
+    cancelled ``push_shipments()``: its ``CancelledError``, which Python 3.10 hands the awaiting caller
+    as the ``__context__`` of a new one, and which is the ``__cause__`` of ``asyncio.timeout``'s and
+    ``asyncio.wait_for``'s ``TimeoutError``).
+
+    >>> try:
+    ...     async with asyncio.timeout(60):
+    ...         result = await client.sendcloud.push_shipments(ids)
+    ... except TimeoutError as error:
+    ...     result = partial_result(error)  # in_doubt: under way; not_sent: never sent
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending and len(seen) < 64:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found = getattr(current, "result", None)
+        if isinstance(found, PushResult):
+            return found
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
+
+
 def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = ()) -> PushResult:
     """One result from many: summary and total_chunks summed, details and outcomes concatenated in order."""
     summaries = [r.summary for r in results]
@@ -413,9 +443,16 @@ class _Feed:
         batch: BatchState,
         journal: BatchJournal | None = None,
     ) -> None:
-        self.chunks = (ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size))
         self.journal = journal
+        #: With a journal: where each chunk handed out begins in ``ids``, by index (chunk sizes vary once
+        #: the batch learns the server's maximum, so an index alone does not say).
+        self.starts: list[int] = []
         self.batch = batch
+        #: Chunks handed out so far, and whether the last of them has been: the stream is over when it has
+        #: been and each of them has been read.
+        self.produced = 0
+        self.exhausted = not ids
+        self.chunks = self._chunks(ids, chunk_size)
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
@@ -424,6 +461,20 @@ class _Feed:
         #: What chunks cancelled under way had done (see push_chunk), by index.
         self.partial: dict[int, PushResult] = {}
 
+    def _chunks(self, ids: list[int], chunk_size: int) -> Iterator[list[int]]:
+        # Once the batch has learned the server's maximum ids per request, later chunks are cut at that size
+        # (a server taking 300: chunks of 300, not 300 + 200 for each 500).
+        size_limit, start, end = self.batch.size_limit, 0, len(ids)
+        while start < end:
+            size = chunk_size if size_limit.most is None else min(chunk_size, size_limit.most)
+            chunk = ids[start : start + size]
+            if self.journal is not None:
+                self.starts.append(start)
+            start += size
+            self.produced += 1
+            self.exhausted = start >= end
+            yield chunk
+
 
 async def _work(feed: _Feed) -> None:
     unconfirmed: list[int] = []  # with a journal: this worker's chunks whose outcome may not be durable yet
@@ -431,7 +482,7 @@ async def _work(feed: _Feed) -> None:
         index = next(feed.index)
         feed.in_flight[index] = chunk
         if feed.journal is not None:
-            feed.journal.started(index, chunk)
+            feed.journal.started(index, feed.starts[index], chunk)
         try:
             outcome: PushResult | BaseException = await push_chunk(
                 chunk, feed.push_once, feed.batch, feed.partial, index
@@ -486,14 +537,18 @@ class PushStream:
         if journal is not None:
             ids = journal.pending
             self.done = self.total - len(ids)
-        self._count = -(-len(ids) // chunk_size)
+        # Chunks the batch starts with (more once it learns a lower server maximum).
+        count = -(-len(ids) // chunk_size)
+        #: A batch of one chunk keeps its response's JSON in the result's ``raw``.
+        self._single = count == 1
         self._progress = progress
-        batch = BatchState(stop_when_unreachable=stop_when_unreachable)
+        batch = BatchState(stop_when_unreachable=stop_when_unreachable, bisect_budget=max(64, count // 10))
         self._feed = _Feed(ids, chunk_size, push_once, batch, journal)
         self._results: list[tuple[int, PushResult]] = []
         self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
+        self._closed = False
         self._received = 0
-        self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, self._count))]
+        self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, count))]
 
     def __del__(self) -> None:
         # Dropped without aclose(), as after a bare `async for ... break`: stop sending.
@@ -506,7 +561,10 @@ class PushStream:
         return self
 
     async def __anext__(self) -> PushResult:
-        if self._received >= self._count:
+        feed = self._feed
+        if self._closed:
+            raise StopAsyncIteration  # as a closed async generator does
+        if feed.exhausted and self._received >= feed.produced:
             await self.aclose()
             raise StopAsyncIteration
         index, outcome = await self._feed.queue.get()
@@ -515,7 +573,7 @@ class PushStream:
             await self.aclose()
             raise outcome
         # Kept for result(): the chunk's raw JSON goes with the chunk the caller gets, not into the batch.
-        self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
+        self._results.append((index, outcome if self._single else attrs.evolve(outcome, raw={})))
         self.done += (
             outcome.summary.total_orders
             + len(outcome.rejected)
@@ -535,8 +593,10 @@ class PushStream:
     def result(self) -> PushResult:
         """The chunk results received so far, merged in input order, with the batch's duplicates; once the
         stream is closed, also the ids it left in doubt or unsent."""
-        if self._journal is not None:  # with what earlier runs of the batch did
-            return merge_results(self._journal.in_order(self._results + self._left), duplicates=self.duplicates)
+        if self._journal is not None:  # with what earlier runs of the batch did, each piece where it begins
+            starts = self._feed.starts
+            pieces = [(starts[index], result) for index, result in self._results + self._left]
+            return merge_results(self._journal.in_order(pieces), duplicates=self.duplicates)
         ordered = [r for _, r in sorted(self._results + self._left, key=lambda pair: pair[0])]
         return merge_results(ordered, duplicates=self.duplicates)
 
@@ -546,30 +606,45 @@ class PushStream:
         Nothing is lost: chunks already answered but not yet read join :meth:`result`, the ids of chunks
         that were under way go to its ``in_doubt`` (the server may have queued them), and those of chunks
         never begun to its ``not_sent``."""
+        if self._closed:
+            return
+        self._closed = True
         for worker in self._workers:
             worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        feed = self._feed
-        while not feed.queue.empty():
-            index, outcome = feed.queue.get_nowait()
-            if isinstance(outcome, PushResult):
-                self._results.append((index, outcome if self._count == 1 else attrs.evolve(outcome, raw={})))
-        for index, chunk in sorted(feed.in_flight.items()):
-            done = feed.partial.get(index)
-            if done is None:
-                done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
-            elif feed.journal is not None:
-                feed.journal.finished(index, done)
-            self._left.append((index, done if self._count == 1 else attrs.evolve(done, raw={})))
-        feed.in_flight.clear()
-        for chunk in feed.chunks:
-            self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
+        try:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        except BaseException:
+            # Cancelled again while waiting (a second Ctrl-C): the account is made all the same, a chunk
+            # whose worker has not stopped yet counting as in doubt; a journal closes behind the stream, its
+            # chunks under way left in doubt there too.
+            self._account_for_the_rest()
+            if self._journal is not None:
+                self._journal.abandon()
+            raise
+        self._account_for_the_rest()
         if self._journal is not None:
             try:
                 await self._journal.close()
             except WemasyError as error:  # a write failed: the batch went on, the journal lags behind it
                 error.result = self.result()
                 raise
+
+    def _account_for_the_rest(self) -> None:
+        feed = self._feed
+        while not feed.queue.empty():
+            index, outcome = feed.queue.get_nowait()
+            if isinstance(outcome, PushResult):
+                self._results.append((index, outcome if self._single else attrs.evolve(outcome, raw={})))
+        for index, chunk in sorted(feed.in_flight.items()):
+            done = feed.partial.get(index)
+            if done is None:
+                done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
+            elif feed.journal is not None:
+                feed.journal.finished(index, done)
+            self._left.append((index, done if self._single else attrs.evolve(done, raw={})))
+        feed.in_flight.clear()
+        for chunk in feed.chunks:
+            self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
 
     async def __aenter__(self) -> PushStream:
         return self

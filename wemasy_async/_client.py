@@ -12,6 +12,8 @@ import logging
 import os
 import random
 import time
+import urllib.request
+from asyncio import _get_running_loop
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -19,35 +21,66 @@ from typing import Any, Final, Literal
 import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
+from yarl import URL
 
-from ._errors import APIConnectionError, ClientClosedError, ConfigurationError, DeadlineExceededError, RateLimitError
+from ._errors import (
+    APIConnectionError,
+    ClientClosedError,
+    ConfigurationError,
+    DeadlineExceededError,
+    RateLimitError,
+    UsageError,
+)
+from ._logging import setup_logging_from_env
 from ._protocol import (
     DEFAULT_BASE_URL,
     TOKEN_ENV_VAR,
     USER_AGENT,
     PreparedRequest,
     RawResponse,
-    build_request,
+    authorized_request,
     decipher_response,
+    encode_json_body,
     follow_redirect,
     normalize_base_url,
     parse_rate_limit_headers,
+    request_url,
     validate_token,
+    validate_user_agent,
 )
 from ._rate_limit import RETRY_AFTER_ROUNDING, RateLimitView
-from ._retry import RetryPolicy
+from ._retry import NO_RETRIES, RetryPolicy
 from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport
-from ._types import NOT_GIVEN, Timeout
+from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
 from .resources.sendcloud import SendcloudResource
 
-__all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient"]
+__all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_timeout"]
 
 BASE_URL_ENV_VAR: Final = "WEMASY_BASE_URL"
 REDIS_URL_ENV_VAR: Final = "WEMASY_REDIS_URL"
 
 logger = logging.getLogger("wemasy_async")
+
+
+class _Connection:
+    """What a client shares with the copies :meth:`WemasyClient.with_options` makes of it: the session (and
+    whether the client made it), the transport over it, the event loop they belong to, and whether the
+    client they came from is closed. Made once per client made with ``WemasyClient(...)``."""
+
+    __slots__ = ("closed", "loop", "owns_session", "proxy", "proxy_headers", "session", "transport")
+
+    def __init__(self, session: aiohttp.ClientSession | None) -> None:
+        self.session = session
+        self.owns_session = session is None
+        #: The proxy a session the client makes goes through (from the environment), and its credentials.
+        self.proxy: URL | None = None
+        self.proxy_headers: dict[str, str] | None = None
+        self.transport: AiohttpTransport | None = None
+        #: The event loop the session belongs to: the one running when the client was first used.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
 
 
 class WemasyClient:
@@ -60,13 +93,19 @@ class WemasyClient:
     Every request goes through one rate-limit budget per (base URL, token), shared by all clients and
     tasks of the process, which learns the server's fixed window from its ``X-RateLimit-*`` headers.
 
+    A client belongs to the event loop it is first used in: make it inside the coroutine that
+    ``asyncio.run`` runs. Used in another loop (a second ``asyncio.run``), or after :meth:`close`, every
+    call raises :class:`ClientClosedError` before sending anything.
+
     Args:
         token: the API token; defaults to the ``WEMASY_API_TOKEN`` environment variable.
         base_url: defaults to ``WEMASY_BASE_URL``, else ``https://api.wemasy.nl/api``. Plain ``http://``
             is refused unless the host is loopback or ``allow_insecure_http=True``.
-        session: an ``aiohttp.ClientSession`` you own; the client never closes it. Without one the
-            client makes its own on first use and closes it in :meth:`close`.
-        timeout: seconds for one HTTP exchange (``None``: no limit); each call may override it.
+        session: an ``aiohttp.ClientSession`` you own; the client never closes it, and uses it as it is
+            (its proxy and ``trust_env`` settings included). Without one the client makes its own on first
+            use and closes it in :meth:`close`.
+        timeout: for one HTTP exchange: seconds, or an ``aiohttp.ClientTimeout`` for finer limits
+            (``connect``, ``sock_read``); ``None``: no limit. Each call may override it.
         deadline: seconds a whole call may take, budget waits, retries and attempts included (``None``: no
             limit, the default); each call may override it. For web handlers that must answer in time: a
             wait for the budget or an exchange that would end after it raises
@@ -77,6 +116,9 @@ class WemasyClient:
         max_concurrency: requests this client has in flight at once, at most.
         rate_ceiling: ``(requests, seconds)``: a smooth ceiling of this client's own, below the server's.
         retry: how failures are retried; see :class:`RetryPolicy`.
+        max_retries: the simple form of ``retry``: re-sends after the first send (``RetryPolicy(
+            max_attempts=max_retries + 1)``). ``0`` is :data:`NO_RETRIES`: every failure is raised as it
+            comes, a 429 included (no wait for the rate-limit window). Not together with ``retry``.
         on_event: called with a :class:`WaitEvent` before each wait for the budget and a
             :class:`RetryEvent` before each retry (both are also logged at debug level).
         budget: a budget to use instead of the process-wide one (any :class:`Budget`); the client does not
@@ -86,6 +128,11 @@ class WemasyClient:
             Redis stops answering, the client carries on with the process's own budget until it is back.
         max_redirects: same-origin redirects followed per call. Redirects to another origin are never
             followed, since they would carry the token.
+        user_agent: a product token put before the SDK's own in ``User-Agent`` (one line of text).
+        trust_env: the session the client makes goes through the proxy that ``HTTPS_PROXY`` (for https)
+            or ``HTTP_PROXY`` (for http) names, unless ``NO_PROXY`` lists the host, as requests and httpx
+            do; read once, when the session is made. ``False``: connect directly whatever the environment
+            says. (A session you pass keeps its own settings.)
     """
 
     def __init__(
@@ -94,45 +141,45 @@ class WemasyClient:
         *,
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
-        timeout: float | None = 30.0,
+        timeout: float | aiohttp.ClientTimeout | None = 30.0,
         deadline: float | None = None,
         window_seconds: float | None = None,
         max_concurrency: int = 32,
         rate_ceiling: tuple[float, float] | None = None,
         retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
         on_event: Callable[[SchedulerEvent], None] | None = None,
         budget: Budget[Any] | None = None,
         redis_url: str | None = None,
         allow_insecure_http: bool = False,
         max_redirects: int = 3,
         user_agent: str | None = None,
+        trust_env: bool = True,
     ) -> None:
+        setup_logging_from_env()  # WEMASY_LOG=debug|info: the library's log on stderr
         self._token = validate_token(token if token is not None else os.environ.get(TOKEN_ENV_VAR))
         self.base_url = normalize_base_url(
             base_url or os.environ.get(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL,
             allow_insecure_http=allow_insecure_http,
         )
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"timeout must be positive seconds or None, got {timeout!r}")
-        if deadline is not None and not deadline > 0:
-            raise ConfigurationError(f"deadline must be positive seconds or None, got {deadline!r}")
-        if window_seconds is not None and not window_seconds > 0:
-            raise ConfigurationError(f"window_seconds must be positive, got {window_seconds!r}")
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
-        self.timeout = timeout
-        self.deadline = deadline
-        self.max_redirects = max_redirects
-        self.user_agent = f"{user_agent} {USER_AGENT}" if user_agent else USER_AGENT
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.max_concurrency = max_concurrency
-        self._slots = asyncio.Semaphore(max_concurrency)
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise ConfigurationError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
+        if not isinstance(trust_env, bool):
+            raise ConfigurationError(f"trust_env must be True or False, got {trust_env!r}")
+        if on_event is not None and not callable(on_event):
+            raise ConfigurationError(f"on_event must be a callable or None, got {type(on_event).__name__}")
+        self.timeout = checked_timeout(timeout)
+        self.deadline = _checked_seconds("deadline", deadline)
+        window_seconds = _checked_seconds("window_seconds", window_seconds)
+        self.max_redirects = _checked_count("max_redirects", max_redirects, least=0)
+        self.max_concurrency = _checked_count("max_concurrency", max_concurrency, least=1)
+        prefix = validate_user_agent(user_agent)
+        self.user_agent = f"{prefix} {USER_AGENT}" if prefix else USER_AGENT
+        self.retry = _retry_policy(RetryPolicy(), retry, max_retries)
+        self._slots = asyncio.Semaphore(self.max_concurrency)
         self._ceiling = None
         if rate_ceiling is not None:
-            requests, seconds = rate_ceiling
-            if not (requests > 0 and seconds > 0):
-                raise ConfigurationError(f"rate_ceiling must be (requests, seconds), both positive: {rate_ceiling!r}")
-            self._ceiling = AsyncLimiter(requests, seconds)
+            self._ceiling = AsyncLimiter(*_checked_ceiling(rate_ceiling))
         self._on_event = on_event
         redis_url = redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV_VAR) or None
         local = shared_budget(self.base_url, self._token, window_seconds=window_seconds)
@@ -145,27 +192,68 @@ class WemasyClient:
                 self.base_url,
                 self._token,
                 window_seconds=window_seconds or local.window_seconds,
-                lease_seconds=max(10.0, (timeout or 60.0) + 5.0),
+                lease_seconds=max(10.0, (_total_seconds(self.timeout) or 60.0) + 5.0),
                 fallback=local,
                 on_event=self._emit,
             )
         else:
             self._budget = local
         self._random = random.Random()
-        self._session = session
+        self._conn = _Connection(session)
+        if session is None and trust_env:
+            self._conn.proxy, self._conn.proxy_headers = _environment_proxy(self.base_url)
+        self._is_copy = False
         self._transport_cache: AiohttpTransport | None = None
         self._prepared: dict[tuple[str, str], PreparedRequest] = {}
-        self._owns_session = session is None
+        #: This client (or copy) was closed; the session's owner closing sets ``_conn.closed`` for all.
         self._closed = False
         self.sendcloud = SendcloudResource(self)
 
     def __repr__(self) -> str:
         return f"WemasyClient(base_url={self.base_url!r}, token=<redacted>)"
 
+    def with_options(
+        self,
+        *,
+        timeout: Timeout = NOT_GIVEN,
+        deadline: Deadline = NOT_GIVEN,
+        retry: RetryPolicy | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> WemasyClient:
+        """A light copy of this client with other defaults for its calls; what is not given stays as it is.
+
+        >>> patient = client.with_options(timeout=120, max_retries=10)
+        >>> await patient.sendcloud.push_shipments(ids)
+
+        The copy shares everything else with this client: the session, the token's rate-limit budget, the
+        ``max_concurrency`` slots and ``rate_ceiling``, so calls through either count against the same
+        limits. It owns none of it: closing the copy (or leaving ``async with`` on it) only makes the copy
+        refuse further calls, and this client's :meth:`close` closes the session for both. Make as many
+        as you like (one per request in a web service is fine): a copy costs a few attribute copies.
+        """
+        copy = object.__new__(WemasyClient)
+        copy.__dict__.update(self.__dict__)
+        copy._owns_budget = False
+        copy._is_copy = True
+        copy._closed = False
+        if timeout is not NOT_GIVEN:
+            copy.timeout = checked_timeout(timeout)
+        if deadline is not NOT_GIVEN:
+            copy.deadline = _checked_seconds("deadline", deadline)
+        if retry is not NOT_GIVEN or max_retries is not NOT_GIVEN:
+            given = None if retry is NOT_GIVEN else (RetryPolicy() if retry is None else retry)
+            copy.retry = _retry_policy(self.retry, given, None if max_retries is NOT_GIVEN else max_retries)
+        copy.sendcloud = SendcloudResource(copy)
+        return copy
+
     @property
     def rate_limit(self) -> RateLimitView:
         """The token's budget now (limit, remaining, window end, gate) and its counters."""
         return self._budget.view()
+
+    @property
+    def _session(self) -> aiohttp.ClientSession | None:
+        return self._conn.session
 
     async def __aenter__(self) -> WemasyClient:
         self._transport()
@@ -180,37 +268,88 @@ class WemasyClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session if the client created it; a session passed in is left open."""
+        """Close the session if the client created it; a session passed in is left open.
+
+        On a copy made by :meth:`with_options` only the copy is closed: the session and budget belong to
+        the client it was made from.
+        """
         self._closed = True
         self._transport_cache = None
+        if self._is_copy:
+            return
+        conn = self._conn
+        conn.closed = True
+        conn.transport = None
         try:
-            if self._owns_session and self._session is not None:
-                session, self._session = self._session, None
-                await session.close()
+            if conn.owns_session and conn.session is not None:
+                session, conn.session = conn.session, None
+                try:
+                    await session.close()
+                except RuntimeError:  # its event loop is gone (a later asyncio.run), and its connections with it
+                    if conn.loop is None or not conn.loop.is_closed():
+                        raise
         finally:
             if self._owns_budget:
                 self._owns_budget = False
                 await self._budget.aclose()
 
     def _transport(self) -> AiohttpTransport:
-        if self._closed:
-            raise ClientClosedError("this WemasyClient is closed; make a new one")
-        if self._transport_cache is None:
-            if self._session is None:
+        """The transport, made with the session on first use (in the event loop the client then belongs to)."""
+        self._check_usable()
+        conn = self._conn
+        if conn.transport is None:
+            conn.loop = asyncio.get_running_loop()
+            if conn.session is None:
                 # Our own session carries the auth headers and timeout, so calls need not repeat them. It
                 # never follows redirects and is never handed out, so the token goes nowhere else.
-                headers = build_request(
-                    "GET", self.base_url, "/", token=self._token, user_agent=self.user_agent
-                ).headers
-                self._session = aiohttp.ClientSession(
-                    headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout), raise_for_status=False
+                session_headers = dict(
+                    authorized_request(
+                        "GET", self.base_url, None, token=self._token, user_agent=self.user_agent
+                    ).headers
                 )
-                self._transport_cache = AiohttpTransport(
-                    self._session, session_headers=headers, session_timeout=self.timeout
+                if conn.proxy is not None:
+                    # aiohttp adds a session's headers to those it sends the proxy, and sends an Authorization
+                    # among them as Proxy-Authorization: the token would go to the proxy (in the clear in
+                    # the CONNECT of an https call). Through a proxy, each request carries the token itself.
+                    del session_headers["Authorization"]
+                timeout = self.timeout
+                conn.session = aiohttp.ClientSession(
+                    headers=session_headers,
+                    timeout=timeout
+                    if isinstance(timeout, aiohttp.ClientTimeout)
+                    else aiohttp.ClientTimeout(total=timeout),
+                    raise_for_status=False,
+                )
+                conn.transport = AiohttpTransport(
+                    conn.session,
+                    session_headers=session_headers,
+                    session_timeout=timeout,
+                    proxy=conn.proxy,
+                    proxy_headers=conn.proxy_headers,
                 )
             else:
-                self._transport_cache = AiohttpTransport(self._session)
-        return self._transport_cache
+                conn.transport = AiohttpTransport(conn.session)
+        self._transport_cache = conn.transport
+        return conn.transport
+
+    def _check_usable(self) -> None:
+        """Raise :class:`ClientClosedError` when this client cannot send: closed, or its session belongs to
+        another event loop."""
+        conn = self._conn
+        if self._closed:
+            raise ClientClosedError("this WemasyClient is closed; make a new one")
+        if conn.closed:
+            raise ClientClosedError(
+                "the WemasyClient this one was made from (with with_options) is closed; make a new one"
+            )
+        loop, running = conn.loop, _get_running_loop()
+        if loop is not None and loop is not running and (running is not None or loop.is_closed()):
+            gone = ", which has closed" if loop.is_closed() else ""
+            raise ClientClosedError(
+                f"this WemasyClient was first used in another event loop{gone}, and its connections belong to "
+                "that loop. Make the client inside the coroutine that asyncio.run() runs (one client per "
+                "event loop), not once for several asyncio.run() calls."
+            )
 
     async def request(
         self,
@@ -228,17 +367,28 @@ class WemasyClient:
         >>> await client.request("GET", "/services/webshop/v1/integrations/sendcloud/status")
         {'error': False, 'integration': {...}}
         """
+        if not (isinstance(method, str) and method.isascii() and method.isalpha()):
+            raise UsageError(f"method must be an HTTP method such as 'GET' or 'POST', got {method!r}")
+        if not isinstance(path, str):
+            raise UsageError(f"path must be a str, got {type(path).__name__}")
         exchange = await self._send(
             method, path, json_body=json, timeout=timeout, deadline_at=self.deadline_at(deadline)
         )
         return decipher_response(exchange.response)
 
     def deadline_at(self, deadline: Deadline) -> float | None:
-        """The ``time.monotonic()`` time by which a call started now with ``deadline`` must end."""
+        """The ``time.monotonic()`` time by which a call started now with ``deadline`` must end.
+
+        Every call asks this first, so it is also where a call on a client that cannot send (closed, or
+        first used in another event loop) raises :class:`ClientClosedError`, before anything is sent.
+        """
+        conn = self._conn
+        if self._closed or conn.closed or (conn.loop is not None and conn.loop is not _get_running_loop()):
+            self._check_usable()
         seconds = self.deadline if deadline is NOT_GIVEN else deadline
         if seconds is None:
             return None
-        if not (isinstance(seconds, (int, float)) and seconds > 0):
+        if not _is_seconds(seconds):
             raise ConfigurationError(f"deadline must be positive seconds or None, got {seconds!r}")
         return time.monotonic() + seconds
 
@@ -267,19 +417,20 @@ class WemasyClient:
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         request = self._prepared.get((method, path)) if json_body is None else None
         if request is None:
-            request = build_request(
-                method, self.base_url, path, token=self._token, json_body=json_body, user_agent=self.user_agent
-            )
+            # What can fail is done before the token is handed over (no frame of a raised error holds it).
+            url, body = request_url(self.base_url, path), encode_json_body(json_body)
+            request = authorized_request(method, url, body, token=self._token, user_agent=self.user_agent)
             if json_body is None and len(self._prepared) < 64:
                 # A request without a body is the same every time; its headers are the session's own.
                 if request.headers == transport.session_headers:
                     request = attrs.evolve(request, headers=transport.session_headers)
                 self._prepared[(method, path)] = request
-        seconds = self.timeout if timeout is NOT_GIVEN else timeout
+        seconds = self.timeout if timeout is NOT_GIVEN else checked_timeout(timeout)
         budget = self._budget
         policy = self.retry if retry is None else retry
         waited = 0.0  # backoff waits, and waits after 429s that named no time
         ambiguous = False
+        first_failure_at: float | None = None  # when this call first failed (retries ride out an outage from then)
         attempt = sends = 1
         while True:
             failure: RawResponse | APIConnectionError
@@ -309,7 +460,7 @@ class WemasyClient:
                             if left <= 0:  # aiohttp reads a timeout of 0 as none at all
                                 await budget.release(ticket)
                                 raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
-                            exchange_timeout = left if seconds is None else min(seconds, left)
+                            exchange_timeout = _within(seconds, left)
                         try:
                             response = await transport.send(hop, timeout=exchange_timeout)
                         except APIConnectionError as exc:
@@ -342,12 +493,12 @@ class WemasyClient:
             except DeadlineExceededError:
                 raise
             except APIConnectionError as exc:
-                failure, cause, delay = exc, type(exc).__name__, policy.backoff(attempt, self._random)
+                failure, cause, retry_after = exc, type(exc).__name__, 0.0
             else:
                 if status < 300 or not policy.retries_status(status):
                     return Exchange(response, ambiguous)
                 failure, cause = response, str(status)
-                if status == 429 and policy.max_attempts > 1:
+                if status == 429 and policy.wait_on_rate_limit:
                     # The gate holds every caller until then; this call just queues again, using no attempt.
                     # A wait the server names is refused when it is longer than max_wait; waits it does not
                     # name add up to at most max_wait.
@@ -361,14 +512,23 @@ class WemasyClient:
                     sends += 1
                     self._count_retry(sends, gate, cause, method, path)
                     continue
-                delay = max(policy.backoff(attempt, self._random), hints.retry_after or 0.0)
+                retry_after = hints.retry_after or 0.0
+            now = time.monotonic()
+            if first_failure_at is None:
+                first_failure_at = now
+            until_deadline = None if deadline_at is None else deadline_at - now
+            room = policy.max_wait - waited
+            delay = max(policy.delay(attempt, now - first_failure_at, self._random, until_deadline, room), retry_after)
             if (
                 attempt >= policy.max_attempts
                 or waited + delay > policy.max_wait
-                or (deadline_at is not None and time.monotonic() + delay >= deadline_at)
+                or (until_deadline is not None and delay >= until_deadline)
             ):
                 if isinstance(failure, APIConnectionError):
-                    raise failure
+                    try:
+                        raise failure
+                    finally:
+                        failure.__context__ = None  # Python 3.10 would chain aiohttp's error (see the transport)
                 decipher_response(failure)  # raises the status's error
             attempt += 1
             sends += 1
@@ -439,3 +599,87 @@ def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> 
         return RedisBudget(redis_url, base_url, token, **options)
     except ValueError:  # its text may repeat the URL, password and all
         raise ConfigurationError("redis_url is not a usable Redis URL (redis://[:password@]host:port/db)") from None
+
+
+def _total_seconds(timeout: float | aiohttp.ClientTimeout | None) -> float | None:
+    return timeout.total if isinstance(timeout, aiohttp.ClientTimeout) else timeout
+
+
+def _within(timeout: float | aiohttp.ClientTimeout | None, left: float) -> float | aiohttp.ClientTimeout:
+    """The timeout of an exchange that must end within ``left`` seconds (the call's deadline). One cut short
+    is a ``ClientTimeout`` made for this exchange, which the transport does not keep (each one differs)."""
+    if timeout is None:
+        return aiohttp.ClientTimeout(total=left)
+    if isinstance(timeout, aiohttp.ClientTimeout):
+        total = timeout.total
+        return timeout if total is not None and total <= left else attrs.evolve(timeout, total=left)
+    return timeout if timeout <= left else aiohttp.ClientTimeout(total=left)
+
+
+def _checked_seconds(name: str, value: object) -> float | None:
+    if value is None or _is_seconds(value):
+        return value  # type: ignore[return-value]  # _is_seconds said it is an int or float
+    raise ConfigurationError(f"{name} must be positive seconds or None, got {value!r}")
+
+
+def _checked_count(name: str, value: object, *, least: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= least:
+        return value
+    raise ConfigurationError(f"{name} must be an int of at least {least}, got {value!r}")
+
+
+def _checked_ceiling(rate_ceiling: object) -> tuple[float, float]:
+    if isinstance(rate_ceiling, (tuple, list)) and len(rate_ceiling) == 2 and all(map(_is_seconds, rate_ceiling)):
+        return rate_ceiling[0], rate_ceiling[1]
+    raise ConfigurationError(
+        f"rate_ceiling must be (requests, seconds), two positive numbers such as (50, 60), got {rate_ceiling!r}"
+    )
+
+
+def _retry_policy(current: RetryPolicy, retry: RetryPolicy | None, max_retries: object) -> RetryPolicy:
+    """The retry policy from ``retry=`` or ``max_retries=`` (at most one of them), else ``current``."""
+    if retry is not None and max_retries is not None:
+        raise ConfigurationError(
+            "give retry= or max_retries=, not both (max_retries=N is RetryPolicy(max_attempts=N + 1))"
+        )
+    if max_retries is not None:
+        count = _checked_count("max_retries", max_retries, least=0)
+        return NO_RETRIES if count == 0 else RetryPolicy(max_attempts=count + 1)
+    if retry is not None:
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        return retry
+    return current
+
+
+def _environment_proxy(base_url: str) -> tuple[URL | None, dict[str, str] | None]:
+    """The proxy for ``base_url`` that ``HTTPS_PROXY``/``HTTP_PROXY`` name, unless ``NO_PROXY`` lists its host
+    (as urllib, requests and httpx read them), with the credentials it holds; ``(None, None)`` for none.
+
+    Read once per client rather than by aiohttp per request (``trust_env=True``), which costs two
+    thread-pool hops on every call and would also take a ``~/.netrc`` password for the API host.
+    """
+    url = URL(base_url)
+    host = url.host
+    if host is None or urllib.request.proxy_bypass(host):
+        return None, None
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if not proxy:
+        return None, None
+    variable = f"{url.scheme.upper()}_PROXY"
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # as requests does for "host:port"
+    try:
+        proxy_url = URL(proxy)
+        usable = proxy_url.scheme in ("http", "https") and bool(proxy_url.host)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ConfigurationError(
+            f"{variable} (from the environment) is not a usable http:// proxy URL; fix it, list "
+            f"{host} in NO_PROXY, or pass trust_env=False"
+        )
+    auth = aiohttp.BasicAuth.from_url(proxy_url)
+    # aiohttp moves an Authorization among the proxy's headers to Proxy-Authorization: on the request itself
+    # for http://, on the CONNECT for https:// (its proxy_auth= does the same, but is deprecated).
+    return proxy_url.with_user(None), None if auth is None else {"Authorization": auth.encode()}

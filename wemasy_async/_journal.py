@@ -669,7 +669,6 @@ class BatchJournal:
         writer: _Writer,
         pending: list[int],
         positions: Sequence[int],
-        chunk_size: int,
         first_seq: int,
         total: int,
         pieces: list[tuple[int, PushResult]],
@@ -681,7 +680,6 @@ class BatchJournal:
         self._writer = writer
         #: Where each id this run sends stands in the batch (``range`` for a new batch).
         self._positions = positions
-        self._chunk_size = chunk_size
         self._first_seq = first_seq
         self._pieces = pieces
         self._closed: asyncio.Future[None] | None = None
@@ -690,11 +688,11 @@ class BatchJournal:
     def __repr__(self) -> str:
         return f"BatchJournal({self.path!r}, {len(self.pending)} of {self.total} ids to send)"
 
-    def started(self, index: int, chunk: list[int]) -> None:
-        """Chunk ``index`` of this run is being sent (written without waiting: see the module's doc)."""
-        first = index * self._chunk_size
-        position = self._positions[first]
-        in_a_row = self._positions[first + len(chunk) - 1] - position == len(chunk) - 1
+    def started(self, index: int, start: int, chunk: list[int]) -> None:
+        """Chunk ``index`` of this run, which begins at ``start`` in :attr:`pending`, is being sent (written
+        without waiting: see the module's doc)."""
+        position = self._positions[start]
+        in_a_row = self._positions[start + len(chunk) - 1] - position == len(chunk) - 1
         self._writer.starts.append((self._first_seq + index, position, chunk, in_a_row, time.time()))
 
     def finished(self, index: int, result: PushResult) -> None:
@@ -714,11 +712,11 @@ class BatchJournal:
         await future
 
     def in_order(self, pieces: Iterable[tuple[int, PushResult]]) -> list[PushResult]:
-        """This run's chunk results (by chunk index) and the stored ones, in the batch's order (each
-        by where its chunk begins)."""
-        positions, size = self._positions, self._chunk_size
+        """This run's chunk results (each with where its chunk begins in :attr:`pending`) and the stored
+        ones, in the batch's order (each by where its chunk begins in the batch)."""
+        positions = self._positions
         placed = [(position, 0, result) for position, result in self._pieces]
-        placed += [(positions[index * size], 1, result) for index, result in pieces]
+        placed += [(positions[start], 1, result) for start, result in pieces]
         placed.sort(key=lambda item: (item[0], item[1]))
         return [result for _, _, result in placed]
 
@@ -791,7 +789,7 @@ def open_journal(
         raise
     writer = _Writer(conn, lock, run, loop)
     writer.start()
-    return BatchJournal(path, writer, pending, positions, chunk_size, first_seq, len(ids), pieces)
+    return BatchJournal(path, writer, pending, positions, first_seq, len(ids), pieces)
 
 
 def _abort(conn: sqlite3.Connection | None, lock: _Lock) -> None:

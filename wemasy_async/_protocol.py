@@ -24,6 +24,7 @@ from ._errors import (
     ConfigurationError,
     InvalidResponseError,
     RateLimitError,
+    UsageError,
     ValidationError,
     error_class_for_status,
 )
@@ -36,14 +37,19 @@ __all__ = [
     "PreparedRequest",
     "RateLimitHeaders",
     "RawResponse",
+    "authorized_request",
     "build_request",
     "decipher_response",
+    "encode_json_body",
     "follow_redirect",
     "normalize_base_url",
     "parse_http_date",
     "parse_rate_limit_headers",
     "parse_retry_after",
+    "redact_url",
+    "request_url",
     "validate_token",
+    "validate_user_agent",
 ]
 
 DEFAULT_BASE_URL = "https://api.wemasy.nl/api"
@@ -53,6 +59,9 @@ USER_AGENT = f"wemasy-async/{__version__}"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 # A token goes into a header; anything that could split or fold it is refused up front.
 _TOKEN_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# A header value may not hold CR, LF or other control characters (header injection, or aiohttp's ValueError).
+_HEADER_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 _HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -112,29 +121,61 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_USERINFO = re.compile(r"(?<=//)[^/?#@]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any userinfo (``user:password@``) replaced, for messages: a password is never repeated."""
+    return _USERINFO.sub("***@", url)
+
+
 def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
     """Check and normalise the API base URL (no trailing slash).
 
     Plain ``http://`` would send the token in clear text, so it is refused unless the host is loopback
-    (the emulator, a local proxy) or the caller opts in with ``allow_insecure_http=True``.
+    (the emulator, a local proxy) or the caller opts in with ``allow_insecure_http=True``. No error repeats
+    a password the URL holds.
     """
     if not isinstance(base_url, str) or not base_url:
-        raise ConfigurationError(f"base_url must be a non-empty URL string, got {base_url!r}")
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+        shown = redact_url(base_url) if isinstance(base_url, str) else f"a {type(base_url).__name__}"
+        raise ConfigurationError(f"base_url must be a non-empty URL string, got {shown!r}")
+    shown = redact_url(base_url)
+    try:
+        parts = urlsplit(base_url)
+        hostname, _ = parts.hostname, parts.port  # .port raises for a port that is not a number in range
+    except ValueError as exc:
+        # Its text may repeat the URL; ours says what is wrong without the password.
+        reason = str(exc).replace(base_url, shown)
+        raise ConfigurationError(f"base_url is not a valid URL ({reason}): {shown!r}") from None
+    if parts.scheme not in ("https", "http") or not hostname:
         raise ConfigurationError(
-            f"base_url must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}, got {base_url!r}"
+            f"base_url must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}, got {shown!r}"
         )
     if parts.username or parts.password:
         raise ConfigurationError("base_url must not contain credentials; pass the token as token=...")
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"base_url must not have a query or fragment, got {base_url!r}")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(f"base_url must not have a query or fragment, got {shown!r}")
+    if _URL_FORBIDDEN.search(base_url):
+        raise ConfigurationError(f"base_url contains whitespace or control characters: {shown!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(hostname):
         raise ConfigurationError(
-            f"refusing plain http:// to {parts.hostname}: the token would travel unencrypted. "
+            f"refusing plain http:// to {hostname}: the token would travel unencrypted. "
             "Use https://, or pass allow_insecure_http=True if a trusted proxy terminates TLS."
         )
     return base_url.rstrip("/")
+
+
+def validate_user_agent(user_agent: object) -> str | None:
+    """A caller's ``User-Agent`` prefix, if it can go in a header (no CR, LF or other control characters)."""
+    if user_agent is None or user_agent == "":
+        return None
+    if not isinstance(user_agent, str):
+        raise ConfigurationError(f"user_agent must be a str, got {type(user_agent).__name__}")
+    if _HEADER_FORBIDDEN.search(user_agent):
+        raise ConfigurationError(
+            f"user_agent must be one line of printable text (no CR, LF or control characters), got {user_agent!r}"
+        )
+    return user_agent
 
 
 def validate_token(token: object) -> str:
@@ -150,6 +191,47 @@ def validate_token(token: object) -> str:
     return token
 
 
+def request_url(base_url: str, path: str) -> str:
+    """The URL of ``path`` (relative to ``base_url``); a path that names another host is refused."""
+    if not isinstance(path, str):
+        raise ConfigurationError(f"path must be a str, got {type(path).__name__}")
+    if not path.startswith("/"):
+        path = "/" + path
+    if "://" in path or path.startswith("//"):
+        raise ConfigurationError(f"path must be relative to base_url, got {path!r}")
+    return base_url + path
+
+
+def encode_json_body(json_body: Any) -> bytes | None:
+    """The compact JSON bytes of a request body (``None`` for none); a value JSON cannot hold is refused."""
+    if json_body is None:
+        return None
+    try:
+        return json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"the JSON body cannot be sent: {exc}") from None
+
+
+def authorized_request(
+    method: str, url: str, body: bytes | None, *, token: str, user_agent: str = USER_AGENT
+) -> PreparedRequest:
+    """A request to ``url`` with auth and JSON headers. It cannot fail, so no exception's traceback holds a
+    frame with the token in its locals: what can fail (:func:`request_url`, :func:`encode_json_body`) runs
+    before, without the token.
+
+    ``Accept: application/json`` is always sent: Laravel answers JSON only when the first accepted type is
+    JSON, and otherwise redirects an unauthenticated call to a login page.
+    """
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json",
+        "User-Agent": user_agent,
+    }
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return PreparedRequest(method=method.upper(), url=url, headers=headers, body=body)
+
+
 def build_request(
     method: str,
     base_url: str,
@@ -159,26 +241,11 @@ def build_request(
     json_body: Any = None,
     user_agent: str = USER_AGENT,
 ) -> PreparedRequest:
-    """Build the request for ``path`` (relative to ``base_url``) with auth and JSON headers.
-
-    ``Accept: application/json`` is always sent: Laravel answers JSON only when the first accepted type is
-    JSON, and otherwise redirects an unauthenticated call to a login page.
-    """
-    method = method.upper()
-    if not path.startswith("/"):
-        path = "/" + path
-    if "://" in path or path.startswith("//"):
-        raise ConfigurationError(f"path must be relative to base_url, got {path!r}")
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Accept": "application/json",
-        "User-Agent": user_agent,
-    }
-    body = None
-    if json_body is not None:
-        headers["Content-Type"] = "application/json"
-        body = json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
-    return PreparedRequest(method=method, url=base_url + path, headers=headers, body=body)
+    """Build the request for ``path`` (relative to ``base_url``) with auth and JSON headers
+    (:func:`request_url`, :func:`encode_json_body` and :func:`authorized_request` in one)."""
+    url = request_url(base_url, path)
+    body = encode_json_body(json_body)
+    return authorized_request(method, url, body, token=token, user_agent=user_agent)
 
 
 def _origin(url: str) -> tuple[str, str, int | None] | None:

@@ -28,6 +28,10 @@ remain, but not when the window ends (except in a 429). From the client's side:
   used in the last window, whichever is more). With several processes on one token and no shared store,
   each then meets at most one 429 per window in the simulations at Wemasy's small limits. Far from the
   limit nothing is held back, and a window with no sign of another client lifts all this.
+* A server window far shorter than ``window_seconds`` shows itself when a window begins anew before half
+  of ours is over while no one else was seen and every request was answered. The budget stays safe, but
+  most of the server's budget goes unused: the sign is kept as a message in :attr:`WindowBudget.mismatch`
+  (the scheduler logs it once). (A longer server window shows itself in 429s, which are logged anyway.)
 * A 429 closes the gate for everyone until the window has surely ended. Laravel's ``Retry-After`` is the
   seconds left rounded *down*, so the window's true end lies in ``[now + Retry-After, now + Retry-After
   + 1 s)``: the gate opens at the budget's own never-early estimate kept within that interval (its upper
@@ -139,6 +143,11 @@ class WindowBudget:
         self._settled = 0  # ...and how many of them have been settled
         self._in_flight = 0
         self._last_settled = -math.inf
+        self._unclear_epoch = -2  # the last epoch in which a request went unanswered or uncounted
+        self._first_sent = -math.inf  # when this epoch's first request of ours was sent
+        self._carried_in = 0  # requests in flight when this epoch began (sent in an earlier one)
+        #: What showed the server's window to differ from ``window_seconds`` (first sign only), or None.
+        self.mismatch: str | None = None
 
     # --- asking ----------------------------------------------------------------------------------
 
@@ -147,6 +156,8 @@ class WindowBudget:
         decision = self.peek(now)
         if decision is not None:
             return decision
+        if not self._sent:
+            self._first_sent = now
         self._granted += 1
         self._sent += 1
         self._in_flight += 1
@@ -157,8 +168,7 @@ class WindowBudget:
         """What :meth:`try_acquire` would answer, without taking a ticket: a wait, or None (one is free)."""
         if now < self.gate_until:
             return Wait(self.gate_until, "gate")
-        if self._window_end is not None and now >= self._window_end:
-            self._new_epoch(window_end=None, carried=self._in_flight, others=0)
+        self._roll(now)
         limit = self.limit
         if limit is None:
             return Wait(None, "probe") if self._in_flight else None
@@ -194,6 +204,13 @@ class WindowBudget:
         self._expected_from = self._epoch + 1  # the first whole window after this that shows none clears it
         self._others_before = max(self._others_before or 0, self._others_expected)
 
+    def _roll(self, now: float) -> None:
+        """Past the window's estimated end a new one begins, and the requests still in flight may land in it.
+        Done first at every step, so an answer that comes after the end is read as carried into the new
+        window (its request may have been counted there), never as the old window's."""
+        if self._window_end is not None and now >= self._window_end:
+            self._new_epoch(window_end=None, carried=self._in_flight, others=0)
+
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1
         if self._answers:
@@ -203,6 +220,7 @@ class WindowBudget:
         self._window_end = window_end
         # Requests still in flight may land in the new window: count them there, to be safe.
         self._granted = carried
+        self._carried_in = self._in_flight
         self._others = others
         self._others_learned = 0
         self._answers = self._sent = self._settled = 0
@@ -235,10 +253,13 @@ class WindowBudget:
 
     def no_answer(self, ticket: Ticket, now: float) -> None:
         """The request got no answer (dropped, timed out): it may have been counted, so it stays counted."""
-        self._settle(ticket, now)
+        self._roll(now)
+        if self._settle(ticket, now):
+            self._unclear_epoch = self._epoch
 
     def answered(self, ticket: Ticket, now: float, status: int, hints: RateLimitHeaders) -> float:
         """Read one answer's status and rate-limit headers; return how long the gate is closed from now."""
+        self._roll(now)
         if not self._settle(ticket, now):
             return max(0.0, self.gate_until - now)
         if hints.limit is not None and hints.limit > 0:
@@ -257,6 +278,9 @@ class WindowBudget:
         if self._window_end is None:
             self._window_end = now + self.window_seconds
         if hints.remaining is None:
+            # No count (a proxy's page, which the server's throttle never saw): the answers no longer say how
+            # many requests the server counted.
+            self._unclear_epoch = self._epoch
             self._answers += 1
             return 0.0
         count = limit - hints.remaining
@@ -265,8 +289,15 @@ class WindowBudget:
             # new window since. It began before this answer, so its end is before now + window_seconds.
             # Its count so far includes this request of ours: booking it as ours (not as another
             # client's) keeps the count safe without mistaking ourselves for someone else.
+            # The server's last window began when a request of this epoch arrived (no one else was seen and
+            # none was carried in), so it lasted at most from our first send of the epoch until now.
+            lasted = now - self._first_sent
+            if lasted < self.window_seconds / 2 and self._sole_and_clear():
+                # No one else opened it earlier than we thought: the server's window is this short.
+                self._mismatched(f"began anew {lasted:.3g} s into a window", lasted)
             self._new_epoch(window_end=now + self.window_seconds, carried=self._in_flight + count, others=0)
             self._answers = self._sent = self._settled = 1
+            self._carried_in += 1  # this request, sent in the last epoch, is in the new window
             return 0.0
         others = count - self._granted
         if others > self._others_learned:
@@ -290,6 +321,25 @@ class WindowBudget:
         # The window is full until then; our in-flight requests are refused too, and count for nothing.
         self._new_epoch(window_end=self.gate_until, carried=0, others=limit)
         self._others_before = others_before
+
+    def _sole_and_clear(self) -> bool:
+        """No one else seen, none carried in, and every request of this window and the last answered with
+        the server's count: a server window at odds with ours can only mean window_seconds is wrong (an
+        unanswered request may have opened the server's window unseen, another client before our first
+        request, and an answer without a count is no evidence of one)."""
+        return (
+            not (self._others_before or self._others_learned)
+            and self._epoch - self._unclear_epoch > 1
+            and not self._carried_in
+        )
+
+    def _mismatched(self, sign: str, server_seconds: float) -> None:
+        if self.mismatch is None:
+            self.mismatch = (
+                f"the server's rate-limit window is not {self.window_seconds:g} s: it {sign} (about "
+                f"{server_seconds:.3g} s); set window_seconds (--window-seconds) to the server's window, or the "
+                "budget goes unused or meets 429s"
+            )
 
     # --- looking ---------------------------------------------------------------------------------
 

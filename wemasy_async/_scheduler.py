@@ -157,6 +157,7 @@ class RateLimitBudget:
         self._clock = clock
         self._lock = threading.Lock()
         self._queue: deque[_Waiter] = deque()
+        self._mismatch_told = False
 
     def __repr__(self) -> str:
         return f"RateLimitBudget(window_seconds={self.window_seconds:g}, waiting={len(self._queue)})"
@@ -352,6 +353,9 @@ class RateLimitBudget:
         with self._lock:
             gate_before = self.state.gate_until
             gate = self.state.answered(ticket, self._clock(), status, hints)
+            if self.state.mismatch is not None and not self._mismatch_told:
+                self._mismatch_told = True
+                logger.warning("%s", self.state.mismatch)
             if self._queue:
                 if self.state.gate_until != gate_before:
                     self._wake_all()

@@ -30,7 +30,11 @@ class Sender(Protocol):
     retry: RetryPolicy
 
     def deadline_at(self, deadline: Deadline) -> float | None:
-        """The ``time.monotonic()`` time by which a call given ``deadline`` must end (None: no limit)."""
+        """The ``time.monotonic()`` time by which a call given ``deadline`` must end (None: no limit).
+
+        A resource asks this before anything else, so a client that cannot send (closed, or first used in
+        another event loop) raises :class:`ClientClosedError` here, before a request or a batch begins.
+        """
         ...
 
     async def _send(

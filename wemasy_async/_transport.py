@@ -6,15 +6,22 @@ import asyncio
 from collections.abc import Mapping
 
 import aiohttp
+from yarl import URL
 
-from ._errors import APIConnectionError, APITimeoutError, ClientClosedError, InvalidResponseError
+from ._errors import APIConnectionError, APITimeoutError, ClientClosedError, InvalidResponseError, WemasyError
 from ._protocol import PreparedRequest, RawResponse
 
-__all__ = ["MAX_BODY_BYTES", "AiohttpTransport"]
+__all__ = ["MAX_BODY_BYTES", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
 
 #: The most bytes read of one answer's body, after decompression: these endpoints answer in kilobytes, so
 #: anything near this is not theirs (a proxy's page, a gzip bomb), and is refused rather than held.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+#: The most distinct per-call ``timeout=`` values whose ``aiohttp.ClientTimeout`` is kept for reuse; a value
+#: past them gets a new one for its call (the oldest kept one makes room), so a service that passes a
+#: different timeout on every call holds a bounded number.
+TIMEOUT_CACHE_SIZE = 64
 
 
 class AiohttpTransport:
@@ -23,7 +30,12 @@ class AiohttpTransport:
     ``session_headers`` and ``session_timeout`` say what a session the client made itself already sends
     with every request; only what differs is passed per request, since aiohttp's per-request merging of
     headers and options costs as much as the rest of the SDK's work on a call. A caller's session gets
-    everything per request.
+    everything per request. ``proxy`` (and ``proxy_headers``, its credentials) is the proxy a session the
+    client made goes through, read from the environment once when it was made; a caller's session keeps its
+    own settings.
+
+    No frame of :meth:`send` holds a mapping with the token, and no error it raises is chained to an
+    aiohttp exception (whose ``request_info`` holds the request headers): crash reporters record both.
     """
 
     def __init__(
@@ -31,28 +43,59 @@ class AiohttpTransport:
         session: aiohttp.ClientSession,
         *,
         session_headers: Mapping[str, str] | None = None,
-        session_timeout: float | None = None,
+        session_timeout: float | aiohttp.ClientTimeout | None = None,
+        proxy: URL | None = None,
+        proxy_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.session = session
         #: What the session sends with every request already (None for a caller's session).
         self.session_headers = session_headers
         self._session_timeout = session_timeout
+        self._proxy = proxy
+        self._proxy_headers = proxy_headers
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
-    async def send(self, request: PreparedRequest, *, timeout: float | None) -> RawResponse:
-        defaults = self.session_headers
-        if defaults is not None and timeout == self._session_timeout:
-            if request.headers is defaults:  # the client's cached body-less requests share the object
-                extra = None
+    def _client_timeout(self, timeout: float | aiohttp.ClientTimeout | None) -> aiohttp.ClientTimeout:
+        if isinstance(timeout, aiohttp.ClientTimeout):
+            return timeout  # the caller's own, or one made for this exchange (under a deadline): kept by nobody
+        cache = self._timeouts
+        client_timeout = cache.get(timeout)
+        if client_timeout is None:
+            if len(cache) >= TIMEOUT_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            client_timeout = cache[timeout] = aiohttp.ClientTimeout(total=timeout)
+        return client_timeout
+
+    async def send(self, request: PreparedRequest, *, timeout: float | aiohttp.ClientTimeout | None) -> RawResponse:
+        """One HTTP exchange; ``timeout`` in seconds (``None``: no limit) or an ``aiohttp.ClientTimeout``."""
+        # The headers that differ from the session's are worked out inside the call, so that no local of
+        # this frame holds a mapping with the token.
+        if self.session_headers is not None:
+            if timeout == self._session_timeout:
+                context = self.session.request(
+                    request.method,
+                    request.url,
+                    # the client's cached body-less requests share the session's headers object
+                    headers=None
+                    if request.headers is self.session_headers
+                    else _differences(request.headers, self.session_headers),
+                    data=request.body,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
+                )
             else:
-                extra = {k: v for k, v in request.headers.items() if defaults.get(k) != v}
-            context = self.session.request(
-                request.method, request.url, headers=extra or None, data=request.body, allow_redirects=False
-            )
+                context = self.session.request(
+                    request.method,
+                    request.url,
+                    headers=_differences(request.headers, self.session_headers),
+                    data=request.body,
+                    allow_redirects=False,
+                    timeout=self._client_timeout(timeout),
+                    proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
+                )
         else:
-            client_timeout = self._timeouts.get(timeout)
-            if client_timeout is None:
-                client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
             context = self.session.request(
                 request.method,
                 request.url,
@@ -60,10 +103,12 @@ class AiohttpTransport:
                 data=request.body,
                 allow_redirects=False,
                 raise_for_status=False,
-                timeout=client_timeout,
+                timeout=self._client_timeout(timeout),
             )
-        # aiohttp's exceptions can hold the request headers, token included, so none is chained: the
-        # error keeps only its type and text.
+        # aiohttp's exceptions hold the request headers, token included: each is turned into ours outside
+        # its except block, so none is chained (not even as __context__), and the error keeps only text.
+        error: WemasyError
+        response: aiohttp.ClientResponse | None = None
         try:
             async with context as response:
                 length = response.content_length
@@ -79,27 +124,53 @@ class AiohttpTransport:
                     url=request.url,
                 )
         except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
-            raise APITimeoutError(
-                f"no answer within {timeout} s ({type(exc).__name__})", method=request.method, url=request.url
-            ) from None
+            error = APITimeoutError(
+                f"no answer within {_describe(timeout)} ({type(exc).__name__})", method=request.method, url=request.url
+            )
         except aiohttp.ClientConnectorError as exc:
-            raise APIConnectionError(
+            error = APIConnectionError(
                 f"could not connect: {exc.os_error or exc}",
                 method=request.method,
                 url=request.url,
                 ambiguous=False,
-            ) from None
+            )
         except aiohttp.ClientError as exc:
-            raise APIConnectionError(
+            error = APIConnectionError(
                 f"connection failed: {type(exc).__name__}: {exc}", method=request.method, url=request.url
-            ) from None
+            )
         except RuntimeError:
             if not self.session.closed:
                 raise
             # aiohttp's "Session is closed": the client was closed while this call was under way.
-            raise ClientClosedError(
+            error = ClientClosedError(
                 f"the client's session was closed while {request.method} {request.url} was under way"
-            ) from None
+            )
+        # Out of the except blocks, so nothing is chained; the locals that held aiohttp's objects (and through
+        # them the request's headers) are dropped.
+        del context
+        response = None
+        try:
+            raise error
+        finally:
+            # Python 3.10 resumes this coroutine inside asyncio's own handling of aiohttp's exception, and
+            # chains that to any raise here: cut the link.
+            error.__context__ = None
+
+
+def _differences(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str] | None:
+    """The headers of a request that its session does not already send (None when there are none)."""
+    return {k: v for k, v in headers.items() if defaults.get(k) != v} or None
+
+
+def _describe(timeout: float | aiohttp.ClientTimeout | None) -> str:
+    if isinstance(timeout, aiohttp.ClientTimeout):
+        limits = [
+            f"{name}={value:g} s"
+            for name in ("total", "connect", "sock_connect", "sock_read")
+            if (value := getattr(timeout, name)) is not None
+        ]
+        return "its timeout (" + ", ".join(limits) + ")" if limits else "its timeout"
+    return f"{timeout} s"
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, request: PreparedRequest) -> bytes:

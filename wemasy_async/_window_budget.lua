@@ -171,6 +171,9 @@ if op == 'acquire' then
 elseif op == 'answered' or op == 'no_answer' or op == 'release' then
   local member = ARGV[7]
   local epoch = epoch_of(member)
+  -- Past the window's estimated end, a new one begins first: this request, if still in flight, is carried
+  -- into it (it may have been counted there), never read as the old window's.
+  if op ~= 'release' and s.window_end ~= nil and now >= s.window_end then new_epoch(nil, in_flight, 0) end
   if redis.call('ZREM', leases_key, member) == 0 then
     result = {'settled', str(gate_left()), ''}  -- settled before, or its lease ran out: nothing to do
     op = 'settled'

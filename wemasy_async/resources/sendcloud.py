@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import attrs
@@ -19,14 +20,11 @@ from .._errors import UsageError
 from .._journal import JournalPath, open_journal
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
-from .._retry import RetryPolicy
 from .._sender import Deadline, Sender
-from .._types import NOT_GIVEN, Timeout
+from .._types import NOT_GIVEN, Timeout, checked_timeout
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
 
-#: A bisection probe (see _batching) is sent once: its answer is the point.
-_PROBE = RetryPolicy(max_attempts=1)
 
 STATUS_PATH = "/services/webshop/v1/integrations/sendcloud/status"
 PUSH_PATH = "/services/webshop/v1/orders/sendcloud/shipments/push"
@@ -81,6 +79,11 @@ class SendcloudResource:
         chunks complete. With ``strict=True`` any rejected or failed id raises :class:`PushFailedError`,
         which carries the full result.
 
+        If the call is cancelled (``task.cancel()``, ``asyncio.timeout``), nothing more is sent and the
+        batch's result so far goes with the exception: ``wemasy_async.partial_result(error)`` finds it (ids of
+        requests under way in ``in_doubt``, the rest in ``not_sent``). :meth:`iter_push_shipments` hands out
+        each chunk as it completes instead.
+
         A push is safe to repeat: the server reports an already-queued order as skipped. If a request was
         re-sent after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
 
@@ -105,9 +108,15 @@ class SendcloudResource:
             journal=journal,
             retry_rejected=retry_rejected,
         )
-        async with stream:
-            async for _ in stream:
-                pass
+        try:
+            async with stream:
+                async for _ in stream:
+                    pass
+        except asyncio.CancelledError as cancelled:
+            # Cancelled (task.cancel(), asyncio.timeout): the stream has stopped sending; what the batch did
+            # goes with the CancelledError, so no id is lost (asyncio.timeout's TimeoutError has it as cause).
+            cancelled.result = stream.result()  # type: ignore[attr-defined]
+            raise
         result = stream.result()
         if not stream.total:
             result = attrs.evolve(result, message="no order ids given")
@@ -152,6 +161,11 @@ class SendcloudResource:
             raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
 
         deadline_at = self._client.deadline_at(deadline)
+        # A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about
+        # the ids: the probe waits for the budget and goes again, as the client's other calls do.
+        probe = attrs.evolve(self._client.retry, max_attempts=1)
+        if timeout is not NOT_GIVEN:
+            checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
         async def push_once(chunk: list[int], *, retry: bool = True) -> PushResult:
             exchange = await self._client._send(
@@ -160,7 +174,7 @@ class SendcloudResource:
                 json_body={"create_label": label, "order_ids": chunk},
                 timeout=timeout,
                 deadline_at=deadline_at,
-                retry=None if retry else _PROBE,
+                retry=None if retry else probe,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)

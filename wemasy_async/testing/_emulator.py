@@ -224,6 +224,9 @@ class WemasyEmulator:
         self._wall_clock = wall_clock
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        self._bound = ("127.0.0.1", 0)
+        #: Times the server went down (:meth:`restart`, :meth:`stop_serving`).
+        self.restarts = 0
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -287,10 +290,35 @@ class WemasyEmulator:
         await site.start()
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
+        self._bound = (host, bound_port)
         if ":" in bound_host:
             bound_host = f"[{bound_host}]"
         self._base_url = f"http://{bound_host}:{bound_port}{API_PREFIX}"
         return self._base_url
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Restart the server, as a deploy does: open connections are closed, new ones refused for ``down_for``
+        seconds, then it serves again on the same port with its state (throttle, queued orders) kept.
+
+        For a restart in the middle of a test, start it as a task: ``asyncio.create_task(emulator.restart(2))``,
+        or call :meth:`stop_serving` and :meth:`resume_serving` yourself.
+        """
+        await self.stop_serving()
+        if down_for > 0:
+            await asyncio.sleep(down_for)
+        await self.resume_serving()
+
+    async def stop_serving(self) -> None:
+        """Go down: close open connections and refuse new ones (the port stays this emulator's)."""
+        if self._runner is None:
+            raise RuntimeError("the emulator is not running")
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+        self.restarts += 1
+
+    async def resume_serving(self) -> None:
+        """Serve again on the port :meth:`stop_serving` left."""
+        await self.start(*self._bound)
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -455,6 +483,15 @@ class WemasyEmulator:
             status, location = self.redirects[path]
             log(status)
             return web.Response(status=status, headers={"Location": location})
+        if not request.path.startswith(API_PREFIX + "/"):
+            # Outside /api no API route matches (a base URL without /api): Laravel's 404, before the api
+            # middleware, so neither authenticated nor throttled.
+            log(404)
+            if not _wants_json(request):
+                return web.Response(status=404, text="<html><body>Not Found</body></html>", content_type="text/html")
+            return web.json_response(
+                self._error(404, f"The route {request.path.lstrip('/')} could not be found."), status=404
+            )
         if self.faults.delay_seconds:
             await asyncio.sleep(self.faults.delay_seconds)
 
