@@ -294,7 +294,7 @@ class WindowBudget:
             lasted = now - self._first_sent
             if lasted < self.window_seconds / 2 and self._sole_and_clear():
                 # No one else opened it earlier than we thought: the server's window is this short.
-                self._mismatched(f"began anew {lasted:.3g} s into a window", lasted)
+                self._window_looks_shorter(lasted)
             self._new_epoch(window_end=now + self.window_seconds, carried=self._in_flight + count, others=0)
             self._answers = self._sent = self._settled = 1
             self._carried_in += 1  # this request, sent in the last epoch, is in the new window
@@ -333,12 +333,12 @@ class WindowBudget:
             and not self._carried_in
         )
 
-    def _mismatched(self, sign: str, server_seconds: float) -> None:
+    def _window_looks_shorter(self, lasted: float) -> None:
         if self.mismatch is None:
             self.mismatch = (
-                f"the server's rate-limit window is not {self.window_seconds:g} s: it {sign} (about "
-                f"{server_seconds:.3g} s); set window_seconds (--window-seconds) to the server's window, or the "
-                "budget goes unused or meets 429s"
+                f"the server's rate-limit window is not {self.window_seconds:g} s: it began anew {lasted:.3g} s "
+                "into a window; set window_seconds (--window-seconds) to the server's window, or the budget goes "
+                "unused"
             )
 
     # --- looking ---------------------------------------------------------------------------------
