@@ -44,9 +44,11 @@ def _serve(conn: multiprocessing.connection.Connection, options: dict[str, Any])
     from wemasy_async.testing import WemasyEmulator
 
     log_requests = bool(options.pop("log_requests", False))
+    delay_seconds = float(options.pop("delay_seconds", 0.0))
 
     async def main() -> None:
         emulator = WemasyEmulator(**options)
+        emulator.faults.delay_seconds = delay_seconds  # each answer that late: a network's round trip
         conn.send(await emulator.start())
         # The log of a million-id run is not needed here; keep the server's memory flat (or, when asked, keep
         # three small fields a request). The start of each of the throttle's windows is kept (one number a

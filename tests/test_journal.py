@@ -124,8 +124,8 @@ def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
     at the kill, or running freely), twice, then resume: no run sends again an id the journal showed as
     answered after the kill, every
     id is accounted for exactly once in the merged result, the server queued each id once, and each resumed
-    run re-sent at most the chunks in flight at the kill (4 workers, each with at most 3 chunks whose outcome
-    may not be committed yet: 12 chunks)."""
+    run re-sent at most the chunks in flight at the kill: 4 workers, each of which sends a chunk only once
+    the outcome of its last is committed, so at most 4 chunks."""
     rng = random.Random(seed)
     journal = tmp_path / "push.sqlite"
     first, last = 1, 2000  # 50 chunks of 40
@@ -139,7 +139,7 @@ def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
         answered[run] = settled_in(journal, ids)
         summary = read_journal(journal)  # readable as the dead process left it
         assert summary.ids == len(ids)
-        assert summary.in_doubt <= 12 * 40
+        assert summary.in_doubt <= 4 * 40
         assert summary.accepted + summary.rejected + summary.in_doubt + summary.not_sent == len(ids)
         if ack and 0 < kill_after == len(chunks):  # killed while it stood still: its journal was not closed
             assert not summary.last_run_finished
@@ -154,7 +154,7 @@ def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
     assert {r.order_id for r in result.rejected} == {17, 555, 1203}
     assert sorted(wemasy_emulator.queued) == [i for i in ids if i not in (17, 555, 1203)]
     assert result.summary.total_orders == len(ids) - 3
-    assert_resent_at_most_the_chunks_in_flight(wemasy_emulator, runs, chunks=12)
+    assert_resent_at_most_the_chunks_in_flight(wemasy_emulator, runs, chunks=4)
     for n, run in enumerate(runs[:-1]):  # what the journal showed as answered was never sent again
         later = {i for other in runs[n + 1 :] for i in sent_ids(pushes(wemasy_emulator, other))}
         assert not later & answered[run]
@@ -415,18 +415,26 @@ async def test_a_second_writer_process_is_refused(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
 ) -> None:
     """Another process pushing with a journal this process is writing exits with a clear message (its pid
-    named), without a traceback or a request; the journal stays whole."""
+    named), without a traceback or a request; so does one reading it; the journal stays whole."""
     journal = tmp_path / "push.sqlite"
     async with client.sendcloud.iter_push_shipments(range(1, 101), chunk_size=10, journal=journal) as stream:
         command = [sys.executable, "-m", "wemasy_async", "push", "1-100", "--chunk-size", "10"]
         command += ["--base-url", wemasy_emulator.base_url, "--journal", str(journal), "--no-progress"]
         done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=child_env())
+        # Nor can it be read meanwhile: the push holds it alone until it ends (in this process, or another).
+        with pytest.raises(JournalError, match="being written by a push in this process"):
+            read_journal(journal)
+        summary_command = [sys.executable, "-m", "wemasy_async", "journal", str(journal)]
+        summary = await asyncio.to_thread(subprocess.run, summary_command, capture_output=True, text=True)
         async for _ in stream:
             pass
     assert len(pushes(wemasy_emulator)) == 10  # this process's chunks: none from the other
     assert done.returncode == 2
-    assert f"being written by another process (pid {os.getpid()}" in done.stderr
+    assert f"being written by another process (pid {os.getpid()})" in done.stderr
     assert "Traceback" not in done.stderr
+    assert summary.returncode == 2
+    assert f"being written by a push that is running (pid {os.getpid()}); read it once" in summary.stderr
+    assert "Traceback" not in summary.stderr
     summary = read_journal(journal)
     assert (summary.accepted, summary.runs, summary.to_send) == (100, 1, 0)
 
@@ -567,7 +575,9 @@ async def test_a_journal_that_cannot_be_written_is_reported_and_the_batch_goes_o
 
 def test_an_id_sent_by_several_runs_belongs_to_the_latest() -> None:
     """Read back, a failure of run 1 that run 2 answered no longer counts, nor does a rejection retried;
-    a rejection a later run was asked to retry, with no answer recorded, is to be sent again."""
+    a rejection a later run was asked to retry, with no answer recorded, is to be sent again. A chunk
+    named under way by another's row, with no row of its own, was in flight at a kill; so was a chunk
+    with a row and no outcome (one whose ids are not a run of the batch's in a row)."""
     conn = sqlite3.connect(":memory:")
     conn.executescript(_SCHEMA)
 
@@ -576,21 +586,17 @@ def test_an_id_sent_by_several_runs_belongs_to_the_latest() -> None:
         header += [[[i, "invalid"] for i in rejected], [[list(failed), "ServerError: 500"]] if failed else []]
         return json.dumps([*header, [], [], []])
 
-    conn.executemany(  # the batch is 1..5; run 1's chunks are runs of it in a row, run 2's is kept whole
-        "INSERT INTO chunks (seq, run, position, count, ids, started_at) VALUES (?, ?, ?, ?, ?, 0)",
-        [(0, 1, 0, 3, None), (1, 1, 3, 2, None), (2, 2, 1, 4, _ids_blob([2, 3, 4, 5]))],
-    )
-    conn.executemany(
-        "INSERT INTO outcomes (seq, finished_at, header, new, retry, skipped) VALUES (?, 1, ?, '', '', '')",
-        [(0, outcome([1], rejected=[2], failed=[3])), (2, outcome([2, 3, 4, 5]))],  # chunk 1: in flight at a kill
-    )
+    insert = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, 0, ?, ?, '', '', '', NULL, ?)"
+    # The batch is 1..5. Run 1's chunk 0 (ids 1-3) was answered while its chunk 1 (ids 4, 5) was under way;
+    # run 2 sent ids 2-5 in one chunk (kept whole: not a run of the batch in a row) and had it answered.
+    conn.execute(insert, (0, 1, 0, 3, None, 1, outcome([1], rejected=[2], failed=[3]), "1:3:2"))
+    conn.execute(insert, (2, 2, 1, 4, _ids_blob([2, 3, 4, 5]), 1, outcome([2, 3, 4, 5]), None))
     state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
     assert (state.accepted, state.rejected, state.failed, state.in_doubt, state.sent) == (5, 0, 0, 0, 5)
     assert state.settled == {1, 2, 3, 4, 5}
     assert not [r for _, piece in state.pieces for r in piece.rejected]
 
-    conn.execute("DELETE FROM outcomes WHERE seq = 2")
-    conn.execute("DELETE FROM chunks WHERE seq = 2")
+    conn.execute("DELETE FROM chunks WHERE seq = 2")  # run 2 never happened: run 1 died with chunk 1 in flight
     state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
     assert (state.accepted, state.rejected, state.failed, state.in_doubt) == (1, 1, 1, 2)
     assert state.settled == {1, 2}
@@ -599,8 +605,12 @@ def test_an_id_sent_by_several_runs_belongs_to_the_latest() -> None:
     )
     state = _load(
         conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5]
-    )  # run 2 retried rejections, then died
+    )  # run 2 retried rejections, then died before it recorded anything
     assert (state.accepted, state.rejected, state.in_doubt) == (1, 0, 3)
+    assert state.settled == {1}
+    conn.execute(insert, (2, 2, 1, 4, _ids_blob([2, 3, 4, 5]), None, None, None))  # ... with ids 2-5 under way
+    state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
+    assert (state.accepted, state.rejected, state.failed, state.in_doubt, state.sent) == (1, 0, 0, 4, 5)
     assert state.settled == {1}
     conn.close()
 
@@ -685,35 +695,49 @@ async def test_mixed_details_come_back_as_the_server_gave_them(
     assert again.summary == first.summary
 
 
-async def test_a_stalled_journal_holds_each_worker_to_three_unconfirmed_chunks(
+async def test_a_slow_disk_moves_the_writes_off_the_loop_and_each_worker_waits_for_its_outcome(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While the journal cannot commit (a stalled disk), each worker sends three chunks and waits: a kill then
-    would send again at most three chunks a worker. Once the disk is back, the batch completes."""
+    """The event loop writes each outcome while that stays quick. A write that takes longer than
+    SLOW_WRITE_SECONDS (here the first, by the journal's clock) hands the writing to the journal's thread
+    for the rest of the run. While the disk then stalls, each worker has one chunk whose outcome is not
+    committed and sends nothing more (a kill would send again no more than the chunks in flight), and the
+    loop is not held up. Once the disk is back, the batch completes."""
+    import itertools
     import threading
 
     import wemasy_async._journal as journal_module
 
+    ticks = itertools.count()
+    monkeypatch.setattr(journal_module, "_clock", lambda: float(next(ticks)))  # every write "takes" a second
     disk = threading.Event()
+    loop_thread = threading.get_ident()
+    writes_on_the_loop = 0
     write = journal_module._Writer._write
 
-    def stalled_write(self: journal_module._Writer, *args: Any) -> None:
-        disk.wait()
+    def stalling_write(self: journal_module._Writer, *args: Any) -> None:
+        nonlocal writes_on_the_loop
+        if threading.get_ident() == loop_thread:
+            writes_on_the_loop += 1
+        else:
+            disk.wait()  # the journal's thread: the disk stalls until the test lets it go
         write(self, *args)
 
     waiting = 0
     all_waiting = asyncio.Event()
-    durable = journal_module.BatchJournal.durable
+    finished = journal_module.BatchJournal.finished
 
-    async def counted_durable(self: journal_module.BatchJournal, index: int) -> None:
+    def counted_finished(self: journal_module.BatchJournal, *args: Any) -> asyncio.Future[None] | None:
         nonlocal waiting
-        waiting += 1
-        if waiting == 4:
-            all_waiting.set()
-        await durable(self, index)
+        committed = finished(self, *args)
+        if committed is not None:
+            waiting += 1
+            if waiting == 4:
+                all_waiting.set()
+        return committed
 
-    monkeypatch.setattr(journal_module._Writer, "_write", stalled_write)
-    monkeypatch.setattr(journal_module.BatchJournal, "durable", counted_durable)
+    monkeypatch.setattr(journal_module._Writer, "_write", stalling_write)
+    monkeypatch.setattr(journal_module.BatchJournal, "finished", counted_finished)
     ids = list(range(1, 401))
     async with client.sendcloud.iter_push_shipments(
         ids, chunk_size=10, max_concurrency=4, journal=tmp_path / "push.sqlite"
@@ -722,7 +746,7 @@ async def test_a_stalled_journal_holds_each_worker_to_three_unconfirmed_chunks(
 
         async def drain() -> None:
             async for _ in stream:
-                if stream.done > 12 * 10:  # more chunks answered than the journal allows without a commit
+                if stream.done > 5 * 10:  # more chunks answered than one a worker past the first
                     ran_on.set()
 
         reader = asyncio.ensure_future(drain())
@@ -730,12 +754,16 @@ async def test_a_stalled_journal_holds_each_worker_to_three_unconfirmed_chunks(
         too_far = asyncio.ensure_future(ran_on.wait())
         try:
             await asyncio.wait([too_far, stalled], return_when=asyncio.FIRST_COMPLETED)
-            assert stalled.done(), "the batch ran on while nothing it did was durable"
-            assert len(pushes(wemasy_emulator)) == 12
+            assert stalled.done(), "the batch ran on while what it did was not committed"
+            # The first outcome was written on the loop, found slow; its worker sent one more chunk; the
+            # other outcomes went to the stalled thread and their workers wait.
+            assert writes_on_the_loop == 1
+            assert len(pushes(wemasy_emulator)) == 5
         finally:
             disk.set()  # before the stream closes: closing waits for the journal's writes
             stalled.cancel()
             too_far.cancel()
         await reader
+    assert writes_on_the_loop == 1
     assert_every_id_accounted_once(stream.result(), ids, wemasy_emulator)
     assert read_journal(tmp_path / "push.sqlite").accepted == 400

@@ -477,12 +477,12 @@ class _Feed:
 
 
 async def _work(feed: _Feed) -> None:
-    unconfirmed: list[int] = []  # with a journal: this worker's chunks whose outcome may not be durable yet
+    journal = feed.journal
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
         feed.in_flight[index] = chunk
-        if feed.journal is not None:
-            feed.journal.started(index, feed.starts[index], chunk)
+        if journal is not None:
+            journal.started(index, feed.starts[index], chunk)
         try:
             outcome: PushResult | BaseException = await push_chunk(
                 chunk, feed.push_once, feed.batch, feed.partial, index
@@ -493,15 +493,13 @@ async def _work(feed: _Feed) -> None:
             outcome = exc  # the chunk stays in flight: its ids end in doubt when the stream closes
         else:
             del feed.in_flight[index]
-            if feed.journal is not None and isinstance(outcome, PushResult):
-                feed.journal.finished(index, outcome)
-                unconfirmed.append(index)
         feed.queue.put_nowait((index, outcome))
-        if feed.journal is not None and len(unconfirmed) == 3:
-            # Before this worker takes another chunk, its outcome of two requests ago is durable (it is, but
-            # for a slow disk): after a kill, at most three chunks a worker go again, and the journal's
-            # thread, which groups its writes, never holds the batch up.
-            await feed.journal.durable(unconfirmed.pop(0))
+        if journal is not None and isinstance(outcome, PushResult):
+            committed = journal.finished(index, outcome)
+            if committed is not None:
+                # The outcome is committed before this worker takes another chunk: after a kill, no more
+                # chunks go again than were in flight, one a worker.
+                await committed
 
 
 class PushStream:

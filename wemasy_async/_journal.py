@@ -7,26 +7,30 @@ crash and only what the journal does not show as answered is sent: ids never sen
 flight when the process died (the server may have queued them: they come back "skipped"), failed ids,
 and rejected ids only when asked (``retry_rejected=True``). The merged result is the whole batch's.
 
-Cost, for a million ids (benchmarks/bench_journal.py): under a fifth of the batch's client CPU and an 8 MB
+Cost, for a million ids (benchmarks/bench_journal.py): about a sixth of the batch's client CPU and an 8 MB
 file. Never a row per id: the batch's ids are stored once (8 bytes each); a chunk's row keeps where it
 begins in them and its length, and its outcome a small JSON header (the rejected, failed, unsent ids) and
 the server's details, of which the largest list (usually "new") is not stored but derived when the server
-named exactly the ids it accepted. One thread of the journal's own owns the connection and writes what has
-queued up (over a millisecond) in one transaction, so the event loop never waits on the disk.
+named exactly the ids it accepted.
 
-Durability: the file is in WAL mode with ``synchronous=NORMAL``: a committed transaction survives the
-process being killed (SIGKILL, OOM, a crash: the OS keeps what was written); after a power loss the last
-commits may be lost too, which only means their chunks are sent again. A chunk's outcome is committed
-about a millisecond after it arrives, and a worker takes a new chunk only once its outcome of two chunks
-back is committed (almost always already so), so after a kill at most three chunks a worker, in flight or
-answered but not yet committed, are sent again. That is safe: an order already queued comes back
-"skipped". Chunk starts are written with the next outcomes: they tell the summary what was in flight.
+Durability: a chunk's outcome is written as it arrives, before its worker takes another chunk, so after a
+kill no more chunks are sent again than were in flight (one a worker); those may come back "skipped",
+which is correct. The file is in WAL mode with ``synchronous=NORMAL``: a write hands a few kilobytes to the
+OS and returns, and once it has, it survives the process being killed (SIGKILL, OOM, a crash); after a
+power loss the last ones may be lost too, which only means their chunks are sent again. The run holds the
+file alone (SQLite's EXCLUSIVE locking mode: no lock taken or let go a write), so each write is one
+statement and two ``pwrite`` calls, made on the event loop: a thread round trip a chunk would cost more
+than the write. Nothing on the loop waits for the disk itself: the WAL is checkpointed, and synced, only
+when the journal's thread closes the file, and if a write on the loop ever takes longer than
+:data:`SLOW_WRITE_SECONDS` (a saturated disk, a network file system), that thread does the writing for the
+rest of the run while each worker awaits its outcome's commit. Each outcome row also names the run's
+other chunks under way: after a kill, those without a row were in flight.
 
 A journal belongs to one batch: it keeps the distinct ids in order, the base URL, a salted hash of the
 token (never the token) and ``create_label``, and resuming anything else is refused with a
 :class:`JournalError`. The writing process holds an OS lock on the file (``flock``) for
-as long as the batch runs, so a second process cannot write it at once; the lock goes with the process,
-however it ends. A damaged (torn, truncated) or foreign file is refused with a JournalError, never
+as long as the batch runs, so a second process cannot write it at once, nor read it (:func:`read_journal`
+says a push is writing it); the locks go with the process, however it ends. A damaged (torn, truncated) or foreign file is refused with a JournalError, never
 written to.
 """
 
@@ -39,8 +43,8 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -59,7 +63,7 @@ if sys.platform != "win32":
     import fcntl
 
 #: The journal's layout; a file of another format is refused (an older SDK does not guess at a newer one).
-JOURNAL_FORMAT = 1
+JOURNAL_FORMAT = 2
 #: Written into the SQLite header (``PRAGMA application_id``), so a journal is known as one: "WMJ1".
 APPLICATION_ID = 0x574D4A31
 
@@ -83,19 +87,17 @@ CREATE TABLE chunks (
     position INTEGER NOT NULL,
     count INTEGER NOT NULL,
     ids BLOB,
-    started_at REAL NOT NULL
-);
-CREATE TABLE outcomes (
-    seq INTEGER PRIMARY KEY,
-    finished_at REAL NOT NULL,
-    header TEXT NOT NULL,
-    new TEXT NOT NULL,
-    retry TEXT NOT NULL,
-    skipped TEXT NOT NULL,
-    queued BLOB
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    header TEXT,
+    new TEXT,
+    retry TEXT,
+    skipped TEXT,
+    queued BLOB,
+    in_flight TEXT
 );
 """
-_TABLES = {"batch", "batch_ids", "runs", "chunks", "outcomes"}
+_TABLES = {"batch", "batch_ids", "runs", "chunks"}
 
 
 class JournalError(UsageError):
@@ -334,16 +336,27 @@ def _load(
     if batch is None:
         row = conn.execute("SELECT ids FROM batch_ids").fetchone()
         batch = _blob_ids(row[0]) if row else []
-    columns = "c.run, c.position, c.count, c.ids, c.started_at, o.finished_at, o.header"
+    columns = "position, count, ids, started_at, finished_at, header"
     if for_resume:
-        columns += ", o.new, o.retry, o.skipped, o.queued"
+        columns += ", new, retry, skipped, queued"
     retrying_runs = [run for (run,) in conn.execute("SELECT run FROM runs WHERE retry_rejected")]
+    rows = conn.execute(f"SELECT run, seq, in_flight, {columns} FROM chunks").fetchall()
+    # The chunks under way when a row was written, that have no row of their own: in flight at a kill.
+    recorded = {(run, seq) for run, seq, *_ in rows}
+    chunks: list[tuple[int, int, Sequence[Any]]] = [(run, seq, row) for run, seq, _, *row in rows]
+    unanswered_row = (None,) * (len(rows[0]) - 9) if rows else ()  # (new, retry, skipped, queued)
+    for run, _, flying, *row in rows:
+        for entry in flying.split(",") if flying else ():
+            seq, position, count = map(int, entry.split(":"))
+            if (run, seq) not in recorded:
+                recorded.add((run, seq))
+                chunks.append((run, seq, (position, count, None, row[4], None, None, *unanswered_row)))
+    chunks.sort(key=lambda chunk: (chunk[0], chunk[1]), reverse=True)
     later: set[int] = set()
     this_run: list[list[int]] = []
     current_run = None
-    query = f"SELECT {columns} FROM chunks c LEFT JOIN outcomes o USING (seq) ORDER BY c.run DESC, c.seq DESC"
-    for row in conn.execute(query):
-        run, position, count, blob, started_at, finished_at, header_text = row[:7]
+    for run, _, row in chunks:
+        position, count, blob, started_at, finished_at, header_text = row[:6]
         if run != current_run:
             for earlier_sent in this_run:
                 later.update(earlier_sent)
@@ -391,7 +404,7 @@ def _load(
         if total or standing_rejections or requests:
             piece = PushResult(
                 summary=PushSummary(total, new, retry, skipped, queued),
-                details=_details(accepted, *row[7:11]),
+                details=_details(accepted, *row[6:10]),
                 message=message,
                 total_chunks=total_chunks,
                 labels_will_be_created=labels,
@@ -461,19 +474,52 @@ def _token_hash(salt: str, token: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + token.encode()).hexdigest()
 
 
-def _writer_pid(path: str) -> str:
-    """Best effort, for the message: the process id of the journal's last run."""
+#: Where SQLite's unix VFS locks a database file: its shared-lock range, which a connection in EXCLUSIVE
+#: locking mode (a run writing its journal) holds for writing (sqlite3.c: PENDING_BYTE + 2, 510 bytes).
+_SQLITE_SHARED_FIRST, _SQLITE_SHARED_SIZE = 0x40000002, 510
+#: ``struct flock`` on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid.
+_FLOCK_LAYOUT = "hhqqi4x"
+
+
+def _writer_pid(fd: int) -> str:
+    """Best effort, for the message: the process that holds SQLite's lock on the file open at ``fd`` (64-bit
+    Linux; elsewhere, or when none holds it, nothing). Called only where this process holds no lock on it."""
+    if not sys.platform.startswith("linux") or struct.calcsize("P") != 8:
+        return ""
+    asked = struct.pack(_FLOCK_LAYOUT, fcntl.F_WRLCK, os.SEEK_SET, _SQLITE_SHARED_FIRST, _SQLITE_SHARED_SIZE, 0)
     try:
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=1)
+        kind, _, _, _, pid = struct.unpack(_FLOCK_LAYOUT, fcntl.fcntl(fd, fcntl.F_GETLK, asked))
+    except (OSError, struct.error):
+        return ""
+    return f" (pid {pid})" if kind != fcntl.F_UNLCK and pid > 0 else ""
+
+
+def _being_written(path: str) -> JournalError | None:
+    """A JournalError if a push (in this process or another) is writing the journal now, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    with _OPEN_LOCK:
+        if (st.st_dev, st.st_ino) in _OPEN:
+            return JournalError(f"the journal {path} is being written by a push in this process; read it once it ends")
+    if sys.platform == "win32":
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:  # (this process holds no lock on the file: closing this descriptor drops nobody's)
         try:
-            row = conn.execute("SELECT pid, started_at FROM runs ORDER BY run DESC LIMIT 1").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return ""
-    if row is None:
-        return ""
-    return f" (pid {row[0]}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row[1]))})"
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return JournalError(
+                f"the journal {path} is being written by a push that is running{_writer_pid(fd)}; read it once "
+                "that push has ended"
+            )
+        return None
+    finally:
+        os.close(fd)
 
 
 def _uri_path(path: str) -> str:
@@ -508,11 +554,12 @@ class _Lock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    os.close(fd)  # nothing of this process holds the file: closing drops no one's lock
-                    raise JournalError(
-                        f"the journal {path} is being written by another process{_writer_pid(path)}: two pushes "
+                    refusal = JournalError(
+                        f"the journal {path} is being written by another process{_writer_pid(fd)}: two pushes "
                         "cannot write one journal at once"
-                    ) from None
+                    )
+                    os.close(fd)  # nothing of this process holds the file: closing drops no one's lock
+                    raise refusal from None
             _OPEN.add(key)
             self.fd, self.key = fd, key
 
@@ -531,20 +578,39 @@ def _connect(path: str) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
 
 
-# --- writing, off the event loop -----------------------------------------------------------------
+# --- writing ---------------------------------------------------------------------------------------
 
-_FINISH, _CLOSE = 1, 2
-#: How long the writer lets outcomes gather before it commits them together.
-_GROUP_SECONDS = 0.001
+#: A write on the event loop that takes longer than this (a saturated disk, a network file system) hands
+#: the journal's writing to its thread for the rest of the run.
+SLOW_WRITE_SECONDS = 0.005
+
+#: Seconds, for timing the loop's writes (a test slows the disk down by moving it on).
+_clock = time.perf_counter
+
+_INSERT = "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_MORE = ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_NO_OUTCOME = (None,) * 7
+#: Rows a statement writes at most (SQLite's oldest limit is 999 parameters; a row has 13).
+_ROWS_A_STATEMENT = 75
+
+_Start = tuple[int, int, list[int], bool, float]
+_Finish = tuple[int, PushResult, float]
 
 
 class _Writer(threading.Thread):
-    """The journal's one thread: it owns the connection from here on and writes whatever has queued up
-    in one transaction, then tells the event loop which outcomes are durable.
+    """The journal's thread, and the one connection that writes.
 
-    Chunk starts go into ``starts`` (a deque: appending does not wake this thread) and are written with
-    the next outcome; outcomes and the close go into ``inbox``, which wakes it. A chunk's start is always
-    appended before its outcome is put, so a transaction holding an outcome holds its start too."""
+    Each outcome is written by the event loop as it arrives: one small transaction, which hands a few
+    kilobytes to the OS (WAL mode with ``synchronous=NORMAL``: no fsync) and, once it returns, survives the
+    process being killed. The connection never checkpoints by itself (``wal_autocheckpoint=0``): what waits
+    on the disk (each checkpoint and its fsync, and the last one at close) is this thread's, on a connection
+    of its own. If a write on the loop ever takes longer than :data:`SLOW_WRITE_SECONDS`, the loop stops
+    writing and hands the connection over (``threaded``): from then on this thread writes what is queued,
+    woken by ``nudge``, and a worker waits (without blocking the loop) for its outcome to be committed
+    before it sends again.
+
+    Chunk starts go into ``starts`` and outcomes into ``finishes``; a transaction holding an outcome holds
+    its chunk's start too (it was queued first)."""
 
     def __init__(self, conn: sqlite3.Connection, lock: _Lock, run: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(name=f"wemasy-journal-{os.path.basename(lock.path)}", daemon=True)
@@ -552,54 +618,79 @@ class _Writer(threading.Thread):
         self.lock = lock
         self.run_id = run
         self.loop = loop
-        self.starts: collections.deque[tuple[int, int, list[int], bool, float]] = collections.deque()
-        #: Set by the event loop when it waits for an outcome: cuts short the pause that groups writes.
+        self.starts: collections.deque[_Start] = collections.deque()
+        self.finishes: collections.deque[_Finish] = collections.deque()
+        #: Whether this thread writes (after a slow write on the loop, and at close); else the loop does.
+        self.threaded = False
         self.nudge = threading.Event()
-        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        #: The ids of chunks started and not yet finished, by seq.
-        self.in_flight: dict[int, list[int]] = {}
-        #: Outcomes committed (by seq), and futures of the event loop waiting for one; under ``guard``.
+        #: Set (before a last nudge) once the run is over: write what is queued, then close.
+        self.closing = False
+        self.closed: asyncio.Future[None] | None = None
+        #: Chunks started and not yet finished, by seq: where each begins, its ids (and their blob when
+        #: they are not a run of the batch's in a row), when it started.
+        self.in_flight: dict[int, tuple[int, list[int], bytes | None, float]] = {}
+        #: Futures of the event loop waiting for an outcome this thread writes, by seq; under ``guard``.
         self.guard = threading.Lock()
-        self.committed: set[int] = set()
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.stopped = False
         #: The first error writing met; after it nothing more is written (the batch goes on).
         self.error: BaseException | None = None
 
-    def run(self) -> None:
-        closing: list[asyncio.Future[None] | None] = []
-        while not closing:
-            batch = [self.inbox.get()]
-            # A pause, so the outcomes arriving meanwhile share one transaction (nobody waits for it: the
-            # stream asks for an outcome one request after it came, and nudges if it must wait).
-            self.nudge.wait(_GROUP_SECONDS)
-            self.nudge.clear()
-            while True:
-                try:
-                    batch.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            starts = []
-            while True:
-                try:
-                    starts.append(self.starts.popleft())
-                except IndexError:
-                    break
-            finishes = [record for record in batch if record[0] == _FINISH]
-            closing += [record[1] for record in batch if record[0] == _CLOSE]
+    def write_queued(self) -> list[_Finish]:
+        """Write what is queued in one transaction (by whichever side writes); return the outcomes written.
+        After an error nothing more is written: the outcomes count as done, so nobody waits for them."""
+        starts, finishes = _drain(self.starts), _drain(self.finishes)
+        if self.error is None:
             try:
-                if self.error is None:
-                    self._write(starts, finishes)
+                self._write(starts, finishes)
             except Exception as error:
                 self.error = error
                 if self.conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         self.conn.execute("ROLLBACK")
-            finally:
-                # Durable (or never to be, after an error: then nobody may wait for it either).
+        return finishes
+
+    def _write(self, starts: list[_Start], finishes: list[_Finish]) -> None:
+        """A row a finished chunk (usually one statement, which commits by itself). The run's other chunks
+        under way go with it, in its ``in_flight`` column (``seq:position:count``, comma-separated): after a
+        kill, those without a row of their own were in flight. A chunk whose ids are not a run of the
+        batch's in a row (a resumed batch with gaps) gets a row of its own as it starts instead."""
+        in_flight, run = self.in_flight, self.run_id
+        done = {seq for seq, _, _ in finishes} if starts else ()
+        rows: list[tuple[Any, ...]] = []
+        for seq, position, chunk, in_a_row, at in starts:
+            blob = None if in_a_row else _ids_blob(chunk)
+            in_flight[seq] = (position, chunk, blob, at)
+            if blob is not None and seq not in done:
+                rows.append((seq, run, position, len(chunk), blob, at, *_NO_OUTCOME))
+        for seq, result, finished_at in finishes:
+            position, chunk, blob, at = in_flight.pop(seq)
+            rows.append((seq, run, position, len(chunk), blob, at, finished_at, *_encode(result, chunk), None))
+        if not rows:
+            return
+        if in_flight and finishes:
+            flying = ",".join(f"{seq}:{p}:{len(c)}" for seq, (p, c, blob, _) in in_flight.items() if blob is None)
+            rows[-1] = (*rows[-1][:-1], flying or None)
+        conn, size = self.conn, _ROWS_A_STATEMENT
+        if len(rows) <= size:  # one statement: it commits by itself
+            conn.execute(_INSERT + _MORE * (len(rows) - 1), [value for row in rows for value in row])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        for first in range(0, len(rows), size):
+            group = rows[first : first + size]
+            conn.execute(_INSERT + _MORE * (len(group) - 1), [value for row in group for value in row])
+        conn.execute("COMMIT")
+
+    def run(self) -> None:
+        closing = False
+        while not closing:
+            self.nudge.wait()
+            self.nudge.clear()
+            closing = self.closing  # read before writing: what was queued before it is written now
+            if self.threaded:
+                finishes = self.write_queued()
                 with self.guard:
-                    self.committed.update(record[1] for record in finishes)
-                    waiting = [self.waiters.pop(record[1]) for record in finishes if record[1] in self.waiters]
+                    waiting = [self.waiters.pop(seq) for seq, _, _ in finishes if seq in self.waiters]
                 self._tell(waiting)
         try:
             if self.error is None:
@@ -607,37 +698,14 @@ class _Writer(threading.Thread):
         except Exception as error:
             self.error = error
         finally:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error):  # checkpoints the WAL into the file (synced), removes it
                 self.conn.close()
             self.lock.release()
             with self.guard:
                 self.stopped = True
                 left = list(self.waiters.values())
                 self.waiters.clear()
-            self._tell(left + [f for f in closing if f is not None])
-
-    def _write(self, starts: list[tuple[int, int, list[int], bool, float]], finishes: list[tuple[Any, ...]]) -> None:
-        """One transaction for every record that queued up while the last one was written."""
-        in_flight = self.in_flight
-        rows = []
-        for seq, position, chunk, in_a_row, at in starts:
-            in_flight[seq] = chunk
-            rows.append((seq, self.run_id, position, len(chunk), None if in_a_row else _ids_blob(chunk), at))
-        outcomes = [(seq, at, *_encode(result, in_flight.pop(seq, []))) for _, seq, result, at in finishes]
-        if not (rows or outcomes):
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        if rows:
-            self.conn.executemany(
-                "INSERT INTO chunks (seq, run, position, count, ids, started_at) VALUES (?, ?, ?, ?, ?, ?)", rows
-            )
-        if outcomes:
-            self.conn.executemany(
-                "INSERT INTO outcomes (seq, finished_at, header, new, retry, skipped, queued) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                outcomes,
-            )
-        self.conn.execute("COMMIT")
+            self._tell(left + ([self.closed] if self.closed is not None else []))
 
     def _tell(self, futures: list[asyncio.Future[None]]) -> None:
         """Tell the event loop these outcomes are durable (or will never be: the writer failed)."""
@@ -645,6 +713,15 @@ class _Writer(threading.Thread):
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             self.loop.call_soon_threadsafe(_settle, futures)
+
+
+def _drain(records: collections.deque[Any]) -> list[Any]:
+    taken = []
+    while True:
+        try:
+            taken.append(records.popleft())
+        except IndexError:
+            return taken
 
 
 def _settle(futures: list[asyncio.Future[None]]) -> None:
@@ -684,32 +761,47 @@ class BatchJournal:
         self._pieces = pieces
         self._closed: asyncio.Future[None] | None = None
         self._closing = False
+        self._writing = False
 
     def __repr__(self) -> str:
         return f"BatchJournal({self.path!r}, {len(self.pending)} of {self.total} ids to send)"
 
     def started(self, index: int, start: int, chunk: list[int]) -> None:
         """Chunk ``index`` of this run, which begins at ``start`` in :attr:`pending`, is being sent (written
-        without waiting: see the module's doc)."""
+        with the next outcome)."""
         position = self._positions[start]
         in_a_row = self._positions[start + len(chunk) - 1] - position == len(chunk) - 1
         self._writer.starts.append((self._first_seq + index, position, chunk, in_a_row, time.time()))
 
-    def finished(self, index: int, result: PushResult) -> None:
-        """Chunk ``index`` ended with ``result`` (written without waiting; see :meth:`durable`)."""
-        if not self._closing:
-            self._writer.inbox.put((_FINISH, self._first_seq + index, result, time.time()))
-
-    async def durable(self, index: int) -> None:
-        """Return once the outcome of chunk ``index`` is committed (at once if it is: the usual case when
-        asked one request later, as the stream does), or can never be (the writer failed or stopped)."""
+    def finished(self, index: int, result: PushResult) -> asyncio.Future[None] | None:
+        """Chunk ``index`` ended with ``result``: write it now, on the event loop (one statement, which hands
+        a few kilobytes to the OS and returns). Once the journal's thread writes (after a slow write, see
+        :class:`_Writer`), return a future done once the outcome is committed (or never will be: the writer
+        failed or stopped), for the chunk's worker to await before it takes another chunk. Either way, after
+        a kill no more chunks go again than were in flight."""
+        if self._closing:
+            return None
         writer, seq = self._writer, self._first_seq + index
-        with writer.guard:
-            if seq in writer.committed or writer.error is not None or writer.stopped:
-                return
-            future = writer.waiters[seq] = writer.loop.create_future()
-        writer.nudge.set()
-        await future
+        if writer.threaded:
+            future: asyncio.Future[None] | None = None
+            with writer.guard:  # the waiter first: the thread may write the outcome as soon as it is queued
+                if writer.error is None and not writer.stopped:
+                    future = writer.waiters[seq] = writer.loop.create_future()
+            writer.finishes.append((seq, result, time.time()))
+            writer.nudge.set()
+            return future
+        writer.finishes.append((seq, result, time.time()))
+        self._writing = True
+        began = _clock()
+        try:
+            writer.write_queued()
+        finally:
+            self._writing = False
+        if self._closing:  # abandoned while it wrote: the thread closes the journal
+            self._stop_writer()
+        elif _clock() - began > SLOW_WRITE_SECONDS:
+            writer.threaded = True  # the disk is slow: from now on the journal's thread writes
+        return None
 
     def in_order(self, pieces: Iterable[tuple[int, PushResult]]) -> list[PushResult]:
         """This run's chunk results (each with where its chunk begins in :attr:`pending`) and the stored
@@ -721,12 +813,12 @@ class BatchJournal:
         return [result for _, _, result in placed]
 
     async def close(self) -> None:
-        """Write what is queued, mark the run finished, close the file and release the lock. Raises
-        :class:`JournalError` (once) if a write failed while the batch ran."""
+        """Write what is queued, mark the run finished, close the file and release the lock (on the
+        journal's thread). Raises :class:`JournalError` (once) if a write failed while the batch ran."""
         if not self._closing:
             self._closing = True
-            self._closed = self._writer.loop.create_future()
-            self._writer.inbox.put((_CLOSE, self._closed))
+            self._closed = self._writer.closed = self._writer.loop.create_future()
+            self._stop_writer()
             await asyncio.shield(self._closed)
             error = self._writer.error
             if error is not None:
@@ -741,7 +833,14 @@ class BatchJournal:
         """Close without waiting (a stream dropped without being closed)."""
         if not self._closing:
             self._closing = True
-            self._writer.inbox.put((_CLOSE, None))
+            if not self._writing:  # else the write under way hands over when it returns
+                self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        writer = self._writer
+        writer.threaded = True  # what is left is the thread's to write, then it closes
+        writer.closing = True
+        writer.nudge.set()
 
 
 def open_journal(
@@ -840,7 +939,9 @@ def _open_run(
                 "it with the same ids in the same order (the same file), or give this push another journal file"
             )
     else:
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Made in one transaction of SQLite's rollback journal, not synced (a process that dies meanwhile
+        # leaves no journal: the transaction rolls back), so the batch's ids are written once, not twice.
+        conn.execute("PRAGMA synchronous = OFF")
         salt = os.urandom(16).hex()
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
@@ -866,6 +967,11 @@ def _open_run(
         conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
+    # The WAL is checkpointed (and synced) once, when the journal's thread closes the file, never on the loop.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    # The run holds the file alone, from its first write on: no lock is taken or let go a transaction, and
+    # nobody else reads or writes it meanwhile (read_journal says it is being written).
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
     state = _load(conn, retry_rejected=retry_rejected, for_resume=True, batch=ids) if existing else _State()
     settled = state.settled
     pending: list[int]
@@ -888,7 +994,8 @@ def _open_run(
 
 
 def read_journal(journal: JournalPath) -> JournalSummary:
-    """What the journal at ``journal`` holds (see :class:`JournalSummary`); it may be being written.
+    """What the journal at ``journal`` holds (see :class:`JournalSummary`). A journal cannot be read while
+    its push runs (that push holds it alone): a :class:`JournalError` says so.
 
     >>> summary = read_journal("push.sqlite")
     >>> summary.accepted, summary.rejected, summary.to_send
@@ -897,6 +1004,9 @@ def read_journal(journal: JournalPath) -> JournalSummary:
     path = _check_path(journal)
     if not os.path.isfile(path):
         raise JournalError(f"no journal at {path}")
+    busy = _being_written(path)
+    if busy is not None:  # its push holds it (SQLite's EXCLUSIVE locking mode) until it ends
+        raise busy
     try:
         conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=10)
     except sqlite3.Error as error:
