@@ -28,10 +28,10 @@ other chunks under way: after a kill, those without a row were in flight.
 
 A journal belongs to one batch: it keeps the distinct ids in order, the base URL, a salted hash of the
 token (never the token) and ``create_label``, and resuming anything else is refused with a
-:class:`JournalError`. The writing process holds an OS lock on the file (``flock``) for
-as long as the batch runs, so a second process cannot write it at once, nor read it (:func:`read_journal`
-says a push is writing it); the locks go with the process, however it ends. A damaged (torn, truncated) or foreign file is refused with a JournalError, never
-written to.
+:class:`JournalError`. The writing process holds an OS lock on the file (``flock``) for as long as the
+batch runs, so a second process cannot write it at once, nor read it (:func:`read_journal` says a push is
+writing it); the locks go with the process, however it ends. A damaged (torn, truncated) or foreign file
+is refused with a JournalError, never written to.
 """
 
 from __future__ import annotations
