@@ -4,13 +4,15 @@ seconds, peak memory and file size.
 The emulator runs in its own process (limit and ids per request too high to matter). Each client runs
 in a fresh process of its own, so its CPU and peak RSS are its own:
   no journal   client.sendcloud.push_shipments(<a generator of N ids>), as benchmarks/bench_batch.py.
-  journal      the same with journal=FILE: each chunk's start and outcome written by the journal's
-               thread, each outcome committed before its worker takes another chunk.
+  journal      the same with journal=FILE: each chunk's outcome committed as it arrives, before its
+               worker takes another chunk (so a kill sends again at most the chunks in flight).
   resume       the same call again on the finished journal: it reads the journal back, finds every id
                answered and sends nothing (the cost of checking a journal before a resume).
 Target: the journal adds under 20% to the batch's client CPU.
 
-    python benchmarks/bench_journal.py [--ids 1000000] [--chunk-size 500] [--runs 3]
+With --round-trip-ms N the emulator answers each request N ms late, as a server across a network does.
+
+    python benchmarks/bench_journal.py [--ids 1000000] [--chunk-size 500] [--runs 3] [--round-trip-ms 0]
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3, help="rounds of the three clients; medians are shown")
+    parser.add_argument("--round-trip-ms", type=float, default=0.0, help="how late the emulator answers, in ms")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -79,16 +82,21 @@ def main() -> None:
         print(json.dumps(run_client(args.url, args.ids, args.chunk_size, args.journal)))
         return
 
+    server = {
+        "limit": 1_000_000_000,
+        "max_ids_per_request": args.chunk_size,
+        "delay_seconds": args.round_trip_ms / 1000,
+    }
     rounds: dict[str, list[dict[str, object]]] = {"plain": [], "journal": [], "resume": []}
     sizes = []
     for _ in range(args.runs):
         # A fresh emulator for each, so both push new orders; the resume goes to the journal's emulator (its
         # base URL is part of the batch's fingerprint).
-        with emulator_in_subprocess(limit=1_000_000_000, max_ids_per_request=args.chunk_size) as base_url:
+        with emulator_in_subprocess(**server) as base_url:
             rounds["plain"].append(client_process(base_url, args.ids, args.chunk_size, None))
         with tempfile.TemporaryDirectory() as directory:
             journal = str(Path(directory) / "push.sqlite")
-            with emulator_in_subprocess(limit=1_000_000_000, max_ids_per_request=args.chunk_size) as base_url:
+            with emulator_in_subprocess(**server) as base_url:
                 rounds["journal"].append(client_process(base_url, args.ids, args.chunk_size, journal))
                 sizes.append(sum(p.stat().st_size for p in Path(directory).iterdir()))
                 rounds["resume"].append(client_process(base_url, args.ids, args.chunk_size, journal))
@@ -104,8 +112,9 @@ def main() -> None:
     )
     lines = [
         f"{args.ids:,} order ids in chunks of {args.chunk_size}, {CONCURRENCY} requests at a time; each client in "
-        f"its own process, the emulator in another; medians of {args.runs} rounds. Target: the journal adds under "
-        "20% to the batch's client CPU.",
+        f"its own process, the emulator in another"
+        + (f", answering each request {args.round_trip_ms:g} ms late" if args.round_trip_ms else "")
+        + f"; medians of {args.runs} rounds. Target: the journal adds under 20% to the batch's client CPU.",
         "",
         "| client | CPU s | wall s | peak RSS MB | journal MB | outcome |",
         "|---|---|---|---|---|---|",
@@ -137,11 +146,12 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
+        late = f" --round-trip-ms {args.round_trip_ms:g}" if args.round_trip_ms else ""
         record(
-            "journal",
-            "## Journal: a million order ids with and without it\n\n"
-            f"`python benchmarks/bench_journal.py --ids {args.ids} --chunk-size {args.chunk_size} --runs {args.runs}` "
-            f"({machine()})\n\n{table}\n",
+            "journal-round-trip" if late else "journal",
+            f"## Journal: a million order ids with and without it{', over a network' if late else ''}\n\n"
+            f"`python benchmarks/bench_journal.py --ids {args.ids} --chunk-size {args.chunk_size} --runs {args.runs}"
+            f"{late}` ({machine()})\n\n{table}\n",
         )
 
 
