@@ -600,17 +600,16 @@ _Finish = tuple[int, PushResult, float]
 class _Writer(threading.Thread):
     """The journal's thread, and the one connection that writes.
 
-    Each outcome is written by the event loop as it arrives: one small transaction, which hands a few
-    kilobytes to the OS (WAL mode with ``synchronous=NORMAL``: no fsync) and, once it returns, survives the
-    process being killed. The connection never checkpoints by itself (``wal_autocheckpoint=0``): what waits
-    on the disk (each checkpoint and its fsync, and the last one at close) is this thread's, on a connection
-    of its own. If a write on the loop ever takes longer than :data:`SLOW_WRITE_SECONDS`, the loop stops
-    writing and hands the connection over (``threaded``): from then on this thread writes what is queued,
-    woken by ``nudge``, and a worker waits (without blocking the loop) for its outcome to be committed
-    before it sends again.
+    Each outcome is written by the event loop as it arrives (see :meth:`BatchJournal.finished`): one
+    statement, which hands a few kilobytes to the OS (WAL mode with ``synchronous=NORMAL``: no fsync) and,
+    once it returns, survives the process being killed. The connection never checkpoints on its own
+    (``wal_autocheckpoint=0``): the checkpoint and its fsync happen when this thread closes it. If a write
+    on the loop ever takes longer than :data:`SLOW_WRITE_SECONDS`, the loop hands the connection over
+    (``threaded``): from then on this thread writes what is queued, woken by ``nudge``, and a worker
+    awaits (without blocking the loop) its outcome's commit before it sends again. At close it does too.
 
-    Chunk starts go into ``starts`` and outcomes into ``finishes``; a transaction holding an outcome holds
-    its chunk's start too (it was queued first)."""
+    Chunk starts go into ``starts`` and outcomes into ``finishes``; a chunk's start is always queued before
+    its outcome, so whoever writes an outcome knows where its chunk began."""
 
     def __init__(self, conn: sqlite3.Connection, lock: _Lock, run: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(name=f"wemasy-journal-{os.path.basename(lock.path)}", daemon=True)
