@@ -695,33 +695,45 @@ async def test_mixed_details_come_back_as_the_server_gave_them(
     assert again.summary == first.summary
 
 
-async def test_a_slow_disk_moves_the_writes_off_the_loop_and_each_worker_waits_for_its_outcome(
+@pytest.mark.wemasy_emulator(**FAST)
+async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_waits_for_its_outcome(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The event loop writes each outcome while that stays quick. A write that takes longer than
-    SLOW_WRITE_SECONDS (here the first, by the journal's clock) hands the writing to the journal's thread
-    for the rest of the run. While the disk then stalls, each worker has one chunk whose outcome is not
-    committed and sends nothing more (a kill would send again no more than the chunks in flight), and the
-    loop is not held up. Once the disk is back, the batch completes."""
-    import itertools
+    """The journal's thread writes first; after QUICK_WRITES_TO_HAND_BACK quick writes the event loop writes
+    each outcome itself. A write on the loop that takes longer than SLOW_WRITE_SECONDS (by the journal's
+    clock) hands the writing back to the thread. While the disk then stalls, each of the 4 workers has one
+    chunk whose outcome is not committed and sends nothing more (a kill would send again no more than the
+    chunks in flight), and the loop is not held up. Once the disk is back, the batch completes."""
     import threading
 
     import wemasy_async._journal as journal_module
 
-    ticks = itertools.count()
-    monkeypatch.setattr(journal_module, "_clock", lambda: float(next(ticks)))  # every write "takes" a second
-    disk = threading.Event()
+    now, step = [0.0], [0.0]
+
+    def clock() -> float:
+        now[0] += step[0]
+        return now[0]
+
+    monkeypatch.setattr(journal_module, "_clock", clock)
+    disk, stalling = threading.Event(), threading.Event()
     loop_thread = threading.get_ident()
-    writes_on_the_loop = 0
+    writers: list[str] = []  # who wrote, write by write
+    written = 0  # outcomes whose write has returned
     write = journal_module._Writer._write
 
-    def stalling_write(self: journal_module._Writer, *args: Any) -> None:
-        nonlocal writes_on_the_loop
+    def slow_disk_write(self: journal_module._Writer, starts: Any, finishes: Any) -> None:
+        nonlocal written
         if threading.get_ident() == loop_thread:
-            writes_on_the_loop += 1
+            writers.append("loop")
+            if not stalling.is_set():  # the loop's first write "takes" a second; then the disk stalls
+                step[0] = 1.0
+                stalling.set()
         else:
-            disk.wait()  # the journal's thread: the disk stalls until the test lets it go
-        write(self, *args)
+            writers.append("thread")
+            if stalling.is_set():
+                disk.wait()  # the journal's thread: the disk stalls until the test lets it go
+        write(self, starts, finishes)
+        written += len(finishes)
 
     waiting = 0
     all_waiting = asyncio.Event()
@@ -730,15 +742,15 @@ async def test_a_slow_disk_moves_the_writes_off_the_loop_and_each_worker_waits_f
     def counted_finished(self: journal_module.BatchJournal, *args: Any) -> asyncio.Future[None] | None:
         nonlocal waiting
         committed = finished(self, *args)
-        if committed is not None:
+        if committed is not None and stalling.is_set():
             waiting += 1
             if waiting == 4:
                 all_waiting.set()
         return committed
 
-    monkeypatch.setattr(journal_module._Writer, "_write", stalling_write)
+    monkeypatch.setattr(journal_module._Writer, "_write", slow_disk_write)
     monkeypatch.setattr(journal_module.BatchJournal, "finished", counted_finished)
-    ids = list(range(1, 401))
+    ids = list(range(1, 2001))
     async with client.sendcloud.iter_push_shipments(
         ids, chunk_size=10, max_concurrency=4, journal=tmp_path / "push.sqlite"
     ) as stream:
@@ -746,7 +758,9 @@ async def test_a_slow_disk_moves_the_writes_off_the_loop_and_each_worker_waits_f
 
         async def drain() -> None:
             async for _ in stream:
-                if stream.done > 5 * 10:  # more chunks answered than one a worker past the first
+                # Half the batch: more than the thread's first quick writes (a few chunks each) and the
+                # stall (one chunk a worker) let through.
+                if stream.done > 1000:
                     ran_on.set()
 
         reader = asyncio.ensure_future(drain())
@@ -754,16 +768,17 @@ async def test_a_slow_disk_moves_the_writes_off_the_loop_and_each_worker_waits_f
         too_far = asyncio.ensure_future(ran_on.wait())
         try:
             await asyncio.wait([too_far, stalled], return_when=asyncio.FIRST_COMPLETED)
-            assert stalled.done(), "the batch ran on while what it did was not committed"
-            # The first outcome was written on the loop, found slow; its worker sent one more chunk; the
-            # other outcomes went to the stalled thread and their workers wait.
-            assert writes_on_the_loop == 1
-            assert len(pushes(wemasy_emulator)) == 5
+            assert stalled.done(), f"the batch ran on while what it did was not committed ({writers})"
+            hand_back = journal_module.QUICK_WRITES_TO_HAND_BACK
+            assert writers[:hand_back] == ["thread"] * hand_back
+            assert writers.count("loop") == 1  # the slow one: then the thread took over
+            # Every chunk sent has its outcome committed, but one a worker, each held in the stalled write.
+            assert len(pushes(wemasy_emulator)) == written + 4
         finally:
             disk.set()  # before the stream closes: closing waits for the journal's writes
             stalled.cancel()
             too_far.cancel()
         await reader
-    assert writes_on_the_loop == 1
+    assert writers.count("loop") == 1
     assert_every_id_accounted_once(stream.result(), ids, wemasy_emulator)
-    assert read_journal(tmp_path / "push.sqlite").accepted == 400
+    assert read_journal(tmp_path / "push.sqlite").accepted == 2000

@@ -19,12 +19,13 @@ which is correct. The file is in WAL mode with ``synchronous=NORMAL``: a write h
 OS and returns, and once it has, it survives the process being killed (SIGKILL, OOM, a crash); after a
 power loss the last ones may be lost too, which only means their chunks are sent again. The run holds the
 file alone (SQLite's EXCLUSIVE locking mode: no lock taken or let go a write), so each write is one
-statement and two ``pwrite`` calls, made on the event loop: a thread round trip a chunk would cost more
-than the write. Nothing on the loop waits for the disk itself: the WAL is checkpointed, and synced, only
-when the journal's thread closes the file, and if a write on the loop ever takes longer than
-:data:`SLOW_WRITE_SECONDS` (a saturated disk, a network file system), that thread does the writing for the
-rest of the run while each worker awaits its outcome's commit. Each outcome row also names the run's
-other chunks under way: after a kill, those without a row were in flight.
+statement and two ``pwrite`` calls, made on the event loop once the file has shown it takes writes
+quickly: a thread round trip a chunk would cost more than the write. Nothing on the loop waits for the
+disk itself. The journal's thread makes the first writes (the loop's turn comes after
+:data:`QUICK_WRITES_TO_HAND_BACK` quick ones), takes the writing back whenever a write on the loop takes
+longer than :data:`SLOW_WRITE_SECONDS` (a saturated disk, a network file system), while each worker awaits
+its outcome's commit, and checkpoints and syncs the WAL when it closes the file. Each outcome row also
+names the run's other chunks under way: after a kill, those without a row were in flight.
 
 A journal belongs to one batch: it keeps the distinct ids in order, the base URL, a salted hash of the
 token (never the token) and ``create_label``, and resuming anything else is refused with a
@@ -581,8 +582,10 @@ def _connect(path: str) -> sqlite3.Connection:
 # --- writing ---------------------------------------------------------------------------------------
 
 #: A write on the event loop that takes longer than this (a saturated disk, a network file system) hands
-#: the journal's writing to its thread for the rest of the run.
+#: the journal's writing to its thread; the thread hands it back after this many quick writes in a row.
+#: It writes first, too: the loop writes only to a file that has taken writes quickly.
 SLOW_WRITE_SECONDS = 0.005
+QUICK_WRITES_TO_HAND_BACK = 8
 
 #: Seconds, for timing the loop's writes (a test slows the disk down by moving it on).
 _clock = time.perf_counter
@@ -600,13 +603,14 @@ _Finish = tuple[int, PushResult, float]
 class _Writer(threading.Thread):
     """The journal's thread, and the one connection that writes.
 
-    Each outcome is written by the event loop as it arrives (see :meth:`BatchJournal.finished`): one
-    statement, which hands a few kilobytes to the OS (WAL mode with ``synchronous=NORMAL``: no fsync) and,
-    once it returns, survives the process being killed. The connection never checkpoints on its own
-    (``wal_autocheckpoint=0``): the checkpoint and its fsync happen when this thread closes it. If a write
-    on the loop ever takes longer than :data:`SLOW_WRITE_SECONDS`, the loop hands the connection over
-    (``threaded``): from then on this thread writes what is queued, woken by ``nudge``, and a worker
-    awaits (without blocking the loop) its outcome's commit before it sends again. At close it does too.
+    An outcome is written as it arrives (see :meth:`BatchJournal.finished`): one statement, which hands a
+    few kilobytes to the OS (WAL mode with ``synchronous=NORMAL``: no fsync) and, once it returns, survives
+    the process being killed. Whoever writes, ``threaded`` says: this thread at first, woken by ``nudge``
+    (a worker then awaits, without blocking the loop, its outcome's commit before it sends again); after
+    :data:`QUICK_WRITES_TO_HAND_BACK` quick writes in a row, the event loop, as each outcome arrives; and
+    this thread again from a write on the loop that took longer than :data:`SLOW_WRITE_SECONDS`, and at
+    close. The connection never checkpoints on its own (``wal_autocheckpoint=0``): the checkpoint and its
+    fsync happen when this thread closes it.
 
     Chunk starts go into ``starts`` and outcomes into ``finishes``; a chunk's start is always queued before
     its outcome, so whoever writes an outcome knows where its chunk began."""
@@ -619,8 +623,10 @@ class _Writer(threading.Thread):
         self.loop = loop
         self.starts: collections.deque[_Start] = collections.deque()
         self.finishes: collections.deque[_Finish] = collections.deque()
-        #: Whether this thread writes (after a slow write on the loop, and at close); else the loop does.
-        self.threaded = False
+        #: Whether this thread writes (at first, after a slow write on the loop, and at close), else the loop;
+        #: and how many quick writes it has made in a row. Changed under ``guard``.
+        self.threaded = True
+        self.quick_writes = 0
         self.nudge = threading.Event()
         #: Set (before a last nudge) once the run is over: write what is queued, then close.
         self.closing = False
@@ -629,7 +635,7 @@ class _Writer(threading.Thread):
         #: they are not a run of the batch's in a row), when it started.
         self.in_flight: dict[int, tuple[int, list[int], bytes | None, float]] = {}
         #: Futures of the event loop waiting for an outcome this thread writes, by seq; under ``guard``.
-        self.guard = threading.Lock()
+        self.guard = threading.RLock()  # (re-entrant: a stream collected under it may close the journal)
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.stopped = False
         #: The first error writing met; after it nothing more is written (the batch goes on).
@@ -685,12 +691,19 @@ class _Writer(threading.Thread):
         while not closing:
             self.nudge.wait()
             self.nudge.clear()
-            closing = self.closing  # read before writing: what was queued before it is written now
-            if self.threaded:
-                finishes = self.write_queued()
-                with self.guard:
-                    waiting = [self.waiters.pop(seq) for seq, _, _ in finishes if seq in self.waiters]
-                self._tell(waiting)
+            with self.guard:  # what was queued before the close is written now
+                closing, mine = self.closing, self.threaded or self.closing
+            if not mine:
+                continue
+            began = _clock()
+            finishes = self.write_queued()
+            self.quick_writes = self.quick_writes + 1 if _clock() - began <= SLOW_WRITE_SECONDS else 0
+            with self.guard:
+                waiting = [self.waiters.pop(seq) for seq, _, _ in finishes if seq in self.waiters]
+                if self.quick_writes >= QUICK_WRITES_TO_HAND_BACK and not (self.closing or self.finishes):
+                    self.threaded = False  # the disk takes writes quickly: the loop writes from its next outcome
+                    self.quick_writes = 0
+            self._tell(waiting)
         try:
             if self.error is None:
                 self.conn.execute("UPDATE runs SET finished_at = ? WHERE run = ?", (time.time(), self.run_id))
@@ -773,33 +786,38 @@ class BatchJournal:
         self._writer.starts.append((self._first_seq + index, position, chunk, in_a_row, time.time()))
 
     def finished(self, index: int, result: PushResult) -> asyncio.Future[None] | None:
-        """Chunk ``index`` ended with ``result``: write it now, on the event loop (one statement, which hands
-        a few kilobytes to the OS and returns). Once the journal's thread writes (after a slow write, see
-        :class:`_Writer`), return a future done once the outcome is committed (or never will be: the writer
-        failed or stopped), for the chunk's worker to await before it takes another chunk. Either way, after
-        a kill no more chunks go again than were in flight."""
+        """Chunk ``index`` ended with ``result``: record it. While the event loop writes (the file has taken
+        writes quickly), it is written here and now: one statement, which hands a few kilobytes to the OS and
+        returns, and None is returned. While the journal's thread writes (at first, and after a slow write),
+        a future is returned, done once the outcome is committed (or never will be: the writer failed or
+        stopped). The chunk's worker awaits it before it takes another chunk, so after a kill no more chunks
+        go again than were in flight."""
         if self._closing:
             return None
-        writer, seq = self._writer, self._first_seq + index
-        if writer.threaded:
-            future: asyncio.Future[None] | None = None
-            with writer.guard:  # the waiter first: the thread may write the outcome as soon as it is queued
-                if writer.error is None and not writer.stopped:
-                    future = writer.waiters[seq] = writer.loop.create_future()
-            writer.finishes.append((seq, result, time.time()))
-            writer.nudge.set()
-            return future
-        writer.finishes.append((seq, result, time.time()))
-        self._writing = True
-        began = _clock()
+        self._writing = True  # an abandon() meanwhile (the stream collected) takes effect at the end
         try:
-            writer.write_queued()
+            return self._record(self._first_seq + index, result)
         finally:
             self._writing = False
-        if self._closing:  # abandoned while it wrote: the thread closes the journal
-            self._stop_writer()
-        elif _clock() - began > SLOW_WRITE_SECONDS:
-            writer.threaded = True  # the disk is slow: from now on the journal's thread writes
+            if self._closing:  # abandoned meanwhile: the thread writes what is left, then closes
+                self._stop_writer()
+
+    def _record(self, seq: int, result: PushResult) -> asyncio.Future[None] | None:
+        writer = self._writer
+        with writer.guard:  # (the thread hands the writing back only with no outcome queued)
+            threaded = writer.threaded
+            future: asyncio.Future[None] | None = None
+            if threaded and writer.error is None and not writer.stopped:
+                future = writer.waiters[seq] = writer.loop.create_future()
+            writer.finishes.append((seq, result, time.time()))
+        if threaded:
+            writer.nudge.set()
+            return future
+        began = _clock()
+        writer.write_queued()
+        if _clock() - began > SLOW_WRITE_SECONDS:
+            with writer.guard:
+                writer.threaded = True  # the disk is slow: the journal's thread writes, until it is quick again
         return None
 
     def in_order(self, pieces: Iterable[tuple[int, PushResult]]) -> list[PushResult]:
@@ -837,8 +855,8 @@ class BatchJournal:
 
     def _stop_writer(self) -> None:
         writer = self._writer
-        writer.threaded = True  # what is left is the thread's to write, then it closes
-        writer.closing = True
+        with writer.guard:
+            writer.closing = True  # what is left is the thread's to write, then it closes
         writer.nudge.set()
 
 
