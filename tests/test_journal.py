@@ -192,19 +192,23 @@ async def test_a_completed_journal_sends_nothing_and_returns_the_same_result(
 async def test_a_stream_left_early_resumes_with_what_it_did_not_finish(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path
 ) -> None:
-    """Break out after three chunks (as Ctrl-C does): the resume sends only the ids not yet answered, and
-    the merged result holds every id once, in input order."""
+    """Break out after twelve chunks (as Ctrl-C does): the journal's summary then matches the stream's result
+    (the chunks under way in doubt); the resume sends only the ids not yet answered, and the merged result
+    holds every id once, in input order."""
     journal = tmp_path / "push.sqlite"
     ids = list(range(1, 1001))
-    async with client.sendcloud.iter_push_shipments(ids, chunk_size=50, max_concurrency=2, journal=journal) as stream:
+    async with client.sendcloud.iter_push_shipments(ids, chunk_size=20, max_concurrency=2, journal=journal) as stream:
         seen = 0
         async for _ in stream:
             seen += 1
-            if seen == 3:
+            if seen == 12:  # past the journal thread's first writes: the loop writes by now
                 break
     left = stream.result()
     answered = {int(x) for x in left.details.new_orders}
-    assert len(answered) >= 150
+    assert len(answered) >= 12 * 20
+    summary = read_journal(journal)  # the journal tells it as the stream's result does
+    assert (summary.accepted, summary.in_doubt) == (len(answered), len(left.in_doubt))
+    assert summary.not_sent == len(left.not_sent)
     before = len(pushes(wemasy_emulator))
     result = await client.sendcloud.push_shipments(ids, chunk_size=50, max_concurrency=2, journal=journal)
     resent = set(sent_ids(pushes(wemasy_emulator)[before:]))

@@ -655,6 +655,21 @@ class _Writer(threading.Thread):
                         self.conn.execute("ROLLBACK")
         return finishes
 
+    def write_unfinished(self) -> None:
+        """At close: a row for each chunk still under way (the batch was left: in doubt), so the journal
+        says so without a kill's guesswork."""
+        if self.error is not None or not self.in_flight:
+            return
+        run = self.run_id
+        rows = [(seq, run, p, len(c), blob, at, *_NO_OUTCOME) for seq, (p, c, blob, at) in self.in_flight.items()]
+        try:
+            self._insert(rows)
+        except Exception as error:
+            self.error = error
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+
     def _write(self, starts: list[_Start], finishes: list[_Finish]) -> None:
         """A row a finished chunk (usually one statement, which commits by itself). The run's other chunks
         under way go with it, in its ``in_flight`` column (``seq:position:count``, comma-separated): after a
@@ -676,6 +691,9 @@ class _Writer(threading.Thread):
         if in_flight and finishes:
             flying = ",".join(f"{seq}:{p}:{len(c)}" for seq, (p, c, blob, _) in in_flight.items() if blob is None)
             rows[-1] = (*rows[-1][:-1], flying or None)
+        self._insert(rows)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         conn, size = self.conn, _ROWS_A_STATEMENT
         if len(rows) <= size:  # one statement: it commits by itself
             conn.execute(_INSERT + _MORE * (len(rows) - 1), [value for row in rows for value in row])
@@ -697,6 +715,8 @@ class _Writer(threading.Thread):
                 continue
             began = _clock()
             finishes = self.write_queued()
+            if closing:
+                self.write_unfinished()
             self.quick_writes = self.quick_writes + 1 if _clock() - began <= SLOW_WRITE_SECONDS else 0
             with self.guard:
                 waiting = [self.waiters.pop(seq) for seq, _, _ in finishes if seq in self.waiters]
