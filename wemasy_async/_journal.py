@@ -49,7 +49,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Union
 
 import attrs
@@ -645,25 +645,23 @@ class _Writer(threading.Thread):
         """Write what is queued in one transaction (by whichever side writes); return the outcomes written.
         After an error nothing more is written: the outcomes count as done, so nobody waits for them."""
         starts, finishes = _drain(self.starts), _drain(self.finishes)
-        if self.error is None:
-            try:
-                self._write(starts, finishes)
-            except Exception as error:
-                self.error = error
-                if self.conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self.conn.execute("ROLLBACK")
+        self._guarded(self._write, starts, finishes)
         return finishes
 
     def write_unfinished(self) -> None:
         """At close: a row for each chunk still under way (the batch was left: in doubt), so the journal
         says so without a kill's guesswork."""
-        if self.error is not None or not self.in_flight:
+        if self.in_flight:
+            run = self.run_id
+            rows = [(seq, run, p, len(c), blob, at, *_NO_OUTCOME) for seq, (p, c, blob, at) in self.in_flight.items()]
+            self._guarded(self._insert, rows)
+
+    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
+        """``write(*args)`` unless a write failed before; its error, if any, is kept and ends the writing."""
+        if self.error is not None:
             return
-        run = self.run_id
-        rows = [(seq, run, p, len(c), blob, at, *_NO_OUTCOME) for seq, (p, c, blob, at) in self.in_flight.items()]
         try:
-            self._insert(rows)
+            write(*args)
         except Exception as error:
             self.error = error
             if self.conn.in_transaction:
