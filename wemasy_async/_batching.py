@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import operator
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -52,6 +53,8 @@ __all__ = [
     "partial_result",
     "prepare_order_ids",
 ]
+
+logger = logging.getLogger("wemasy_async")
 
 #: Ids per push request. 500 ids make a ~4 KB body; at Wemasy's 60 requests a minute that is 30,000 ids
 #: a minute, and a 422 for one unknown id costs one re-sent request of at most 499. If the server takes
@@ -422,6 +425,7 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
         not_sent=tuple(itertools.chain.from_iterable(r.not_sent for r in results)),
         in_doubt=tuple(itertools.chain.from_iterable(r.in_doubt for r in results)),
         requests=requests,
+        journal_error=next((r.journal_error for r in results if r.journal_error), None),
         # A batch's result does not keep every response (a million ids: 2,000 of them); a single response's
         # JSON stays in its raw, and every chunk's in the chunk results a stream yields.
         raw=results[0].raw if len(results) == 1 else {},
@@ -546,6 +550,8 @@ class PushStream:
         self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
         self._closed = False
         self._received = 0
+        #: Why the journal stopped recording the batch (see :attr:`journal_error`).
+        self._journal_error: WemasyError | None = None
         self._workers = [asyncio.ensure_future(_work(self._feed)) for _ in range(min(max_concurrency, count))]
 
     def __del__(self) -> None:
@@ -588,13 +594,24 @@ class PushStream:
         chunks after it come as results whose ids are all ``not_sent``."""
         return self._feed.batch.stopped_by
 
+    @property
+    def journal_error(self) -> WemasyError | None:
+        """Why the journal stopped recording the batch (a :class:`JournalError`: a full disk, a file that
+        could not be written), known once the stream is closed; else None. The batch itself went on, and
+        :meth:`result` is all of it (with the error's message in its ``journal_error``); only the journal
+        lags, so a resumed push sends its latest chunks again (they come back skipped)."""
+        return self._journal_error
+
     def result(self) -> PushResult:
         """The chunk results received so far, merged in input order, with the batch's duplicates; once the
         stream is closed, also the ids it left in doubt or unsent."""
         if self._journal is not None:  # with what earlier runs of the batch did, each piece where it begins
             starts = self._feed.starts
             pieces = [(starts[index], result) for index, result in self._results + self._left]
-            return merge_results(self._journal.in_order(pieces), duplicates=self.duplicates)
+            merged = merge_results(self._journal.in_order(pieces), duplicates=self.duplicates)
+            if self._journal_error is not None:
+                merged = attrs.evolve(merged, journal_error=str(self._journal_error))
+            return merged
         ordered = [r for _, r in sorted(self._results + self._left, key=lambda pair: pair[0])]
         return merge_results(ordered, duplicates=self.duplicates)
 
@@ -603,7 +620,8 @@ class PushStream:
 
         Nothing is lost: chunks already answered but not yet read join :meth:`result`, the ids of chunks
         that were under way go to its ``in_doubt`` (the server may have queued them), and those of chunks
-        never begun to its ``not_sent``."""
+        never begun to its ``not_sent``. With a journal, the journal is closed too; if it could not be
+        written, that is kept in :attr:`journal_error` (and logged), not raised: the batch's result stands."""
         if self._closed:
             return
         self._closed = True
@@ -623,9 +641,12 @@ class PushStream:
         if self._journal is not None:
             try:
                 await self._journal.close()
-            except WemasyError as error:  # a write failed: the batch went on, the journal lags behind it
-                error.result = self.result()
-                raise
+            except WemasyError as error:
+                # A write failed: the batch went on and its result is whole; only the journal lags behind it.
+                # That is said beside the result (journal_error, and the log), never instead of it: raising
+                # here would hide the batch's own outcome (its result, the 401 that stopped it, a cancel).
+                self._journal_error = error
+                logger.warning("%s", error)
 
     def _account_for_the_rest(self) -> None:
         feed = self._feed

@@ -107,6 +107,7 @@ _push_result = make_dict_structure_fn(
     converter,
     raw=override(omit=True),
     ambiguous_retry=override(omit=True),
+    journal_error=override(omit=True),
     message=override(struct_hook=lambda v, _: "" if v is None else str(v)),
     labels_will_be_created=override(struct_hook=lambda v, _: "" if v is None else str(v).strip()),
 )

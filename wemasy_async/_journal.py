@@ -104,8 +104,9 @@ _TABLES = {"batch", "batch_ids", "runs", "chunks"}
 class JournalError(UsageError):
     """A push journal that cannot be used: it belongs to another batch (other ids, base URL, token or
     ``create_label``), another process is writing it, or the file is damaged or is not a journal. Raised
-    before any request is sent. Also raised when the stream closes if the journal could not be written
-    while the batch ran (the batch itself went on; ``.result`` holds its result)."""
+    before any request is sent. A journal that could not be written while the batch ran does not stop the
+    batch, nor is it raised in the stead of its outcome: the batch's result says so in ``journal_error``
+    (and the stream in :attr:`PushStream.journal_error`), and the SDK logs it as a warning."""
 
 
 # --- encoding ------------------------------------------------------------------------------------

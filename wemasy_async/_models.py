@@ -145,6 +145,10 @@ class PushResult:
     in_doubt: tuple[int, ...] = ()
     #: Push requests answered 200 that make up this result.
     requests: int = 0
+    #: Why the batch's journal stopped recording it (a full disk, a file that could not be written), or
+    #: None. The batch went on regardless and this result is all of it; only the journal lags: a resumed
+    #: push sends its latest chunks again (they come back skipped). Also logged as a warning.
+    journal_error: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property

@@ -331,6 +331,7 @@ def _result_json(result: PushResult, *, interrupted: bool = False, stopped_by: s
         "stopped_by": stopped_by,
         "duplicates": list(result.duplicates),
         "ambiguous_retry": result.ambiguous_retry,
+        "journal_error": result.journal_error,
     }
 
 
@@ -438,6 +439,38 @@ def _write_ids(path: str, ids: Iterable[int]) -> None:
         handle.writelines(f"{order_id}\n" for order_id in ids)
 
 
+def check_output_file(path: str, option: str) -> None:
+    """Refuse, before anything is read or sent, an output file that cannot be written (its folder missing,
+    a folder in its place, no permission, a read-only file system), so that a push is never run only to lose
+    its file at the end. An existing file is left as it is (it may be the push's own input): it is opened
+    to append, and one this check made is removed again."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option} {path} cannot be written: {error.strerror or error}") from None
+    if not existed:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+async def _write_failed_out(path: str, result: PushResult) -> bool:
+    """Write the ids to push again to ``path``; on failure say so on stderr (the result is printed all the
+    same, and holds the same ids) and return False."""
+    ids = result.retry_order_ids
+    try:
+        await asyncio.to_thread(_write_ids, path, ids)
+    except OSError as error:
+        print(
+            f"wemasy-async: warning: --failed-out {path} could not be written ({error.strerror or error}): "
+            f"its {len(ids)} ids to push again are in the result below",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 async def _push(args: argparse.Namespace) -> int:
     code, _ = await _push_and_report(args)
     return code
@@ -455,6 +488,8 @@ async def _push_and_report(
         client = _client(args, on_event=progress.on_event)
     interrupted = False
     try:
+        if args.failed_out:  # (the journal is checked as it opens, also before anything is sent)
+            check_output_file(args.failed_out, "--failed-out")
         if not args.ids and not args.file:
             raise UsageError("no order ids: give ids or ranges as arguments (12 1-5000 3,4,5), or --file FILE")
         stream = client.sendcloud.iter_push_shipments(
@@ -483,7 +518,7 @@ async def _push_and_report(
     result = stream.result()
     stopped_by = stream.stopped_by
     if args.failed_out:
-        await asyncio.to_thread(_write_ids, args.failed_out, result.retry_order_ids)
+        await _write_failed_out(args.failed_out, result)
     if args.json:
         reason = None if stopped_by is None else str(stopped_by)
         print(json.dumps(_result_json(result, interrupted=interrupted, stopped_by=reason)))

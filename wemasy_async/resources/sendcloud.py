@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterable
 
 import attrs
@@ -92,6 +93,9 @@ class SendcloudResource:
         in flight at the crash, failed; rejected ones too with ``retry_rejected=True``) and returns the
         whole batch's result. A journal of another batch (other ids, base URL, token or ``create_label``),
         one another process is writing, or a damaged file raises :class:`JournalError` before any request.
+        A journal that cannot be written while the batch runs (a full disk) does not stop it, nor hide its
+        outcome: the result (also the one a raised error carries) names the failure in ``journal_error``,
+        and it is logged as a warning; only the journal lags (a resume sends its latest chunks again).
 
         >>> result = await client.sendcloud.push_shipments(range(1001, 3001), create_label=True)
         >>> result.summary.new_orders, len(result.rejected), result.failed_order_ids
@@ -126,6 +130,8 @@ class SendcloudResource:
             # works, and carries what the batch did.
             error = stream.stopped_by
             error.result = result
+            if result.journal_error and sys.version_info >= (3, 11):  # beside the error, in its traceback
+                error.add_note(f"and the journal: {result.journal_error}")
             raise error
         return result.raise_for_failures() if strict else result
 
