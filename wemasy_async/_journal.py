@@ -645,7 +645,11 @@ class _Writer(threading.Thread):
     def write_queued(self) -> list[_Finish]:
         """Write what is queued in one transaction (by whichever side writes); return the outcomes written.
         After an error nothing more is written: the outcomes count as done, so nobody waits for them."""
-        starts, finishes = _drain(self.starts), _drain(self.finishes)
+        # Outcomes first, then starts: a chunk's start is queued before its outcome (by the event loop, in
+        # that order), so every outcome taken here has its start taken by now too, even if the loop queues
+        # more between the two takes (a start taken without its outcome waits under way, as it should).
+        finishes = _drain(self.finishes)
+        starts = _drain(self.starts)
         self._guarded(self._write, starts, finishes)
         return finishes
 
