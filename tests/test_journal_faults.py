@@ -92,3 +92,81 @@ async def test_an_outcome_queued_between_the_writers_two_takes_keeps_its_start(
     assert takes >= 2
     summary = read_journal(path)
     assert (summary.accepted, summary.in_doubt, summary.to_send) == (30, 0, 0)
+
+
+# --- a damaged file is a JournalError, whatever the damage -------------------------------------------
+
+
+async def a_finished_journal(path: Path) -> bytes:
+    """A journal of 600 ids in 60 chunks, some with a rejected id, closed as a push closes it; its bytes."""
+    ids = list(range(1, 601))
+    journal = open_new(path, ids)
+    for index in range(60):
+        chunk = ids[index * 10 : index * 10 + 10]
+        await record(journal, index, index * 10, chunk, accepted(chunk, rejected=chunk[3] if index % 7 == 0 else None))
+    await journal.close()
+    return read_bytes(path)
+
+
+def read_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def write_bytes(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+
+
+def damaged_copies(content: bytes) -> list[tuple[str, bytes]]:
+    """The file cut short by 1 to 100 bytes and by whole pages' worth, and 150 seeded single-byte flips."""
+    copies = [(f"cut {cut} bytes", content[:-cut]) for cut in [*range(1, 101), 511, 1024, 4095, 4096, 4097]]
+    rng = random.Random(17)
+    for _ in range(150):
+        position = rng.randrange(len(content))
+        flipped = bytearray(content)
+        flipped[position] ^= 1 << rng.randrange(8)
+        copies.append((f"bit flipped at byte {position}", bytes(flipped)))
+    return copies
+
+
+async def test_a_damaged_journal_is_a_journal_error_never_a_raw_one(tmp_path: Path) -> None:
+    """A finished journal cut short at its tail (SQLite reads the missing bytes as zeros, and quick_check
+    does not look inside records) or with a flipped bit: reading its summary and resuming it either work or
+    raise JournalError naming the file, never a ValueError, TypeError or other raw error."""
+    content = await a_finished_journal(tmp_path / "finished.sqlite")
+    refused = 0
+    for what, damaged in damaged_copies(content):
+        path = tmp_path / "damaged.sqlite"
+        write_bytes(path, damaged)
+        try:
+            read_journal(path)
+        except JournalError as error:
+            assert str(path) in str(error), what
+            refused += 1
+        except Exception as error:  # pragma: no cover - the failure this test is for
+            pytest.fail(f"{what}: read_journal raised {type(error).__name__}: {error}")
+        write_bytes(path, damaged)
+        try:
+            journal = open_new(path, list(range(1, 601)))
+        except JournalError as error:
+            assert str(path) in str(error), what
+        except Exception as error:  # pragma: no cover - the failure this test is for
+            pytest.fail(f"{what}: a resume raised {type(error).__name__}: {error}")
+        else:
+            await journal.close()
+    assert refused >= 50  # most damage is found (the rest hit bytes nothing reads back)
+
+
+def test_the_journal_command_on_a_damaged_journal_exits_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``wemasy-async journal FILE`` on a journal missing its last bytes: exit 2 and the clear message."""
+    content = asyncio.run(a_finished_journal(tmp_path / "finished.sqlite"))
+    for cut in (1, 7, 40, 100):
+        path = tmp_path / f"cut-{cut}.sqlite"
+        path.write_bytes(content[:-cut])
+        code = cli_main(["journal", str(path)])
+        err = capsys.readouterr().err
+        if code != 0:
+            assert code == 2
+            assert str(path) in err
+        assert "Traceback" not in err

@@ -436,6 +436,12 @@ def _check_path(path: object) -> str:
     return text
 
 
+#: What decoding a damaged file's values can raise (text where a number was, a cut JSON header, a blob of
+#: the wrong length, a NULL where a value was): each becomes the same clear "damaged" JournalError. (A
+#: JournalError, itself a ValueError, is let through first: it already says what is wrong.)
+_DECODING_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error)
+
+
 def _damaged(path: str, error: BaseException) -> JournalError:
     return JournalError(
         f"{path} is not a usable push journal: it is damaged (torn or truncated) or is not an SQLite file "
@@ -923,6 +929,12 @@ def open_journal(
     except (sqlite3.Error, OSError) as error:
         _abort(conn, lock)
         raise JournalError(f"cannot use the journal {path}: {error}") from None
+    except JournalError:
+        _abort(conn, lock)
+        raise
+    except _DECODING_ERRORS as error:  # a value the file holds could not be read back: it is damaged
+        _abort(conn, lock)
+        raise _damaged(path, error) from None
     except BaseException:
         _abort(conn, lock)
         raise
@@ -1052,22 +1064,30 @@ def read_journal(journal: JournalPath) -> JournalSummary:
     except sqlite3.Error as error:
         raise JournalError(f"cannot read the journal {path}: {error}") from None
     try:
-        if not _identify(conn, path):
-            raise JournalError(f"{path} is an empty file, not a push journal (yet)")
-        meta = _meta(conn)
-        state = _load(conn, retry_rejected=False, for_resume=False)
-        runs = conn.execute("SELECT COUNT(*), MAX(run) FROM runs").fetchone()
-        last = conn.execute("SELECT pid, started_at, finished_at FROM runs ORDER BY run DESC LIMIT 1").fetchone() or (
-            0,
-            0.0,
-            None,
-        )
+        return _summary(conn, path)
     except sqlite3.DatabaseError as error:
         raise _damaged(path, error) from None
     except sqlite3.Error as error:
         raise JournalError(f"cannot read the journal {path}: {error}") from None
+    except JournalError:
+        raise
+    except _DECODING_ERRORS as error:  # a value the file holds could not be read back: it is damaged
+        raise _damaged(path, error) from None
     finally:
         conn.close()
+
+
+def _summary(conn: sqlite3.Connection, path: str) -> JournalSummary:
+    if not _identify(conn, path):
+        raise JournalError(f"{path} is an empty file, not a push journal (yet)")
+    meta = _meta(conn)
+    state = _load(conn, retry_rejected=False, for_resume=False)
+    runs = conn.execute("SELECT COUNT(*), MAX(run) FROM runs").fetchone()
+    last = conn.execute("SELECT pid, started_at, finished_at FROM runs ORDER BY run DESC LIMIT 1").fetchone() or (
+        0,
+        0.0,
+        None,
+    )
     ids = int(meta.get("ids", 0))
     created = float(meta.get("created_at", 0.0))
     return JournalSummary(
