@@ -425,6 +425,28 @@ def _load(
 #: already open here is refused before a descriptor of it is opened.
 _OPEN: set[tuple[int, int]] = set()
 _OPEN_LOCK = threading.Lock()
+#: The locks this process holds, so that a forked child can let go of its copies (see _forget_in_child).
+_HELD: set[_Lock] = set()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the child's copies of the journals' locked descriptors. An ``flock`` belongs
+    to the open file, which a child shares: if the child kept its copy, the lock would outlive the parent's
+    push for as long as the child lives (a resume refused, ``read_journal`` saying a push runs). Closing a
+    copy leaves the parent's lock as it is; the child writes no journal of its parent's (its threads are
+    gone), and SQLite's POSIX locks are never inherited."""
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()  # (another thread may have held it at the fork; that thread is gone)
+    for lock in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(lock.fd)
+        lock.fd, lock.key = -1, None
+    _HELD.clear()
+    _OPEN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _check_path(path: object) -> str:
@@ -569,6 +591,7 @@ class _Lock:
                     os.close(fd)  # nothing of this process holds the file: closing drops no one's lock
                     raise refusal from None
             _OPEN.add(key)
+            _HELD.add(self)
             self.fd, self.key = fd, key
 
     def release(self) -> None:
@@ -580,6 +603,7 @@ class _Lock:
             if self.key is not None:
                 _OPEN.discard(self.key)
                 self.key = None
+            _HELD.discard(self)
 
 
 def _connect(path: str) -> sqlite3.Connection:
