@@ -24,7 +24,8 @@ quickly: a thread round trip a chunk would cost more than the write. Nothing on 
 disk itself. The journal's thread makes the first writes (the loop's turn comes after
 :data:`QUICK_WRITES_TO_HAND_BACK` quick ones), takes the writing back whenever a write on the loop takes
 longer than :data:`SLOW_WRITE_SECONDS` (a saturated disk, a network file system), while each worker awaits
-its outcome's commit, and checkpoints and syncs the WAL when it closes the file. Each outcome row also
+its outcome's commit, and checkpoints and syncs the WAL every :data:`CHECKPOINT_EVERY` outcomes (taking
+the writing for it) and when it closes the file, so the WAL stays about 1 MB. Each outcome row also
 names the run's other chunks under way: after a kill, those without a row were in flight.
 
 A journal belongs to one batch: it keeps the distinct ids in order, the base URL, a salted hash of the
@@ -617,6 +618,9 @@ def _connect(path: str) -> sqlite3.Connection:
 #: It writes first, too: the loop writes only to a file that has taken writes quickly.
 SLOW_WRITE_SECONDS = 0.005
 QUICK_WRITES_TO_HAND_BACK = 8
+#: Outcomes written between two checkpoints of the WAL (about 1 MB of it): the loop then hands the writing
+#: to the journal's thread, which checkpoints (and syncs) off the loop, so the WAL stays bounded in a run.
+CHECKPOINT_EVERY = 256
 
 #: Seconds, for timing the loop's writes (a test slows the disk down by moving it on).
 _clock = time.perf_counter
@@ -640,8 +644,9 @@ class _Writer(threading.Thread):
     (a worker then awaits, without blocking the loop, its outcome's commit before it sends again); after
     :data:`QUICK_WRITES_TO_HAND_BACK` quick writes in a row, the event loop, as each outcome arrives; and
     this thread again from a write on the loop that took longer than :data:`SLOW_WRITE_SECONDS`, and at
-    close. The connection never checkpoints on its own (``wal_autocheckpoint=0``): the checkpoint and its
-    fsync happen when this thread closes it.
+    close. The connection never checkpoints on its own (``wal_autocheckpoint=0``), nor on the loop: after
+    :data:`CHECKPOINT_EVERY` outcomes the loop hands the writing to this thread, which checkpoints the WAL
+    (``TRUNCATE``, with its fsync) before it hands it back, and it checkpoints a last time when it closes.
 
     Chunk starts go into ``starts`` and outcomes into ``finishes``; a chunk's start is always queued before
     its outcome, so whoever writes an outcome knows where its chunk began."""
@@ -658,6 +663,8 @@ class _Writer(threading.Thread):
         #: and how many quick writes it has made in a row. Changed under ``guard``.
         self.threaded = True
         self.quick_writes = 0
+        #: Outcomes written since the WAL was last checkpointed (by whichever side writes).
+        self.since_checkpoint = 0
         self.nudge = threading.Event()
         #: Set (before a last nudge) once the run is over: write what is queued, then close.
         self.closing = False
@@ -751,6 +758,10 @@ class _Writer(threading.Thread):
             if closing:
                 self.write_unfinished()
             self.quick_writes = self.quick_writes + 1 if _clock() - began <= SLOW_WRITE_SECONDS else 0
+            self.since_checkpoint += len(finishes)
+            if self.since_checkpoint >= CHECKPOINT_EVERY and not closing:  # (closing checkpoints anyway)
+                self._guarded(self.conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+                self.since_checkpoint = 0
             with self.guard:
                 waiting = [self.waiters.pop(seq) for seq, _, _ in finishes if seq in self.waiters]
                 if self.quick_writes >= QUICK_WRITES_TO_HAND_BACK and not (self.closing or self.finishes):
@@ -868,9 +879,13 @@ class BatchJournal:
             return future
         began = _clock()
         writer.write_queued()
-        if _clock() - began > SLOW_WRITE_SECONDS:
+        writer.since_checkpoint += 1
+        if _clock() - began > SLOW_WRITE_SECONDS or writer.since_checkpoint >= CHECKPOINT_EVERY:
+            # The disk is slow, or the WAL is due a checkpoint: the journal's thread writes (and checkpoints),
+            # until the disk has shown it is quick again.
             with writer.guard:
-                writer.threaded = True  # the disk is slow: the journal's thread writes, until it is quick again
+                writer.threaded = True
+            writer.nudge.set()
         return None
 
     def in_order(self, pieces: Iterable[tuple[int, PushResult]]) -> list[PushResult]:
