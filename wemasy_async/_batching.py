@@ -16,6 +16,7 @@ halving cannot help a business rule.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import operator
@@ -70,9 +71,12 @@ Progress = Callable[[int, int], None]
 
 
 class PushOnce(Protocol):
-    """Push these ids in one request (with the client's retries, or once when ``retry`` is False)."""
+    """Push these ids in one request (with the client's retries, or once when ``retry`` is False), calling
+    ``on_sent()`` as each attempt is written to the wire."""
 
-    def __call__(self, ids: list[int], /, *, retry: bool = True) -> Awaitable[PushResult]: ...
+    def __call__(
+        self, ids: list[int], /, *, retry: bool = True, on_sent: Callable[[], None] | None = None
+    ) -> Awaitable[PushResult]: ...
 
 
 def _describe(value: object) -> str:
@@ -236,6 +240,7 @@ async def push_chunk(
     batch: BatchState | None = None,
     partial: dict[int, PushResult] | None = None,
     index: int = 0,
+    on_sent: Callable[[], None] | None = None,
 ) -> PushResult:
     """Push one chunk, re-sending around rejected ids and splitting on size errors; never raises a
     WemasyError: whatever fails ends in the result's ``failed``, with its ids.
@@ -243,7 +248,9 @@ async def push_chunk(
     ``batch`` is what the chunks of a batch share: the server's maximum ids per request as learned
     (requests larger than it are split before they are sent; a size error teaches it), and the batch-wide
     error after which nothing more is sent (the ids left go to ``not_sent``). If it is cancelled, what it
-    did so far is put in ``partial[index]``: the piece under way in doubt, the pieces not begun unsent."""
+    did so far is put in ``partial[index]``: the piece under way in doubt if it was sent (if it was still
+    waiting for the budget, unsent), the pieces not begun unsent. ``on_sent()`` is called as each request
+    of the chunk is written to the wire."""
     batch = batch if batch is not None else BatchState()
     not_sent: list[tuple[int, list[int]]] = []
     accepted: list[tuple[int, PushResult]] = []
@@ -255,7 +262,9 @@ async def push_chunk(
     pieces: list[tuple[int, list[int], bool]] = [(0, ids, False)]
     in_doubt: list[int] = []
     try:
-        return await _push_pieces(pieces, push_once, batch, accepted, rejected, failed, unreported, not_sent, in_doubt)
+        return await _push_pieces(
+            pieces, push_once, batch, accepted, rejected, failed, unreported, not_sent, in_doubt, on_sent
+        )
     except asyncio.CancelledError:
         if partial is not None:
             partial[index] = _chunk_result(accepted, rejected, failed, unreported, not_sent, in_doubt)
@@ -272,8 +281,17 @@ async def _push_pieces(
     unreported: list[int],
     not_sent: list[tuple[int, list[int]]],
     in_doubt: list[int],
+    on_sent: Callable[[], None] | None = None,
 ) -> PushResult:
     size_limit = batch.size_limit
+    sent = False  # whether the piece under way has been written to the wire (then the server may have it)
+
+    def written() -> None:
+        nonlocal sent
+        sent = True
+        if on_sent is not None:
+            on_sent()
+
     while pieces:
         offset, piece, probe = pieces.pop()
         if batch.stopped_by is not None:
@@ -285,14 +303,19 @@ async def _push_pieces(
             pieces += [(offset + i, piece[i : i + most], probe) for i in reversed(range(0, len(piece), most))]
             continue
         answers_before, successes_before = batch.answers, batch.successes
+        sent = False
         try:
             try:
-                result = await (push_once(piece, retry=False) if probe else push_once(piece))
+                result = await push_once(piece, retry=not probe, on_sent=written)
             except asyncio.CancelledError:
-                # Left while this piece was under way: it is in doubt, the pieces not begun are not sent.
+                # Left while this piece was under way: in doubt if it was written to the wire (the server may
+                # have queued it), else not sent (it was still waiting for the budget); nor the pieces not begun.
                 not_sent.extend((o, p) for o, p, _ in pieces)
                 pieces.clear()
-                in_doubt.extend(piece)
+                if sent:
+                    in_doubt.extend(piece)
+                else:
+                    not_sent.append((offset, piece))
                 raise
         except ServerError as error:
             batch.answers += 1
@@ -464,6 +487,25 @@ class _Feed:
         self.in_flight: dict[int, list[int]] = {}
         #: What chunks cancelled under way had done (see push_chunk), by index.
         self.partial: dict[int, PushResult] = {}
+        #: With a journal: the chunks it has been told of, each as its first request was written to the wire
+        #: (a chunk still waiting for the budget at a kill was never sent: the journal does not call it in
+        #: flight), or as its outcome came without a request sent.
+        self.journaled: set[int] = set()
+
+    def sending(self, index: int) -> None:
+        """A request of chunk ``index`` is being written to the wire: the journal records the chunk as under
+        way (once), so that after a kill it counts in doubt."""
+        if index not in self.journaled and self.journal is not None:
+            self.journaled.add(index)
+            self.journal.started(index, self.starts[index], self.in_flight[index])
+
+    def finished(self, index: int, chunk: list[int], result: PushResult) -> asyncio.Future[None] | None:
+        """Chunk ``index`` ended with ``result``: recorded in the journal (see BatchJournal.finished)."""
+        assert self.journal is not None
+        if index not in self.journaled:  # never sent (the batch stopped, or was left, first)
+            self.journaled.add(index)
+            self.journal.started(index, self.starts[index], chunk)
+        return self.journal.finished(index, result)
 
     def _chunks(self, ids: list[int], chunk_size: int) -> Iterator[list[int]]:
         # Once the batch has learned the server's maximum ids per request, later chunks are cut at that size
@@ -485,11 +527,14 @@ async def _work(feed: _Feed) -> None:
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
         index = next(feed.index)
         feed.in_flight[index] = chunk
-        if journal is not None:
-            journal.started(index, feed.starts[index], chunk)
         try:
             outcome: PushResult | BaseException = await push_chunk(
-                chunk, feed.push_once, feed.batch, feed.partial, index
+                chunk,
+                feed.push_once,
+                feed.batch,
+                feed.partial,
+                index,
+                None if journal is None else functools.partial(feed.sending, index),
             )
         except asyncio.CancelledError:
             raise
@@ -499,7 +544,7 @@ async def _work(feed: _Feed) -> None:
             del feed.in_flight[index]
         feed.queue.put_nowait((index, outcome))
         if journal is not None and isinstance(outcome, PushResult):
-            committed = journal.finished(index, outcome)
+            committed = feed.finished(index, chunk, outcome)
             if committed is not None:
                 # The outcome is committed before this worker takes another chunk: after a kill, no more
                 # chunks go again than were in flight, one a worker.
@@ -659,7 +704,7 @@ class PushStream:
             if done is None:
                 done = attrs.evolve(_EMPTY, in_doubt=tuple(chunk))
             elif feed.journal is not None:
-                feed.journal.finished(index, done)
+                feed.finished(index, chunk, done)
             self._left.append((index, done if self._single else attrs.evolve(done, raw={})))
         feed.in_flight.clear()
         for chunk in feed.chunks:

@@ -405,9 +405,11 @@ class WemasyClient:
         timeout: Timeout = NOT_GIVEN,
         deadline_at: float | None = None,
         retry: RetryPolicy | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Exchange:
         """Send one call with retries (``retry``: another policy than the client's, for this call); the
-        final answer is returned, not yet deciphered.
+        final answer is returned, not yet deciphered. ``on_sent()`` is called as each attempt is handed to
+        the transport: from then on the server may have it (a batch counts its ids in doubt if it stops).
 
         Each attempt holds a concurrency slot, and every HTTP exchange in it (redirect hops included) is
         paid for from the budget. A 429 is the budget's business: its gate holds every caller until the
@@ -461,6 +463,8 @@ class WemasyClient:
                                 await budget.release(ticket)
                                 raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
                             exchange_timeout = _within(seconds, left)
+                        if on_sent is not None:
+                            on_sent()
                         try:
                             response = await transport.send(hop, timeout=exchange_timeout)
                         except APIConnectionError as exc:

@@ -698,7 +698,7 @@ class _Writer(threading.Thread):
             rows = [(seq, run, p, len(c), blob, at, *_NO_OUTCOME) for seq, (p, c, blob, at) in self.in_flight.items()]
             self._guarded(self._insert, rows)
 
-    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, write: Callable[..., object], *args: Any) -> None:
         """``write(*args)`` unless a write failed before; its error, if any, is kept and ends the writing."""
         if self.error is not None:
             return

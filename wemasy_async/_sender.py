@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from ._protocol import RawResponse
@@ -46,4 +47,5 @@ class Sender(Protocol):
         timeout: Timeout = ...,
         deadline_at: float | None = None,
         retry: RetryPolicy | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Exchange: ...

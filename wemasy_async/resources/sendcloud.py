@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -173,7 +173,9 @@ class SendcloudResource:
         if timeout is not NOT_GIVEN:
             checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
-        async def push_once(chunk: list[int], *, retry: bool = True) -> PushResult:
+        async def push_once(
+            chunk: list[int], *, retry: bool = True, on_sent: Callable[[], None] | None = None
+        ) -> PushResult:
             exchange = await self._client._send(
                 "POST",
                 PUSH_PATH,
@@ -181,6 +183,7 @@ class SendcloudResource:
                 timeout=timeout,
                 deadline_at=deadline_at,
                 retry=None if retry else probe,
+                on_sent=on_sent,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)
