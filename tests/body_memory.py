@@ -8,6 +8,7 @@ adversarial call minus its peak after two normal calls.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,15 +45,25 @@ def body_server(mode: str) -> Iterator[int]:
             process.wait()
 
 
-def measure(mode: str, kind: str, normal_port: int) -> BodyMemory:
-    """The peak memory rise of a fresh client whose call (``status`` or ``push``) is answered as ``mode``."""
+def measure(
+    mode: str, kind: str, normal_port: int, *, python: str = sys.executable, source: str | None = None
+) -> BodyMemory:
+    """The peak memory rise of a fresh client whose call (``status`` or ``push``) is answered as ``mode``.
+
+    ``python`` runs the client (another venv: another aiohttp); ``source`` is a directory whose
+    ``wemasy_async`` it imports instead of the installed one (an older checkout, for a before figure).
+    """
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = source
     with body_server(mode) as port:
         done = subprocess.run(
-            [sys.executable, str(HERE / "body_client.py"), str(normal_port), str(port), kind],
+            [python, str(HERE / "body_client.py"), str(normal_port), str(port), kind],
             capture_output=True,
             text=True,
             timeout=600,
             check=True,
+            env=env,
         )
     figures = json.loads(done.stdout)
     return BodyMemory(rise=figures["peak"] - figures["baseline"], outcome=figures["outcome"])

@@ -6,8 +6,8 @@ measured client is the only process whose memory grows. Used through tests/body_
     python tests/body_server.py MODE   (prints the port on stdout, then serves until stdin closes)
 
 MODE: ``normal`` (a small JSON status), ``html`` (200, 100 MB of HTML with its length), ``error`` (500,
-20 MB of HTML, chunked), ``error-length`` (the same with its length), ``bomb`` (200, 1 GiB of zeros
-gzipped to about 1 MB, ``Content-Encoding: gzip``).
+20 MB of HTML, chunked), ``error-length`` (the same with its length), ``error-7`` (500, 7 MiB, chunked:
+under the cap), ``bomb`` (200, 1 GiB of zeros gzipped to about 1 MB, ``Content-Encoding: gzip``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ async def main(mode: str) -> None:
                         await writer.drain()
                 else:
                     status, total = (b"200 OK", 100 * MiB) if mode == "html" else (b"500 Error", 20 * MiB)
-                    chunked = mode == "error"
+                    if mode == "error-7":
+                        total = 7 * MiB
+                    chunked = mode in ("error", "error-7")
                     total -= total % (PIECE - 2)
                     if not chunked:
                         writer.write(
