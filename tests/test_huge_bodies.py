@@ -115,3 +115,30 @@ async def test_an_answer_that_cannot_be_inflated_within_the_cap_is_refused(
             assert caught.value.raw_text.startswith("<html>xxx")
     finally:
         await runner.cleanup()
+
+
+async def test_a_refused_answer_drops_its_connection_rather_than_draining_it() -> None:
+    """The unread rest of a refused body is never read: its connection is closed, and the next call opens one."""
+    peers: list[object] = []
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        if len(peers) == 1:  # a body past the cap, with its length
+            return aiohttp.web.Response(body=b"<html>" + b"x" * MAX_BODY_BYTES, content_type="text/html")
+        return aiohttp.web.Response(body=STATUS, content_type="application/json")
+
+    app = aiohttp.web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with WemasyClient(token="t", base_url=f"http://127.0.0.1:{port}/api") as client:
+            with pytest.raises(InvalidResponseError, match="larger than 8 MiB"):
+                await client.sendcloud.status()
+            assert (await client.sendcloud.status()).is_active == "1"
+        assert len(peers) == 2
+        assert peers[0] != peers[1]
+    finally:
+        await runner.cleanup()
