@@ -220,11 +220,14 @@ def authorized_request(
     before, without the token.
 
     ``Accept: application/json`` is always sent: Laravel answers JSON only when the first accepted type is
-    JSON, and otherwise redirects an unauthenticated call to a login page.
+    JSON, and otherwise redirects an unauthenticated call to a login page. ``Accept-Encoding`` names only
+    what the transport inflates itself, within its body cap (aiohttp's would also name ``br`` or ``zstd``
+    when their modules are installed).
     """
     headers = {
         "Authorization": f"Bearer {token}",
         "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate",
         "User-Agent": user_agent,
     }
     if body is not None:

@@ -1,8 +1,12 @@
-"""The aiohttp transport: send a PreparedRequest, return a RawResponse. Nothing else lives here."""
+"""The aiohttp transport: send a PreparedRequest, return a RawResponse. Nothing else lives here.
+
+It reads and inflates bodies itself, so that the body cap bounds memory and not only what is kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Mapping
 
 import aiohttp
@@ -16,6 +20,18 @@ __all__ = ["MAX_BODY_BYTES", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
 #: The most bytes read of one answer's body, after decompression: these endpoints answer in kilobytes, so
 #: anything near this is not theirs (a proxy's page, a gzip bomb), and is refused rather than held.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+
+#: How much of a refused body its error keeps (``raw_text``), to show what answered.
+EXCERPT_BYTES = 2048
+
+#: The most one step of inflating produces: zlib builds its output in blocks and joins them, so a step
+#: briefly holds twice its output.
+INFLATE_STEP = 256 * 1024
+
+#: The encodings the SDK asks for (its ``Accept-Encoding``) and inflates itself, a bounded step at a time:
+#: aiohttp's own inflating is turned off on every request (a caller's session too): older aiohttp (3.9) inflates
+#: each network read whole, a gzip bomb's 256 KiB read into hundreds of MB.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 #: The most distinct per-call ``timeout=`` values whose ``aiohttp.ClientTimeout`` is kept for reuse; a value
@@ -83,6 +99,7 @@ class AiohttpTransport:
                     allow_redirects=False,
                     proxy=self._proxy,
                     proxy_headers=self._proxy_headers,
+                    auto_decompress=False,
                 )
             else:
                 context = self.session.request(
@@ -94,6 +111,7 @@ class AiohttpTransport:
                     timeout=self._client_timeout(timeout),
                     proxy=self._proxy,
                     proxy_headers=self._proxy_headers,
+                    auto_decompress=False,
                 )
         else:
             context = self.session.request(
@@ -104,6 +122,7 @@ class AiohttpTransport:
                 allow_redirects=False,
                 raise_for_status=False,
                 timeout=self._client_timeout(timeout),
+                auto_decompress=False,
             )
         # aiohttp's exceptions hold the request headers, token included: each is turned into ours outside
         # its except block, so none is chained (not even as __context__), and the error keeps only text.
@@ -115,7 +134,11 @@ class AiohttpTransport:
                 if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in response.headers:
                     body = await response.read()
                 else:  # no length, a length too large, or compressed: count what decompresses
-                    body = await _read_at_most(response, request)
+                    try:
+                        body = await _read_at_most(response, request)
+                    except InvalidResponseError:
+                        response.close()  # the rest is not read: the connection is dropped, not drained
+                        raise
                 return RawResponse(
                     status=response.status,
                     headers=response.headers,
@@ -174,20 +197,73 @@ def _describe(timeout: float | aiohttp.ClientTimeout | None) -> str:
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, request: PreparedRequest) -> bytes:
+    """The body, inflated here (aiohttp's own inflating is off), refused past :data:`MAX_BODY_BYTES`.
+
+    Memory stays bounded by the cap whatever arrives: a ``Content-Length`` past it is refused before the
+    body is read (but for an excerpt), and each network chunk of a compressed body is inflated at most up
+    to what the cap still allows, so a gzip bomb never inflates past it.
+    """
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    wbits = _WBITS.get(encoding)
+    if wbits is None and encoding != "identity":
+        raise _refused(response, request, f"the answer is encoded as {encoding!r}, which was not asked for", b"")
+    length = response.content_length
+    if wbits is None and length is not None and length > MAX_BODY_BYTES:
+        return await _refuse_large(response, request, await response.content.read(EXCERPT_BYTES))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            excerpt = b"".join(chunks)[:2048].decode("utf-8", errors="replace")
-            raise InvalidResponseError(
-                f"the answer's body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB (after decompression); "
-                "it was not read further",
-                status_code=response.status,
-                headers=response.headers,
-                raw_text=excerpt,
-                method=request.method,
-                url=request.url,
-            )
-        chunks.append(chunk)
+    inflate = None if wbits is None else zlib.decompressobj(wbits)
+    async for data in response.content.iter_any():
+        while data:
+            if inflate is None:
+                chunk, data = data, b""
+            else:
+                if not size and not chunks and encoding == "deflate" and data[0] & 0x0F != 8:
+                    inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some servers send it
+                try:
+                    chunk = inflate.decompress(data, min(INFLATE_STEP, MAX_BODY_BYTES - size + 1))
+                except zlib.error:
+                    raise _refused(response, request, f"the answer's {encoding} encoding is damaged", b"") from None
+                data = inflate.unconsumed_tail
+                if inflate.eof:
+                    data = b""
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                chunks.append(chunk)
+                return await _refuse_large(response, request, _head(chunks))
+            if chunk:
+                chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _head(chunks: list[bytes]) -> bytes:
+    """The first :data:`EXCERPT_BYTES` of the chunks, joining no more of them than that needs."""
+    head = bytearray()
+    for chunk in chunks:
+        head += chunk[: EXCERPT_BYTES - len(head)]
+        if len(head) >= EXCERPT_BYTES:
+            break
+    return bytes(head)
+
+
+async def _refuse_large(response: aiohttp.ClientResponse, request: PreparedRequest, head: bytes) -> bytes:
+    raise _refused(
+        response,
+        request,
+        f"the answer's body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB (after decompression); "
+        "it was not read further",
+        head,
+    )
+
+
+def _refused(
+    response: aiohttp.ClientResponse, request: PreparedRequest, message: str, head: bytes
+) -> InvalidResponseError:
+    return InvalidResponseError(
+        message,
+        status_code=response.status,
+        headers=response.headers,
+        raw_text=head[:EXCERPT_BYTES].decode("utf-8", errors="replace"),
+        method=request.method,
+        url=request.url,
+    )
