@@ -255,7 +255,7 @@ def kill_one(redis_url: str, victim: int, figures: KillFigures) -> Callable[[Rel
 
     async def watch(released: Released) -> None:
         base_url = normalize_base_url(released.base_url)
-        _, leases_key, _ = redis_keys(base_url, TOKEN)
+        leases_key = redis_keys(base_url, TOKEN)[1]
         budget = RedisBudget(redis_url, base_url, TOKEN, window_seconds=WINDOW, lease_seconds=LEASE)
         client = aioredis.Redis.from_url(redis_url)
 

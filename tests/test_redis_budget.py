@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
-from wemasy_async import RateLimitHeaders
+from wemasy_async import RateLimitError, RateLimitHeaders
 from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
 from wemasy_async._redis_budget import FleetTicket, RedisBudget, RedisUnavailableError, redis_keys
 
@@ -129,9 +134,12 @@ async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float
                 elif action == "drop":
                     reference.no_answer(ticket, now)
                     await fleet._settle(FleetTicket(lease=lease), "no_answer")
-                else:
+                elif chosen % 2:
                     reference.release(ticket)
                     await fleet._settle(FleetTicket(lease=lease), "release")
+                else:  # given back by its name (its caller left): a release
+                    reference.release(ticket)
+                    await fleet.run("abandon", lease.rsplit(":", 1)[1])
                 if chosen < 45:  # else settled again later: harmless for both
                     del outstanding[index]
             await fleet.run("view")
@@ -212,5 +220,146 @@ async def test_the_lua_script_knows_no_other_operation(redis_url: str) -> None:
     try:
         with pytest.raises(RedisUnavailableError, match="unknown operation"):
             await fleet.run("acquier")
+    finally:
+        await fleet.aclose()
+
+
+def _stopped(redis_server: RedisServer) -> RedisServer:
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    return redis_server
+
+
+def _resume(redis_server: RedisServer) -> None:
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGCONT)
+
+
+async def _leases(redis_url: str, token: str) -> int:
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        count: int = await admin.zcard(redis_keys("http://127.0.0.1/api", token)[1])
+        return count
+    finally:
+        await admin.aclose()
+
+
+async def _all_sent(fleet: RedisBudget) -> None:
+    """Wait (bounded) until the budget has sent Redis every report it kept."""
+    for _ in range(200):
+        sender = getattr(fleet, "_sender", None)
+        if sender is None or sender.done():
+            break
+        await asyncio.wait((sender,), timeout=0.5)
+    assert not getattr(fleet, "_unsent", [])
+
+
+@pytest.mark.parametrize("how", ["redis-timeout", "cancelled"])
+async def test_a_ticket_granted_after_its_caller_left_is_given_back(
+    redis_server: RedisServer, redis_url: str, how: str
+) -> None:
+    """Redis grants a ticket after its caller stopped waiting (its Redis timeout passed, or the caller was
+    cancelled): the process gives it back by the name it chose, once Redis answers, and another process
+    then gets a ticket at once rather than waiting for the lease (lease_seconds) on a 'probe'."""
+    token = f"t-late-{how}"
+    late = RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W, redis_timeout=0.5)
+    other = RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W)
+    try:
+        await late.run("view")  # connected
+        _stopped(redis_server)
+        try:
+            if how == "redis-timeout":
+                ticket = await late.acquire()  # from the in-process budget, Redis being away
+                assert ticket.local is not None
+            else:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(late.acquire(), 0.1)
+        finally:
+            _resume(redis_server)
+        await _all_sent(late)
+        kind, *_ = await other.run("acquire")
+        assert kind == b"ticket"
+        assert await _leases(redis_url, token) == 1  # the other's own
+    finally:
+        await late.aclose()
+        await other.aclose()
+
+
+async def test_an_answer_redis_did_not_take_is_sent_again(redis_server: RedisServer, redis_url: str) -> None:
+    """A report (answer, no answer) that Redis was too slow to take, and those made while the process is
+    on its own budget, are sent again when Redis answers: no lease is left to run out."""
+    token = "t-unsettled"
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W, redis_timeout=0.5)
+    try:
+        first, second = await fleet.acquire(), await fleet.acquire()
+        assert first.lease is not None
+        assert second.lease is not None
+        _stopped(redis_server)
+        try:
+            await fleet.answered(first, 200, RateLimitHeaders(10, 9))  # Redis does not answer in time
+        finally:
+            _resume(redis_server)
+        assert not fleet._usable()  # on its own budget for a while
+        await fleet.no_answer(second)
+        await _all_sent(fleet)
+        assert await _leases(redis_url, token) == 0
+    finally:
+        await fleet.aclose()
+
+
+async def test_a_call_queued_behind_its_process_keeps_its_deadline_and_gate_rules(redis_url: str) -> None:
+    """The first caller waits for the next window; one queued behind it in the same process whose deadline
+    comes before that fails at once, as with the in-process budget; so does one whose max_gate_wait is
+    shorter than a closed gate."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-queued", window_seconds=60.0)
+    try:
+        ticket = await fleet.acquire()
+        await fleet.answered(ticket, 200, RateLimitHeaders(1, 0))  # the window is spent
+        reasons: list[str] = []
+        first = asyncio.ensure_future(fleet.acquire(lambda event: reasons.append(event.reason)))
+        for _ in range(100):
+            if getattr(fleet, "_first_until", None) is not None:
+                break
+            await asyncio.sleep(0)  # the first caller's turn: asks Redis, then waits for the window
+        assert reasons == ["window"]
+        assert isinstance(await _refused(fleet.acquire(deadline=time.monotonic() + 1.0)), TimeoutError)
+        fleet._view = attrs.evolve(fleet._view, gate_closed_for=30.0)  # as read after a 429
+        assert isinstance(await _refused(fleet.acquire(max_gate_wait=1.0)), RateLimitError)
+        assert not first.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not fleet._turn.locked()  # type: ignore[union-attr]
+    finally:
+        await fleet.aclose()
+
+
+async def _refused(call: Coroutine[Any, Any, FleetTicket]) -> BaseException | None:
+    """The error the call raised (it must end long before the first caller's wait of a window)."""
+    task = asyncio.ensure_future(call)
+    await asyncio.wait((task,), timeout=20)
+    if not task.done():
+        task.cancel()
+        return None
+    return task.exception()
+
+
+async def test_a_name_abandoned_before_its_acquire_runs_is_granted_nothing(redis_url: str) -> None:
+    """The give-back can reach Redis before the acquire it gives back (another connection): the acquire,
+    when it runs, grants no lease; the name is forgotten a lease's time later."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-gone", window_seconds=W, lease_seconds=5.0)
+    fleet.fixed_now = 100.0
+    try:
+        kind, *_ = await fleet.run("abandon", "n1")
+        assert kind == b"settled"
+        kind, *_ = await fleet.run("acquire", "n1")
+        assert kind == b"gone"
+        assert await _leases(redis_url, "t-gone") == 0
+        kind, *_ = await fleet.run("abandon", "n2")
+        fleet.fixed_now = 105.0
+        kind, *_ = await fleet.run("acquire", "n2")
+        assert kind == b"ticket"
     finally:
         await fleet.aclose()

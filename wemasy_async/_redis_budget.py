@@ -6,7 +6,11 @@ so hosts whose clocks differ still agree. A request in flight holds a lease that
 ``lease_seconds`` after it was granted: a process killed mid-request frees its place then. Keys are named
 by a hash of (base URL, token), never the token, and expire when the token has been idle a while.
 
-Each request costs two round trips: one to take a ticket, one to report the answer. A caller that must wait
+Each request costs two round trips: one to take a ticket, one to report the answer. Each ticket is named
+by the process before it asks, so a grant whose caller left (Redis answered too late, or the caller was
+cancelled) is given back by name; a report Redis did not take is kept and sent again, every
+``poll_seconds``, until Redis takes it; a lease whose holder left thus never holds the fleet up for longer
+than Redis is away. A caller that must wait
 for an answer (the window's first request is out, or its last slots go one at a time) is woken by a
 message on the token's channel when any process reports one, and polls every ``poll_seconds`` besides.
 
@@ -27,6 +31,7 @@ import importlib.resources
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -48,13 +53,14 @@ LUA_SOURCE = importlib.resources.files(__package__).joinpath("_window_budget.lua
 
 
 def redis_keys(base_url: str, token: str) -> list[str]:
-    """The state hash, the leases and the wake channel of one token's budget; the token is only hashed.
+    """The state hash, the leases, the wake channel and the abandoned names of one token's budget; the
+    token is only hashed.
 
     The hash in braces keeps the keys in one Redis Cluster slot, as a script needs.
     """
     digest = hashlib.sha256(f"{base_url}\n{token}".encode()).hexdigest()[:32]
     prefix = f"wemasy-async:{{{digest}}}"
-    return [f"{prefix}:state", f"{prefix}:leases", f"{prefix}:wake"]
+    return [f"{prefix}:state", f"{prefix}:leases", f"{prefix}:wake", f"{prefix}:gone"]
 
 
 class RedisUnavailableError(Exception):
@@ -67,6 +73,14 @@ class FleetTicket:
 
     lease: str | None = None
     local: Ticket | None = None
+
+
+@attrs.frozen
+class _Report:
+    """A settle (or an abandon) Redis has not taken yet: sent again until it is."""
+
+    operation: str
+    args: tuple[str | int | float, ...]
 
 
 @attrs.define
@@ -144,6 +158,12 @@ class RedisBudget:
         self._turn: asyncio.Lock | None = None
         self._woken: asyncio.Event | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._unsent: list[_Report] = []
+        self._sender: asyncio.Task[None] | None = None
+        # The first caller in line waits until this time (None: unknown, or for an answer); a change wakes
+        # the callers queued behind it, to check their deadline again.
+        self._first_until: float | None = None
+        self._changed: asyncio.Future[None] | None = None
         self._counters = _Counters()
         self._view: RateLimitView | None = None
         self._view_at = 0.0
@@ -239,7 +259,8 @@ class RedisBudget:
             self._turn = asyncio.Lock()
             self._woken = asyncio.Event()
         started = self._clock()
-        async with self._turn:
+        await self._take_turn(on_wait, max_gate_wait, deadline)
+        try:
             try:
                 ticket = await self._acquire_from_redis(on_wait, max_gate_wait, deadline)
             except RedisUnavailableError as error:
@@ -248,9 +269,54 @@ class RedisBudget:
             if ticket is None:
                 local = await self._local.acquire(on_wait, max_gate_wait=max_gate_wait, deadline=deadline)
                 ticket = FleetTicket(local=local)
+        finally:
+            self._set_first_until(None)
+            self._turn.release()
         self._counters.sent += 1
         self._counters.waited_seconds += self._clock() - started
         return ticket
+
+    async def _take_turn(
+        self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
+    ) -> None:
+        """Wait for this process's turn to ask Redis, under the same rules as the in-process queue: fail at
+        once while the gate is closed longer than ``max_gate_wait``, and when the deadline has passed or the
+        first caller's wait is known to end after it."""
+        turn = self._turn
+        assert turn is not None
+        if not turn.locked():
+            await turn.acquire()  # free: taken without a wait
+            return
+        taking = asyncio.ensure_future(turn.acquire())
+        reported = False
+        try:
+            while not taking.done():
+                now = self._clock()
+                gate = self.view().gate_closed_for
+                if gate > max_gate_wait:
+                    raise gate_closed_error(gate, max_gate_wait)
+                until = self._first_until
+                if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
+                    raise TimeoutError("no rate-limit budget before the deadline")
+                if not reported:
+                    reported = True
+                    if on_wait is not None:
+                        on_wait(WaitEvent(reason="queue", seconds=None))
+                if self._changed is None or self._changed.done():
+                    self._changed = asyncio.get_running_loop().create_future()
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                await asyncio.wait((taking, self._changed), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if taking.done() and not taking.cancelled():
+                turn.release()  # taken just as this caller gave up: the turn passes on
+            else:
+                taking.cancel()
+            raise
+
+    def _set_first_until(self, until: float | None) -> None:
+        self._first_until = until
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
 
     async def _acquire_from_redis(
         self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
@@ -259,10 +325,19 @@ class RedisBudget:
         last_reason = ""
         while self._usable():
             self._woken.clear()
-            kind, first, second, *_ = await self.run("acquire")
+            name = uuid.uuid4().hex
+            try:
+                kind, first, second, *_ = await self.run("acquire", name)
+            except BaseException:
+                # No answer (Redis slow, or this caller cancelled): Redis may still grant it, later. Give the
+                # ticket back by its name, now or when Redis answers again.
+                self._send_later(_Report("abandon", (name,)))
+                raise
             self._came_back()
             if kind == b"ticket":
                 return FleetTicket(lease=first.decode())
+            if kind == b"gone":
+                continue
             reason, wait = first.decode(), _float(second)
             gate = self._view.gate_closed_for if self._view is not None else 0.0
             if gate > max_gate_wait:
@@ -280,6 +355,7 @@ class RedisBudget:
                 self._listen()
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - now))
+            self._set_first_until(None if wait is None else now + wait)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), timeout)
         return None
@@ -324,19 +400,45 @@ class RedisBudget:
                 return await self._local.answered(ticket.local, status, hints)
             await (self._local.release(ticket.local) if operation == "release" else self._local.no_answer(ticket.local))
             return 0.0
-        if ticket.lease is None or not self._usable():
-            return 0.0  # Redis is away: the lease runs out by itself
+        if ticket.lease is None:
+            return 0.0  # settled before
         limit, remaining, retry_after = hints if hints is not None else (None, None, None)
         args: list[str | int | float] = [ticket.lease, status]
         args += ["" if limit is None else limit, "" if remaining is None else remaining]
         args.append("" if retry_after is None else repr(float(retry_after)))
         ticket.lease = None
+        report = _Report(operation, tuple(args))
+        if not self._usable():
+            self._send_later(report)  # Redis is away: sent when it answers again
+            return 0.0
         try:
             _kind, gate, *_ = await self.run(operation, *args)
         except RedisUnavailableError as error:
             self._went_away(error)
+            self._send_later(report)
             return 0.0
+        except BaseException:
+            self._send_later(report)  # cancelled: Redis may or may not have taken it (a second one is a no-op)
+            raise
         return _float(gate) or 0.0
+
+    def _send_later(self, report: _Report) -> None:
+        """Keep a report Redis has not taken, and send it (with the others kept) until Redis takes it."""
+        self._unsent.append(report)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_unsent())
+
+    async def _send_unsent(self) -> None:
+        # Each is idempotent (a lease settled twice, a name abandoned twice: nothing changes), so one sent
+        # again after an answer that was lost does no harm.
+        while self._unsent:
+            report = self._unsent[0]
+            try:
+                await self.run(report.operation, *report.args)
+            except RedisUnavailableError:
+                await asyncio.sleep(self._poll_seconds)
+                continue
+            self._unsent.pop(0)
 
     def count_retry(self) -> None:
         self._counters.retried += 1
@@ -365,7 +467,16 @@ class RedisBudget:
         )
 
     async def aclose(self) -> None:
-        """Stop listening and close the connections to Redis."""
+        """Send what Redis has not taken yet (once each: a lease left runs out), stop listening and close
+        the connections to Redis."""
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sender
+        unsent, self._unsent = self._unsent, []
+        for report in unsent:
+            with contextlib.suppress(RedisUnavailableError):
+                await self.run(report.operation, *report.args)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -5,20 +5,24 @@
 -- for every host), and a ticket in flight is a lease in a sorted set, scored by its deadline. A lease
 -- that runs out (its process died) is settled as a request without an answer at its deadline.
 --
--- KEYS[1] the state hash, KEYS[2] the leases (sorted set), KEYS[3] the wake channel.
--- ARGV[1] operation: acquire | answered | no_answer | release | view
+-- KEYS[1] the state hash, KEYS[2] the leases (sorted set), KEYS[3] the wake channel, KEYS[4] the names of
+-- tickets whose caller left before its acquire was run (sorted set, scored by when they are forgotten).
+-- ARGV[1] operation: acquire | answered | no_answer | release | abandon | view
 -- ARGV[2] now: '' for Redis's TIME (always, outside tests)
 -- ARGV[3] window seconds, ARGV[4] assumed limit, ARGV[5] key time-to-live (ms), ARGV[6] lease seconds
--- acquire: -
+-- acquire: ARGV[7] the ticket's name, chosen by the caller ('' for a counter's): a caller that gave up
+--   before the answer names it to abandon, so a grant that came too late is found and given back.
+-- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent); if it was not
+--   granted yet, the name is kept (lease seconds) so that its acquire, when run, grants nothing.
 -- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
 --   ARGV[8] status, ARGV[9] X-RateLimit-Limit, ARGV[10] X-RateLimit-Remaining, ARGV[11] Retry-After
 --   seconds ('' when absent)
 --
 -- Returns {kind, a, b} and the budget's view (see view_fields): acquire {'ticket', member, ''} or
--- {'wait', reason, seconds to wait ('' to wait for an answer)}; the others {'ok' or 'settled', seconds the
+-- {'wait', reason, seconds to wait ('' to wait for an answer)} or {'gone', '', ''} (abandoned); the others {'ok' or 'settled', seconds the
 -- gate stays closed, ''}. Numbers go back as strings: Redis would cut a Lua number to an integer.
 
-local state_key, leases_key, channel = KEYS[1], KEYS[2], KEYS[3]
+local state_key, leases_key, channel, gone_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op = ARGV[1]
 local now
 if ARGV[2] ~= '' then
@@ -65,6 +69,7 @@ local function save()
   if #set > 0 then redis.call('HSET', state_key, unpack(set)) end
   redis.call('PEXPIRE', state_key, ttl)
   if redis.call('EXISTS', leases_key) == 1 then redis.call('PEXPIRE', leases_key, ttl) end
+  if redis.call('EXISTS', gone_key) == 1 then redis.call('PEXPIRE', gone_key, ttl) end
 end
 
 local function str(v)
@@ -89,6 +94,16 @@ for i = 1, #expired, 2 do
   if deadline > s.last then s.last = deadline end
 end
 local in_flight = redis.call('ZCARD', leases_key)
+redis.call('ZREMRANGEBYSCORE', gone_key, '-inf', now)
+
+-- The lease of the ticket named name (its member ends in ':' .. name), or nil.
+local function lease_named(name)
+  local suffix = ':' .. name
+  for _, member in ipairs(redis.call('ZRANGE', leases_key, 0, -1)) do
+    if string.sub(member, -#suffix) == suffix then return member end
+  end
+  return nil
+end
 
 local function new_epoch(window_end, carried, others)
   s.epoch = s.epoch + 1
@@ -152,14 +167,31 @@ local function throttled(retry_after, limit)
 end
 
 local result
-if op == 'acquire' then
+local member = ARGV[7] or ''
+if op == 'abandon' then
+  local found = lease_named(member)
+  if found == nil then
+    redis.call('ZADD', gone_key, now + lease_seconds, member)
+    result = {'settled', str(gate_left()), ''}
+    op = 'abandoned'
+  else
+    member = found
+    op = 'release'
+  end
+end
+if op == 'abandoned' then
+  -- nothing changes but the name kept
+elseif op == 'acquire' and member ~= '' and redis.call('ZREM', gone_key, member) == 1 then
+  result = {'gone', '', ''}  -- its caller left before this ran: no ticket
+elseif op == 'acquire' then
   local decision = peek()
   if decision == nil then
     s.granted = s.granted + 1
     s.sent = s.sent + 1
     s.st_sent = s.st_sent + 1
     s.next_id = s.next_id + 1
-    local member = s.epoch .. ':' .. s.answers .. ':' .. s.next_id
+    if member == '' then member = tostring(s.next_id) end
+    member = s.epoch .. ':' .. s.answers .. ':' .. member
     redis.call('ZADD', leases_key, now + lease_seconds, member)
     in_flight = in_flight + 1
     result = {'ticket', member, ''}
@@ -169,7 +201,6 @@ if op == 'acquire' then
     result = {'wait', decision[1], wait}
   end
 elseif op == 'answered' or op == 'no_answer' or op == 'release' then
-  local member = ARGV[7]
   local epoch = epoch_of(member)
   -- Past the window's estimated end, a new one begins first: this request, if still in flight, is carried
   -- into it (it may have been counted there), never read as the old window's.
