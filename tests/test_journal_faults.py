@@ -242,3 +242,54 @@ async def test_the_wal_stays_bounded_through_thousands_of_chunks(tmp_path: Path)
     assert largest < 4_000_000, f"the WAL reached {largest} bytes"
     summary = read_journal(path)
     assert (summary.accepted, summary.to_send) == (3000, 0)
+
+
+# --- after a kill, in doubt is only what was written to the wire --------------------------------------
+
+WAITING_PUSH = """
+import asyncio, sys
+from pathlib import Path
+from tests.test_journal_faults import accepted, open_new
+from wemasy_async._batching import PushStream
+
+async def main(path):
+    ids = list(range(1, 51))
+    chunk_one_sent = asyncio.Event()
+
+    async def push_once(chunk, *, retry=True, on_sent=None):
+        first = chunk[0]
+        if first == 1:  # answered once chunk 11-20 is on the wire
+            await chunk_one_sent.wait()
+            return accepted(chunk)
+        if first == 11:  # written to the wire, no answer yet
+            if on_sent is not None:
+                on_sent()
+            chunk_one_sent.set()
+        if first == 41:  # taken by the first worker after chunk 1-10's outcome was committed: kill now
+            print("ready", flush=True)
+            sys.stdin.readline()  # the loop stands still until the kill
+        await asyncio.Event().wait()  # 21-30 and 31-40: still waiting for the budget
+
+    journal = open_new(path, ids)
+    stream = PushStream(ids, [], push_once, chunk_size=10, max_concurrency=4, progress=None, journal=journal)
+    async for _ in stream:
+        pass
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_after_a_kill_only_chunks_written_to_the_wire_are_in_doubt(tmp_path: Path) -> None:
+    """Killed while one chunk's request is on the wire and two wait for the budget: the journal counts the
+    first in doubt (the server may have it) and the waiting ones not sent."""
+    path = tmp_path / "push.sqlite"
+    command = [sys.executable, "-c", WAITING_PUSH, str(path)]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment) as push:
+        assert push.stdout is not None
+        try:
+            assert push.stdout.readline().strip() == "ready"
+        finally:
+            push.kill()
+    summary = read_journal(path)
+    assert (summary.accepted, summary.in_doubt, summary.not_sent) == (10, 10, 30)
