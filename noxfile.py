@@ -17,7 +17,7 @@ import nox
 nox.needs_version = ">=2025.2.9"
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
@@ -31,6 +31,17 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "--version")  # which Python this session found, in the log above its tests
     session.run("pytest", *session.posargs)  # the Redis tests start redis-server (.ci/run installs it)
+
+
+@nox.session(python="3.11")
+def coverage(session: nox.Session) -> None:
+    """The suite once more under coverage.py: branch coverage of the package, subprocesses (the CLI, spawned
+    fleets) included, printed as a table (the settings are in pyproject.toml's [tool.coverage])."""
+    session.install("-e", ".[test]", "coverage>=7.10.3")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", "-q", *session.posargs)
+    session.run("coverage", "combine", "--quiet")
+    session.run("coverage", "report")
 
 
 @nox.session(python="3.11")
