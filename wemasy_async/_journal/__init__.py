@@ -55,9 +55,9 @@ from typing import Any, Union
 
 import attrs
 
-from ._errors import UsageError
-from ._models import OrderRejection, PushDetails, PushResult, PushSummary
-from ._version import __version__
+from .._errors import UsageError
+from .._models import OrderRejection, PushDetails, PushResult, PushSummary
+from .._version import __version__
 
 __all__ = ["BatchJournal", "JournalError", "JournalSummary", "open_journal", "read_journal"]
 
