@@ -22,7 +22,9 @@ from tests.conftest import TOKEN
 from tests.test_batching import assert_every_id_accounted_once
 from tests.test_cli import run_in_terminal, terminal_lines
 from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, partial_result, read_journal
-from wemasy_async._journal import _SCHEMA, BatchJournal, _ids_blob, _load, open_journal
+from wemasy_async._journal import BatchJournal, open_journal
+from wemasy_async._journal._codec import _SCHEMA, _ids_blob
+from wemasy_async._journal._store import _load
 from wemasy_async.cli import main as cli_main
 from wemasy_async.testing import WemasyEmulator
 from wemasy_async.testing._emulator import RequestRecord
@@ -564,7 +566,7 @@ async def test_a_journal_that_cannot_be_written_is_reported_and_the_batch_goes_o
 ) -> None:
     """A write that fails (a full disk) does not stop the batch: its result is complete, and says in
     ``journal_error`` that the journal lags behind (tests/test_outputs.py has the rest of this story)."""
-    import wemasy_async._journal as journal_module
+    import wemasy_async._journal._writer as journal_module
 
     def full_disk(*args: object) -> object:
         raise OSError(28, "No space left on device")
@@ -711,7 +713,7 @@ async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_wait
     chunks in flight), and the loop is not held up. Once the disk is back, the batch completes."""
     import threading
 
-    import wemasy_async._journal as journal_module
+    import wemasy_async._journal._writer as journal_module
 
     now, step = [0.0], [0.0]
 

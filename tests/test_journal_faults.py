@@ -69,7 +69,7 @@ async def test_an_outcome_queued_between_the_writers_two_takes_keeps_its_start(
     """The writer takes what is queued in two steps (outcomes, starts). A chunk started and finished by the
     event loop in between (as on free-threaded Python, or with a tiny switch interval) must still find its
     start: the journal then records every chunk, instead of stopping on a KeyError."""
-    import wemasy_async._journal as journal_module
+    import wemasy_async._journal._writer as journal_module
 
     path = tmp_path / "push.sqlite"
     ids = list(range(1, 31))

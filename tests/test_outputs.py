@@ -34,7 +34,7 @@ FAST = {"limit": 1_000_000, "window_seconds": 60.0}
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every outcome the journal writes fails as on a full disk (its rows are encoded just before)."""
-    import wemasy_async._journal as journal_module
+    import wemasy_async._journal._writer as journal_module
 
     def no_space(*args: object) -> object:
         raise OSError(28, "No space left on device")

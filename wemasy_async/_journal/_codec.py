@@ -1,0 +1,201 @@
+"""The journal's on-disk format: its schema, and how ids and a chunk's outcome are encoded into a row.
+
+Pure functions of values, no I/O: the store reads with them and the writer writes with them.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Union
+
+from .._errors import UsageError
+from .._models import PushDetails, PushResult
+
+if sys.platform != "win32":
+    pass
+
+#: The journal's layout; a file of another format is refused (an older SDK does not guess at a newer one).
+JOURNAL_FORMAT = 2
+#: Written into the SQLite header (``PRAGMA application_id``), so a journal is known as one: "WMJ1".
+APPLICATION_ID = 0x574D4A31
+
+JournalPath = Union[str, "os.PathLike[str]"]
+
+_SCHEMA = """
+CREATE TABLE batch (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE runs (
+    run INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    sdk_version TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    retry_rejected INTEGER NOT NULL
+);
+CREATE TABLE batch_ids (ids BLOB NOT NULL);
+CREATE TABLE chunks (
+    seq INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    ids BLOB,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    header TEXT,
+    new TEXT,
+    retry TEXT,
+    skipped TEXT,
+    queued BLOB,
+    in_flight TEXT
+);
+"""
+_TABLES = {"batch", "batch_ids", "runs", "chunks"}
+
+
+class JournalError(UsageError):
+    """A push journal that cannot be used: it belongs to another batch (other ids, base URL, token or
+    ``create_label``), another process is writing it, or the file is damaged or is not a journal. Raised
+    before any request is sent. A journal that could not be written while the batch ran does not stop the
+    batch, nor is it raised in the stead of its outcome: the batch's result says so in ``journal_error``
+    (and the stream in :attr:`PushStream.journal_error`), and the SDK logs it as a warning."""
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def _ids_blob(ids: Sequence[int]) -> bytes:
+    """The ids as 8-byte ints (``q``), or as decimal text (``t``) when one does not fit in 8 bytes."""
+    try:
+        return b"q" + array.array("q", ids).tobytes()
+    except OverflowError:
+        return b"t" + ",".join(map(str, ids)).encode()
+
+
+def _blob_ids(blob: bytes) -> list[int]:
+    if blob[:1] == b"q":
+        packed = array.array("q")
+        packed.frombytes(blob[1:])
+        return packed.tolist()
+    if blob[:1] == b"t":
+        return [int(x) for x in blob[1:].decode().split(",")] if len(blob) > 1 else []
+    raise ValueError("unknown id encoding")
+
+
+def _blob_count(blob: bytes) -> int:
+    if blob[:1] == b"q":
+        return (len(blob) - 1) // 8
+    return len(_blob_ids(blob))
+
+
+def _strings(values: Sequence[str]) -> str:
+    """A tuple of the server's strings as one text: joined by commas when none holds one, else JSON."""
+    if not values:
+        return ""
+    joined = ",".join(values)
+    if joined.count(",") == len(values) - 1:
+        return "s" + joined
+    return "j" + json.dumps(list(values))
+
+
+def _unstrings(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    if text[0] == "s":
+        return tuple(text[1:].split(","))
+    return tuple(json.loads(text[1:]))
+
+
+def _mixed(values: Sequence[Any], accepted: list[int]) -> bytes | None:
+    """``queued_orders`` (documented ``mixed[]``): ``=`` when they are the chunk's accepted ids (the server
+    queued all it accepted: the common case), else 8-byte ints, else JSON."""
+    if not values:
+        return None
+    listed = list(values)
+    if listed == accepted:
+        return b"="
+    try:
+        return b"q" + array.array("q", listed).tobytes()
+    except (TypeError, OverflowError):
+        return b"j" + json.dumps(listed).encode()
+
+
+def _unmixed(blob: bytes | None, accepted: list[int]) -> tuple[Any, ...]:
+    if not blob:
+        return ()
+    if blob == b"=":
+        return tuple(accepted)
+    if blob[:1] == b"q":
+        return tuple(_blob_ids(blob))
+    return tuple(json.loads(blob[1:]))
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+#: In a details column: "the chunk's accepted ids not named in the other two columns, in the order sent".
+_DERIVED = "*"
+
+
+def _accepted(sent: list[int], unanswered: Sequence[int]) -> list[int]:
+    """The ids of a chunk the server accepted, in the order sent: all but those with another outcome."""
+    if not unanswered:
+        return sent
+    skip = set(unanswered)
+    return [i for i in sent if i not in skip]
+
+
+def _encode(result: PushResult, sent: list[int]) -> tuple[str, str, str, str, bytes | None]:
+    """A chunk's outcome as the row's columns: a JSON header, then the details.
+
+    Most of a chunk's ids are usually in one of the server's lists (all new, or all skipped on a re-run).
+    When the server named exactly the ids it accepted (none unreported, as many names as ids), the largest
+    list is not stored: it is the accepted ids not in the other two, written back as decimal strings in the
+    order sent. That halves what a chunk writes."""
+    s, d = result.summary, result.details
+    header = _COMPACT.encode(
+        [
+            s.total_orders,
+            s.new_orders,
+            s.retry_orders,
+            s.skipped_orders,
+            s.queued_orders,
+            result.message,
+            result.total_chunks,
+            result.labels_will_be_created,
+            result.ambiguous_retry,
+            result.requests,
+            [[r.order_id, r.message] for r in result.rejected],
+            [[list(f.order_ids), _error_text(f.error)] for f in result.failed],
+            list(result.unreported),
+            list(result.not_sent),
+            list(result.in_doubt),
+        ]
+    )
+    accepted = sent
+    if result.rejected or result.failed or result.unreported or result.not_sent or result.in_doubt:
+        unanswered = [i for f in result.failed for i in f.order_ids]
+        unanswered += [*result.unreported, *result.not_sent, *result.in_doubt, *(r.order_id for r in result.rejected)]
+        accepted = _accepted(sent, unanswered)
+    lists = (d.new_orders, d.retry_orders, d.skipped_orders)
+    derived = -1
+    if not result.unreported and sum(map(len, lists)) == len(accepted):
+        derived = 0 if len(lists[0]) >= len(lists[2]) else 2
+    new, retry, skipped = (_DERIVED if k == derived else _strings(values) for k, values in enumerate(lists))
+    return header, new, retry, skipped, _mixed(d.queued_orders, accepted)
+
+
+def _details(accepted: list[int], new: str, retry: str, skipped: str, queued: bytes | None) -> PushDetails:
+    """The details a chunk's row holds (see :func:`_encode`)."""
+    lists = [None if text == _DERIVED else _unstrings(text) for text in (new, retry, skipped)]
+    if None in lists:
+        named = {int(x) for named_list in lists if named_list is not None for x in named_list}
+        lists[lists.index(None)] = tuple(str(i) for i in accepted if i not in named)
+    new_orders, retry_orders, skipped_orders = (tuple(values or ()) for values in lists)
+    return PushDetails(new_orders, retry_orders, skipped_orders, _unmixed(queued, accepted))
