@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TOKEN
+from tests.helpers import assert_every_id_accounted_once
 from wemasy_async import (
     NO_RETRIES,
     APIConnectionError,
@@ -34,23 +34,6 @@ from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 #: The ``on_sent`` of a fake ``push_once``.
 Sent = Callable[[], None] | None
-
-
-def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emulator: WemasyEmulator) -> None:
-    """Each distinct input id is in exactly one of: the server's details, rejected, failed, not sent, in
-    doubt; and what the result calls accepted is what the emulator queued or skipped."""
-    distinct = list(dict.fromkeys(ids))
-    details = result.details
-    accepted = [int(x) for x in (*details.new_orders, *details.retry_orders, *details.skipped_orders)]
-    rejected = [r.order_id for r in result.rejected]
-    failed = list(result.failed_order_ids)
-    places = Counter(accepted + rejected + failed + list(result.not_sent) + list(result.in_doubt))
-    assert sorted(places) == sorted(distinct)
-    assert set(places.values()) <= {1}
-    assert not result.unreported
-    assert set(emulator.queued) >= {int(x) for x in (*details.new_orders, *details.retry_orders)}
-    assert not set(emulator.queued) & set(rejected)
-    assert len(emulator.queued) == len(set(emulator.queued))  # nothing queued twice
 
 
 # --- pure parts ----------------------------------------------------------------------------------

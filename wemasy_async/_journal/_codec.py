@@ -3,27 +3,19 @@
 Pure functions of values, no I/O: the store reads with them and the writer writes with them.
 """
 
-from __future__ import annotations
-
 import array
 import json
-import os
-import sys
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple
 
+from .._converter import record_converter
 from .._errors import UsageError
 from .._models import PushDetails, PushResult
-
-if sys.platform != "win32":
-    pass
 
 #: The journal's layout; a file of another format is refused (an older SDK does not guess at a newer one).
 JOURNAL_FORMAT = 2
 #: Written into the SQLite header (``PRAGMA application_id``), so a journal is known as one: "WMJ1".
 APPLICATION_ID = 0x574D4A31
-
-JournalPath = Union[str, "os.PathLike[str]"]
 
 _SCHEMA = """
 CREATE TABLE batch (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -151,16 +143,43 @@ def _accepted(sent: list[int], unanswered: Sequence[int]) -> list[int]:
     return [i for i in sent if i not in skip]
 
 
-def _encode(result: PushResult, sent: list[int]) -> tuple[str, str, str, str, bytes | None]:
-    """A chunk's outcome as the row's columns: a JSON header, then the details.
+class RejectedEntry(NamedTuple):
+    """A rejected id in an outcome's header (a JSON pair)."""
 
-    Most of a chunk's ids are usually in one of the server's lists (all new, or all skipped on a re-run).
-    When the server named exactly the ids it accepted (none unreported, as many names as ids), the largest
-    list is not stored: it is the accepted ids not in the other two, written back as decimal strings in the
-    order sent. That halves what a chunk writes."""
-    s, d = result.summary, result.details
-    header = _COMPACT.encode(
-        [
+    order_id: int
+    message: str
+
+
+class FailedEntry(NamedTuple):
+    """A failed request in an outcome's header (a JSON pair): its ids and its error, as text."""
+
+    order_ids: list[int]
+    error: str
+
+
+class OutcomeHeader(NamedTuple):
+    """A chunk's outcome but its details: the row's ``header`` column, a JSON array in this order."""
+
+    total: int
+    new: int
+    retry: int
+    skipped: int
+    queued: int
+    message: str
+    total_chunks: int
+    labels: str
+    ambiguous: bool
+    requests: int
+    rejected: list[RejectedEntry]
+    failed: list[FailedEntry]
+    unreported: list[int]
+    not_sent: list[int]
+    in_doubt: list[int]
+
+    @classmethod
+    def of(cls, result: PushResult) -> "OutcomeHeader":
+        s = result.summary
+        return cls(
             s.total_orders,
             s.new_orders,
             s.retry_orders,
@@ -171,31 +190,84 @@ def _encode(result: PushResult, sent: list[int]) -> tuple[str, str, str, str, by
             result.labels_will_be_created,
             result.ambiguous_retry,
             result.requests,
-            [[r.order_id, r.message] for r in result.rejected],
-            [[list(f.order_ids), _error_text(f.error)] for f in result.failed],
+            [RejectedEntry(r.order_id, r.message) for r in result.rejected],
+            [FailedEntry(list(f.order_ids), _error_text(f.error)) for f in result.failed],
             list(result.unreported),
             list(result.not_sent),
             list(result.in_doubt),
-        ]
+        )
+
+    @classmethod
+    def load(cls, text: str) -> "OutcomeHeader":
+        return record_converter.structure(json.loads(text), cls)
+
+    def dump(self) -> str:
+        return _COMPACT.encode(self)  # a NamedTuple is a JSON array
+
+    def unanswered(self) -> list[int]:
+        """The chunk's ids with no answer that stands for good: failed, unreported, not sent, in doubt."""
+        return [i for f in self.failed for i in f.order_ids] + self.unreported + self.not_sent + self.in_doubt
+
+
+class OutcomeColumns(NamedTuple):
+    """A chunk's outcome as its row's columns: the header, then the details (see :func:`_encode`)."""
+
+    header: str | None = None
+    new: str | None = None
+    retry: str | None = None
+    skipped: str | None = None
+    queued: bytes | None = None
+
+
+class ChunkRow(NamedTuple):
+    """A row of the ``chunks`` table, its columns in the table's order."""
+
+    seq: int
+    run: int
+    position: int
+    #: The ``count`` column: how many ids the chunk has.
+    length: int
+    #: The chunk's ids, when they are not a run of the batch's in a row (else None: position and count say).
+    ids: bytes | None
+    started_at: float
+    finished_at: float | None = None
+    header: str | None = None
+    new: str | None = None
+    retry: str | None = None
+    skipped: str | None = None
+    queued: bytes | None = None
+    #: The run's other chunks under way when this row was written (``seq:position:count``, comma-separated).
+    in_flight: str | None = None
+
+
+def _encode(result: PushResult, sent: list[int]) -> OutcomeColumns:
+    """A chunk's outcome as the row's columns: a JSON header, then the details.
+
+    Most of a chunk's ids are usually in one of the server's lists (all new, or all skipped on a re-run).
+    When the server named exactly the ids it accepted (none unreported, as many names as ids), the largest
+    list is not stored: it is the accepted ids not in the other two, written back as decimal strings in the
+    order sent. That halves what a chunk writes."""
+    header = OutcomeHeader.of(result)
+    d = result.details
+    accepted = _accepted(sent, header.unanswered() + [r.order_id for r in result.rejected])
+    new, retry, skipped = d.new_orders, d.retry_orders, d.skipped_orders
+    derived = None
+    if not result.unreported and len(new) + len(retry) + len(skipped) == len(accepted):
+        derived = "new" if len(new) >= len(skipped) else "skipped"
+    return OutcomeColumns(
+        header.dump(),
+        _DERIVED if derived == "new" else _strings(new),
+        _strings(retry),
+        _DERIVED if derived == "skipped" else _strings(skipped),
+        _mixed(d.queued_orders, accepted),
     )
-    accepted = sent
-    if result.rejected or result.failed or result.unreported or result.not_sent or result.in_doubt:
-        unanswered = [i for f in result.failed for i in f.order_ids]
-        unanswered += [*result.unreported, *result.not_sent, *result.in_doubt, *(r.order_id for r in result.rejected)]
-        accepted = _accepted(sent, unanswered)
-    lists = (d.new_orders, d.retry_orders, d.skipped_orders)
-    derived = -1
-    if not result.unreported and sum(map(len, lists)) == len(accepted):
-        derived = 0 if len(lists[0]) >= len(lists[2]) else 2
-    new, retry, skipped = (_DERIVED if k == derived else _strings(values) for k, values in enumerate(lists))
-    return header, new, retry, skipped, _mixed(d.queued_orders, accepted)
 
 
-def _details(accepted: list[int], new: str, retry: str, skipped: str, queued: bytes | None) -> PushDetails:
-    """The details a chunk's row holds (see :func:`_encode`)."""
-    lists = [None if text == _DERIVED else _unstrings(text) for text in (new, retry, skipped)]
-    if None in lists:
-        named = {int(x) for named_list in lists if named_list is not None for x in named_list}
-        lists[lists.index(None)] = tuple(str(i) for i in accepted if i not in named)
-    new_orders, retry_orders, skipped_orders = (tuple(values or ()) for values in lists)
-    return PushDetails(new_orders, retry_orders, skipped_orders, _unmixed(queued, accepted))
+def _details(accepted: list[int], row: ChunkRow) -> PushDetails:
+    """The details a chunk's row holds (see :func:`_encode`): at most one list derived from the others."""
+    new, retry, skipped = (None if text == _DERIVED else _unstrings(text) for text in (row.new, row.retry, row.skipped))
+    if new is None or skipped is None:
+        named = {int(x) for listed in (new, retry, skipped) if listed is not None for x in listed}
+        rest = tuple(str(i) for i in accepted if i not in named)
+        new, skipped = (rest, skipped) if new is None else (new, rest)
+    return PushDetails(new or (), retry or (), skipped or (), _unmixed(row.queued, accepted))

@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import sqlite3
 import struct
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import attrs
+import cattrs
 
 from .._errors import UsageError
 from .._models import OrderRejection, PushResult, PushSummary
+from .._outcomes import OutcomeCounts
 from .._version import __version__
 from ._codec import (
     _SCHEMA,
     _TABLES,
     APPLICATION_ID,
     JOURNAL_FORMAT,
+    ChunkRow,
     JournalError,
+    OutcomeHeader,
     _accepted,
     _blob_ids,
     _details,
     _ids_blob,
 )
 from ._lock import _being_written, _Lock
-from ._writer import BatchJournal, _Writer
+from ._writer import DISK, BatchJournal, JournalDisk, _Writer
 
 JournalPath = Union[str, "os.PathLike[str]"]
 
@@ -97,18 +100,57 @@ class _State:
     settled: set[int] = attrs.field(factory=set)
     #: (position in the batch, result) of each stored chunk: its accepted part and its standing rejections.
     pieces: list[tuple[int, PushResult]] = attrs.field(factory=list)
-    accepted: int = 0
-    new: int = 0
-    retry: int = 0
-    skipped: int = 0
-    rejected: int = 0
-    failed: int = 0
-    unreported: int = 0
-    in_doubt: int = 0
-    not_sent: int = 0
+    counts: OutcomeCounts = attrs.field(factory=OutcomeCounts)
     requests: int = 0
     sent: int = 0
     updated_at: float = 0.0
+
+
+@attrs.define
+class _LaterRuns:
+    """The ids sent by runs later than the chunk being read (chunks are read newest run first; within a
+    run they are disjoint): an id sent again belongs to the latest chunk that sent it."""
+
+    ids: set[int] = attrs.field(factory=set)
+    _run: int | None = None
+    _this_run: list[list[int]] = attrs.field(factory=list)
+
+    def enter(self, run: int, sent: list[int]) -> None:
+        """The next chunk read, of ``run``: the chunks of the run read before become "later" when it changes."""
+        if run != self._run:
+            for earlier_sent in self._this_run:
+                self.ids.update(earlier_sent)
+            self._this_run.clear()
+            self._run = run
+        self._this_run.append(sent)
+
+    def standing(self, values: Iterable[int]) -> list[int]:
+        """Those of ``values`` no later run sent again."""
+        return [i for i in values if i not in self.ids] if self.ids else list(values)
+
+
+def _read_chunks(conn: sqlite3.Connection, *, for_resume: bool) -> list[ChunkRow]:
+    """Every chunk's row, newest run first (the details only to resume), with a row for each chunk in flight
+    at a kill."""
+    details = "new, retry, skipped, queued" if for_resume else "NULL, NULL, NULL, NULL"
+    columns = f"seq, run, position, count, ids, started_at, finished_at, header, {details}, in_flight"
+    rows = [ChunkRow._make(row) for row in conn.execute(f"SELECT {columns} FROM chunks")]
+    rows += _in_flight_at_a_kill(rows)
+    rows.sort(key=lambda row: (row.run, row.seq), reverse=True)
+    return rows
+
+
+def _in_flight_at_a_kill(rows: list[ChunkRow]) -> list[ChunkRow]:
+    """The chunks a row names as under way when it was written, that have no row of their own."""
+    recorded = {(row.run, row.seq) for row in rows}
+    found = []
+    for row in rows:
+        for entry in row.in_flight.split(",") if row.in_flight else ():
+            seq, position, count = map(int, entry.split(":"))
+            if (row.run, seq) not in recorded:
+                recorded.add((row.run, seq))
+                found.append(ChunkRow(seq, row.run, position, count, None, row.finished_at or 0.0))
+    return found
 
 
 def _load(
@@ -117,92 +159,74 @@ def _load(
     """Read every chunk back. An id sent by several runs belongs to the latest chunk that sent it (a
     resumed run sends only what was not settled, so earlier records of such an id no longer stand).
 
-    Chunks are read newest run first: ``later`` holds the ids sent by later runs (within one run chunks
-    are disjoint), so it stays empty for the first run's chunks unless ids were sent again. A rejection
-    stands unless this run retries rejections, or a later run asked to and did not record a new answer for
-    the id (it may have been sent, and queued, before that run died): such an id is sent again."""
+    A rejection stands unless this run retries rejections, or a later run asked to and did not record a
+    new answer for the id (it may have been sent, and queued, before that run died): such an id is sent
+    again."""
     state = _State()
     if batch is None:
         row = conn.execute("SELECT ids FROM batch_ids").fetchone()
         batch = _blob_ids(row[0]) if row else []
-    columns = "position, count, ids, started_at, finished_at, header"
-    if for_resume:
-        columns += ", new, retry, skipped, queued"
     retrying_runs = [run for (run,) in conn.execute("SELECT run FROM runs WHERE retry_rejected")]
-    rows = conn.execute(f"SELECT run, seq, in_flight, {columns} FROM chunks").fetchall()
-    # The chunks under way when a row was written, that have no row of their own: in flight at a kill.
-    recorded = {(run, seq) for run, seq, *_ in rows}
-    chunks: list[tuple[int, int, Sequence[Any]]] = [(run, seq, row) for run, seq, _, *row in rows]
-    unanswered_row = (None,) * (len(rows[0]) - 9) if rows else ()  # (new, retry, skipped, queued)
-    for run, _, flying, *row in rows:
-        for entry in flying.split(",") if flying else ():
-            seq, position, count = map(int, entry.split(":"))
-            if (run, seq) not in recorded:
-                recorded.add((run, seq))
-                chunks.append((run, seq, (position, count, None, row[4], None, None, *unanswered_row)))
-    chunks.sort(key=lambda chunk: (chunk[0], chunk[1]), reverse=True)
-    later: set[int] = set()
-    this_run: list[list[int]] = []
-    current_run = None
-    for run, _, row in chunks:
-        position, count, blob, started_at, finished_at, header_text = row[:6]
-        if run != current_run:
-            for earlier_sent in this_run:
-                later.update(earlier_sent)
-            this_run.clear()
-            current_run = run
-            retried = retry_rejected or any(r > run for r in retrying_runs)
-        state.updated_at = max(state.updated_at, started_at, finished_at or 0.0)
+    later = _LaterRuns()
+    for chunk in _read_chunks(conn, for_resume=for_resume):
+        state.updated_at = max(state.updated_at, chunk.started_at, chunk.finished_at or 0.0)
         # A chunk that is a run of the batch's ids in a row keeps only where it begins and its length.
-        sent = batch[position : position + count] if blob is None else _blob_ids(blob)
-        this_run.append(sent)
-
-        def standing(values: Iterable[int]) -> list[int]:
-            return [i for i in values if i not in later] if later else list(values)
-
-        state.sent += len(standing(sent))
-        if header_text is None:  # started, no answer recorded: in flight when the process died
-            state.in_doubt += len(standing(sent))
+        sent = batch[chunk.position : chunk.position + chunk.length] if chunk.ids is None else _blob_ids(chunk.ids)
+        later.enter(chunk.run, sent)
+        state.sent += len(later.standing(sent))
+        if chunk.header is None:  # started, no answer recorded: in flight when the process died
+            state.counts.in_doubt += len(later.standing(sent))
             continue
-        header = json.loads(header_text)
-        total, new, retry, skipped, queued, message, total_chunks, labels, ambiguous, requests = header[:10]
-        rejected_pairs, failed_groups, unreported, not_sent, in_doubt = header[10:]
-        failed_ids = [i for group in failed_groups for i in group[0]]
-        unanswered = failed_ids + unreported + not_sent + in_doubt
-        state.failed += len(standing(failed_ids))
-        state.unreported += len(standing(unreported))
-        state.not_sent += len(standing(not_sent))
-        state.in_doubt += len(standing(in_doubt))
-        kept = [(i, m) for i, m in rejected_pairs if i not in later]
-        if retried:  # to be sent again: the answer a retry got, if any, was not recorded
-            state.in_doubt += len(kept)
-            kept = []
-        state.rejected += len(kept)
-        # Accepted ids are settled for good: no later run sends them, so nothing supersedes them.
-        state.accepted += len(sent) - len(unanswered) - len(rejected_pairs)
-        state.new += new
-        state.retry += retry
-        state.skipped += skipped
-        state.requests += requests
-        if not for_resume:
-            continue
-        accepted = _accepted(sent, unanswered + [i for i, _ in rejected_pairs])
-        state.settled.update(accepted)
-        standing_rejections = tuple(OrderRejection(i, m) for i, m in kept)
-        state.settled.update(i for i, _ in kept)
-        if total or standing_rejections or requests:
-            piece = PushResult(
-                summary=PushSummary(total, new, retry, skipped, queued),
-                details=_details(accepted, *row[6:10]),
-                message=message,
-                total_chunks=total_chunks,
-                labels_will_be_created=labels,
-                ambiguous_retry=ambiguous,
-                rejected=standing_rejections,
-                requests=requests,
-            )
-            state.pieces.append((position, piece))
+        header = OutcomeHeader.load(chunk.header)
+        retried = retry_rejected or any(run > chunk.run for run in retrying_runs)
+        kept = _count_outcome(state, header, sent, later, retried=retried)
+        if for_resume:
+            _keep_piece(state, chunk, header, sent, kept)
     return state
+
+
+def _count_outcome(
+    state: _State, header: OutcomeHeader, sent: list[int], later: _LaterRuns, *, retried: bool
+) -> list[OrderRejection]:
+    """Count a chunk's outcome into ``state``; return its rejections that stand."""
+    counts = state.counts
+    counts.failed += len(later.standing(i for f in header.failed for i in f.order_ids))
+    counts.unreported += len(later.standing(header.unreported))
+    counts.not_sent += len(later.standing(header.not_sent))
+    counts.in_doubt += len(later.standing(header.in_doubt))
+    kept = [OrderRejection(r.order_id, r.message) for r in header.rejected if r.order_id not in later.ids]
+    if retried:  # to be sent again: the answer a retry got, if any, was not recorded
+        counts.in_doubt += len(kept)
+        kept = []
+    counts.rejected += len(kept)
+    # Accepted ids are settled for good: no later run sends them, so nothing supersedes them.
+    counts.accepted += len(sent) - len(header.unanswered()) - len(header.rejected)
+    counts.new += header.new
+    counts.retry += header.retry
+    counts.skipped += header.skipped
+    state.requests += header.requests
+    return kept
+
+
+def _keep_piece(
+    state: _State, chunk: ChunkRow, header: OutcomeHeader, sent: list[int], kept: list[OrderRejection]
+) -> None:
+    """For a resume: settle the chunk's accepted ids and standing rejections, and keep its stored result."""
+    accepted = _accepted(sent, header.unanswered() + [r.order_id for r in header.rejected])
+    state.settled.update(accepted)
+    state.settled.update(r.order_id for r in kept)
+    if header.total or kept or header.requests:
+        piece = PushResult(
+            summary=PushSummary(header.total, header.new, header.retry, header.skipped, header.queued),
+            details=_details(accepted, chunk),
+            message=header.message,
+            total_chunks=header.total_chunks,
+            labels_will_be_created=header.labels,
+            ambiguous_retry=header.ambiguous,
+            rejected=tuple(kept),
+            requests=header.requests,
+        )
+        state.pieces.append((chunk.position, piece))
 
 
 def _check_path(path: object) -> str:
@@ -217,7 +241,16 @@ def _check_path(path: object) -> str:
 #: What decoding a damaged file's values can raise (text where a number was, a cut JSON header, a blob of
 #: the wrong length, a NULL where a value was): each becomes the same clear "damaged" JournalError. (A
 #: JournalError, itself a ValueError, is let through first: it already says what is wrong.)
-_DECODING_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error)
+_DECODING_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    struct.error,
+    cattrs.BaseValidationError,
+)
 
 
 def _damaged(path: str, error: BaseException) -> JournalError:
@@ -278,6 +311,7 @@ def open_journal(
     chunk_size: int,
     create_label: bool,
     retry_rejected: bool,
+    _disk: JournalDisk = DISK,
 ) -> BatchJournal | None:
     """Open (or create) the journal of the batch ``ids`` for one run, or None when no journal is asked.
 
@@ -295,15 +329,12 @@ def open_journal(
     path = _check_path(journal)
     loop = asyncio.get_running_loop()
     # The client's identity: a WemasyClient has both; the token is hashed here and never stored.
-    base_url = str(getattr(client, "base_url", ""))
-    token = str(getattr(client, "_token", ""))
+    batch = _Batch(ids, str(getattr(client, "base_url", "")), str(getattr(client, "_token", "")), create_label)
     lock = _Lock(path)
     conn: sqlite3.Connection | None = None
     try:
         conn = _connect(path)
-        pending, positions, first_seq, pieces, run = _open_run(
-            conn, path, ids, base_url, token, chunk_size, create_label, retry_rejected
-        )
+        opened = _open_run(conn, path, batch, chunk_size=chunk_size, retry_rejected=retry_rejected)
     except sqlite3.DatabaseError as error:
         _abort(conn, lock)
         raise _damaged(path, error) from None
@@ -319,9 +350,9 @@ def open_journal(
     except BaseException:
         _abort(conn, lock)
         raise
-    writer = _Writer(conn, lock, run, loop)
+    writer = _Writer(conn, lock, opened.run, loop, _disk)
     writer.start()
-    return BatchJournal(path, writer, pending, positions, first_seq, len(ids), pieces)
+    return BatchJournal(path, writer, opened.pending, opened.positions, opened.first_seq, len(ids), opened.pieces)
 
 
 def _abort(conn: sqlite3.Connection | None, lock: _Lock) -> None:
@@ -335,78 +366,37 @@ def _abort(conn: sqlite3.Connection | None, lock: _Lock) -> None:
     lock.release()
 
 
-def _open_run(
-    conn: sqlite3.Connection,
-    path: str,
-    ids: list[int],
-    base_url: str,
-    token: str,
-    chunk_size: int,
-    create_label: bool,
-    retry_rejected: bool,
-) -> tuple[list[int], Sequence[int], int, list[tuple[int, PushResult]], int]:
-    blob = _ids_blob(ids)
+class _Batch(NamedTuple):
+    """What a journal belongs to: the batch's distinct ids (in order), and the client and option it was
+    pushed with (the token is only ever hashed)."""
+
+    ids: list[int]
+    base_url: str
+    token: str
+    create_label: bool
+
+
+class _Run(NamedTuple):
+    """A run opened on a journal: the ids it sends, where each stands in the batch, its first chunk's seq,
+    the stored results to merge, and its row in ``runs``."""
+
+    pending: list[int]
+    positions: Sequence[int]
+    first_seq: int
+    pieces: list[tuple[int, PushResult]]
+    run: int
+
+
+def _open_run(conn: sqlite3.Connection, path: str, batch: _Batch, *, chunk_size: int, retry_rejected: bool) -> _Run:
+    blob = _ids_blob(batch.ids)
     existing = _identify(conn, path)
     if existing:
-        meta = _meta(conn)
-        if meta.get("base_url") != base_url:
-            raise JournalError(
-                f"the journal {path} is of a batch pushed to {meta.get('base_url')!r}, not {base_url!r}; give this "
-                "push another journal file"
-            )
-        if meta.get("token_sha256") != _token_hash(str(meta.get("token_salt")), token):
-            raise JournalError(
-                f"the journal {path} is of a batch pushed with another API token; resume it with the token that "
-                "began it, or give this push another journal file"
-            )
-        if bool(meta.get("create_label")) != create_label:
-            raise JournalError(
-                f"the journal {path} is of a batch pushed with create_label={bool(meta.get('create_label'))}, "
-                f"not {create_label}; resume it with the same create_label, or give this push another journal file"
-            )
-        stored = conn.execute("SELECT ids FROM batch_ids").fetchone()
-        if stored is None or stored[0] != blob:  # the same distinct ids in the same order, byte for byte
-            raise JournalError(
-                f"the journal {path} is of another batch: {meta.get('ids')} distinct ids, this push has {len(ids)}"
-                f"{' (the same count, other ids or another order)' if meta.get('ids') == len(ids) else ''}. Resume "
-                "it with the same ids in the same order (the same file), or give this push another journal file"
-            )
+        _check_identity(conn, path, batch, blob)
     else:
-        # Made in one transaction of SQLite's rollback journal, not synced (a process that dies meanwhile
-        # leaves no journal: the transaction rolls back), so the batch's ids are written once, not twice.
-        conn.execute("PRAGMA synchronous = OFF")
-        salt = os.urandom(16).hex()
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.executemany(
-            "INSERT INTO batch (key, value) VALUES (?, ?)",
-            [
-                ("format", JOURNAL_FORMAT),
-                ("ids", len(ids)),
-                ("base_url", base_url),
-                ("token_salt", salt),
-                ("token_sha256", _token_hash(salt, token)),
-                ("create_label", int(create_label)),
-                ("sdk_version", __version__),
-                ("created_at", now),
-            ],
-        )
-        # The batch's ids, once: a chunk that is a run of them in a row is kept as where it begins and its length.
-        conn.execute("INSERT INTO batch_ids (ids) VALUES (?)", (blob,))
-        conn.execute("COMMIT")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    # The WAL is checkpointed (and synced) once, when the journal's thread closes the file, never on the loop.
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-    # The run holds the file alone, from its first write on: no lock is taken or let go a transaction, and
-    # nobody else reads or writes it meanwhile (read_journal says it is being written).
-    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-    state = _load(conn, retry_rejected=retry_rejected, for_resume=True, batch=ids) if existing else _State()
-    settled = state.settled
+        _create(conn, batch, blob)
+    _hold_alone(conn)
+    state = _load(conn, retry_rejected=retry_rejected, for_resume=True, batch=batch.ids) if existing else _State()
+    ids, settled = batch.ids, state.settled
     pending: list[int]
     positions: Sequence[int]
     if settled:
@@ -423,7 +413,75 @@ def _open_run(
     conn.execute("COMMIT")
     run = cursor.lastrowid
     assert run is not None
-    return pending, positions, last_seq + 1, state.pieces, run
+    return _Run(pending, positions, last_seq + 1, state.pieces, run)
+
+
+def _check_identity(conn: sqlite3.Connection, path: str, batch: _Batch, blob: bytes) -> None:
+    """Refuse a journal of another batch: another base URL, token, ``create_label``, other ids or order."""
+    meta = _meta(conn)
+    base_url, create_label, ids = batch.base_url, batch.create_label, batch.ids
+    if meta.get("base_url") != base_url:
+        raise JournalError(
+            f"the journal {path} is of a batch pushed to {meta.get('base_url')!r}, not {base_url!r}; give this "
+            "push another journal file"
+        )
+    if meta.get("token_sha256") != _token_hash(str(meta.get("token_salt")), batch.token):
+        raise JournalError(
+            f"the journal {path} is of a batch pushed with another API token; resume it with the token that "
+            "began it, or give this push another journal file"
+        )
+    if bool(meta.get("create_label")) != create_label:
+        raise JournalError(
+            f"the journal {path} is of a batch pushed with create_label={bool(meta.get('create_label'))}, "
+            f"not {create_label}; resume it with the same create_label, or give this push another journal file"
+        )
+    stored = conn.execute("SELECT ids FROM batch_ids").fetchone()
+    if stored is None or stored[0] != blob:  # the same distinct ids in the same order, byte for byte
+        raise JournalError(
+            f"the journal {path} is of another batch: {meta.get('ids')} distinct ids, this push has {len(ids)}"
+            f"{' (the same count, other ids or another order)' if meta.get('ids') == len(ids) else ''}. Resume "
+            "it with the same ids in the same order (the same file), or give this push another journal file"
+        )
+
+
+def _create(conn: sqlite3.Connection, batch: _Batch, blob: bytes) -> None:
+    """Make the journal's tables and write what the batch is."""
+    # Made in one transaction of SQLite's rollback journal, not synced (a process that dies meanwhile
+    # leaves no journal: the transaction rolls back), so the batch's ids are written once, not twice.
+    conn.execute("PRAGMA synchronous = OFF")
+    salt = os.urandom(16).hex()
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.executemany(
+        "INSERT INTO batch (key, value) VALUES (?, ?)",
+        [
+            ("format", JOURNAL_FORMAT),
+            ("ids", len(batch.ids)),
+            ("base_url", batch.base_url),
+            ("token_salt", salt),
+            ("token_sha256", _token_hash(salt, batch.token)),
+            ("create_label", int(batch.create_label)),
+            ("sdk_version", __version__),
+            ("created_at", time.time()),
+        ],
+    )
+    # The batch's ids, once: a chunk that is a run of them in a row is kept as where it begins and its length.
+    conn.execute("INSERT INTO batch_ids (ids) VALUES (?)", (blob,))
+    conn.execute("COMMIT")
+
+
+def _hold_alone(conn: sqlite3.Connection) -> None:
+    """Switch the connection to how a run writes: WAL, no sync a write, no checkpoint of its own, alone."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    # The WAL is checkpointed (and synced) once, when the journal's thread closes the file, never on the loop.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    # The run holds the file alone, from its first write on: no lock is taken or let go a transaction, and
+    # nobody else reads or writes it meanwhile (read_journal says it is being written).
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
 
 
 def read_journal(journal: JournalPath) -> JournalSummary:
@@ -474,15 +532,7 @@ def _summary(conn: sqlite3.Connection, path: str) -> JournalSummary:
     return JournalSummary(
         path=path,
         ids=ids,
-        accepted=state.accepted,
-        new=state.new,
-        retry=state.retry,
-        skipped=state.skipped,
-        rejected=state.rejected,
-        failed=state.failed,
-        unreported=state.unreported,
-        in_doubt=state.in_doubt,
-        not_sent=state.not_sent + ids - state.sent,
+        **attrs.asdict(attrs.evolve(state.counts, not_sent=state.counts.not_sent + ids - state.sent)),
         requests=state.requests,
         runs=int(runs[0]),
         last_run_finished=last[2] is not None,

@@ -12,13 +12,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from .._models import PushResult
-from ._codec import JournalError, _encode, _ids_blob
+from ._codec import ChunkRow, JournalError, _encode, _ids_blob
 from ._lock import _Lock
 
-# --- writing ---------------------------------------------------------------------------------------
+T = TypeVar("T")
 
 #: A write on the event loop that takes longer than this (a saturated disk, a network file system) hands
 #: the journal's writing to its thread; the thread hands it back after this many quick writes in a row.
@@ -29,17 +29,79 @@ QUICK_WRITES_TO_HAND_BACK = 8
 #: to the journal's thread, which checkpoints (and syncs) off the loop, so the WAL stays bounded in a run.
 CHECKPOINT_EVERY = 256
 
-#: Seconds, for timing the loop's writes (a test slows the disk down by moving it on).
-_clock = time.perf_counter
-
-_INSERT = "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_MORE = ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_NO_OUTCOME = (None,) * 7
+_PLACES = "(" + ", ".join("?" * len(ChunkRow._fields)) + ")"
+_INSERT = "INSERT OR REPLACE INTO chunks VALUES " + _PLACES
+_MORE = ", " + _PLACES
 #: Rows a statement writes at most (SQLite's oldest limit is 999 parameters; a row has 13).
 _ROWS_A_STATEMENT = 75
 
-_Start = tuple[int, int, list[int], bool, float]
-_Finish = tuple[int, PushResult, float]
+
+class _Start(NamedTuple):
+    """A chunk being sent, as queued for the writer: where it begins in the batch, and whether its ids are a
+    run of the batch's in a row (then its row needs no ids of its own)."""
+
+    seq: int
+    position: int
+    chunk: list[int]
+    in_a_row: bool
+    at: float
+
+
+class _Finish(NamedTuple):
+    """A chunk's outcome, as queued for the writer."""
+
+    seq: int
+    result: PushResult
+    at: float
+
+
+class _UnderWay(NamedTuple):
+    """A chunk started and not yet finished, as the writer keeps it (``ids`` only when not in a row)."""
+
+    position: int
+    chunk: list[int]
+    ids: bytes | None
+    at: float
+
+    def row(self, seq: int, run: int) -> ChunkRow:
+        return ChunkRow(seq, run, self.position, len(self.chunk), self.ids, self.at)
+
+
+class JournalDisk:
+    """What the journal does to its file, and the clock that times it: the seam a test replaces with a slow
+    or failing disk (``open_journal(..., _disk=...)``), as it does not patch the writer's insides."""
+
+    def clock(self) -> float:
+        """Seconds, for timing writes (a write slower than :data:`SLOW_WRITE_SECONDS` goes to the thread)."""
+        return time.perf_counter()
+
+    def take(self, records: collections.deque[T]) -> list[T]:
+        """Everything queued in ``records`` now (the writer takes outcomes first, then starts)."""
+        taken = []
+        while True:
+            try:
+                taken.append(records.popleft())
+            except IndexError:
+                return taken
+
+    def write(self, conn: sqlite3.Connection, rows: list[ChunkRow]) -> None:
+        """Write ``rows``: one statement, which commits by itself, or a transaction of several."""
+        size = _ROWS_A_STATEMENT
+        if len(rows) <= size:
+            conn.execute(_INSERT + _MORE * (len(rows) - 1), [value for row in rows for value in row])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        for first in range(0, len(rows), size):
+            group = rows[first : first + size]
+            conn.execute(_INSERT + _MORE * (len(group) - 1), [value for row in group for value in row])
+        conn.execute("COMMIT")
+
+    def awaited(self, seq: int) -> None:
+        """A worker now waits for the thread to commit the outcome of chunk ``seq`` (a test counts them)."""
+
+
+#: The real disk.
+DISK = JournalDisk()
 
 
 class _Writer(threading.Thread):
@@ -58,12 +120,15 @@ class _Writer(threading.Thread):
     Chunk starts go into ``starts`` and outcomes into ``finishes``; a chunk's start is always queued before
     its outcome, so whoever writes an outcome knows where its chunk began."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: _Lock, run: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, lock: _Lock, run: int, loop: asyncio.AbstractEventLoop, disk: JournalDisk
+    ) -> None:
         super().__init__(name=f"wemasy-journal-{os.path.basename(lock.path)}", daemon=True)
         self.conn = conn
         self.lock = lock
         self.run_id = run
         self.loop = loop
+        self.disk = disk
         self.starts: collections.deque[_Start] = collections.deque()
         self.finishes: collections.deque[_Finish] = collections.deque()
         #: Whether this thread writes (at first, after a slow write on the loop, and at close), else the loop;
@@ -78,7 +143,7 @@ class _Writer(threading.Thread):
         self.closed: asyncio.Future[None] | None = None
         #: Chunks started and not yet finished, by seq: where each begins, its ids (and their blob when
         #: they are not a run of the batch's in a row), when it started.
-        self.in_flight: dict[int, tuple[int, list[int], bytes | None, float]] = {}
+        self.in_flight: dict[int, _UnderWay] = {}
         #: Futures of the event loop waiting for an outcome this thread writes, by seq; under ``guard``.
         self.guard = threading.RLock()  # (re-entrant: a stream collected under it may close the journal)
         self.waiters: dict[int, asyncio.Future[None]] = {}
@@ -92,8 +157,8 @@ class _Writer(threading.Thread):
         # Outcomes first, then starts: a chunk's start is queued before its outcome (by the event loop, in
         # that order), so every outcome taken here has its start taken by now too, even if the loop queues
         # more between the two takes (a start taken without its outcome waits under way, as it should).
-        finishes = _drain(self.finishes)
-        starts = _drain(self.starts)
+        finishes = self.disk.take(self.finishes)
+        starts = self.disk.take(self.starts)
         self._guarded(self._write, starts, finishes)
         return finishes
 
@@ -101,9 +166,8 @@ class _Writer(threading.Thread):
         """At close: a row for each chunk still under way (the batch was left: in doubt), so the journal
         says so without a kill's guesswork."""
         if self.in_flight:
-            run = self.run_id
-            rows = [(seq, run, p, len(c), blob, at, *_NO_OUTCOME) for seq, (p, c, blob, at) in self.in_flight.items()]
-            self._guarded(self._insert, rows)
+            rows = [chunk.row(seq, self.run_id) for seq, chunk in self.in_flight.items()]
+            self._guarded(self.disk.write, self.conn, rows)
 
     def _guarded(self, write: Callable[..., object], *args: Any) -> None:
         """``write(*args)`` unless a write failed before; its error, if any, is kept and ends the writing."""
@@ -123,33 +187,25 @@ class _Writer(threading.Thread):
         kill, those without a row of their own were in flight. A chunk whose ids are not a run of the
         batch's in a row (a resumed batch with gaps) gets a row of its own as it starts instead."""
         in_flight, run = self.in_flight, self.run_id
-        done = {seq for seq, _, _ in finishes} if starts else ()
-        rows: list[tuple[Any, ...]] = []
-        for seq, position, chunk, in_a_row, at in starts:
-            blob = None if in_a_row else _ids_blob(chunk)
-            in_flight[seq] = (position, chunk, blob, at)
-            if blob is not None and seq not in done:
-                rows.append((seq, run, position, len(chunk), blob, at, *_NO_OUTCOME))
-        for seq, result, finished_at in finishes:
-            position, chunk, blob, at = in_flight.pop(seq)
-            rows.append((seq, run, position, len(chunk), blob, at, finished_at, *_encode(result, chunk), None))
+        done = {finish.seq for finish in finishes} if starts else ()
+        rows: list[ChunkRow] = []
+        for start in starts:
+            under_way = _UnderWay(
+                start.position, start.chunk, None if start.in_a_row else _ids_blob(start.chunk), start.at
+            )
+            in_flight[start.seq] = under_way
+            if under_way.ids is not None and start.seq not in done:
+                rows.append(under_way.row(start.seq, run))
+        for finish in finishes:
+            under_way = in_flight.pop(finish.seq)
+            outcome = _encode(finish.result, under_way.chunk)
+            rows.append(under_way.row(finish.seq, run)._replace(finished_at=finish.at, **outcome._asdict()))
         if not rows:
             return
         if in_flight and finishes:
-            flying = ",".join(f"{seq}:{p}:{len(c)}" for seq, (p, c, blob, _) in in_flight.items() if blob is None)
-            rows[-1] = (*rows[-1][:-1], flying or None)
-        self._insert(rows)
-
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        conn, size = self.conn, _ROWS_A_STATEMENT
-        if len(rows) <= size:  # one statement: it commits by itself
-            conn.execute(_INSERT + _MORE * (len(rows) - 1), [value for row in rows for value in row])
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        for first in range(0, len(rows), size):
-            group = rows[first : first + size]
-            conn.execute(_INSERT + _MORE * (len(group) - 1), [value for row in group for value in row])
-        conn.execute("COMMIT")
+            flying = ",".join(f"{seq}:{c.position}:{len(c.chunk)}" for seq, c in in_flight.items() if c.ids is None)
+            rows[-1] = rows[-1]._replace(in_flight=flying or None)
+        self.disk.write(self.conn, rows)
 
     def run(self) -> None:
         closing = False
@@ -158,23 +214,33 @@ class _Writer(threading.Thread):
             self.nudge.clear()
             with self.guard:  # what was queued before the close is written now
                 closing, mine = self.closing, self.threaded or self.closing
-            if not mine:
-                continue
-            began = _clock()
-            finishes = self.write_queued()
-            if closing:
-                self.write_unfinished()
-            self.quick_writes = self.quick_writes + 1 if _clock() - began <= SLOW_WRITE_SECONDS else 0
-            self.since_checkpoint += len(finishes)
-            if self.since_checkpoint >= CHECKPOINT_EVERY and not closing:  # (closing checkpoints anyway)
-                self._guarded(self.conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
-                self.since_checkpoint = 0
-            with self.guard:
-                waiting = [self.waiters.pop(seq) for seq, _, _ in finishes if seq in self.waiters]
-                if self.quick_writes >= QUICK_WRITES_TO_HAND_BACK and not (self.closing or self.finishes):
-                    self.threaded = False  # the disk takes writes quickly: the loop writes from its next outcome
-                    self.quick_writes = 0
-            self._tell(waiting)
+            if mine:
+                self._write_turn(closing)
+        self._finish_run()
+
+    def _write_turn(self, closing: bool) -> None:
+        """Write what is queued (and at close the chunks still under way), checkpoint when due, tell the
+        waiting workers, and hand the writing back to the loop after enough quick writes."""
+        clock = self.disk.clock
+        began = clock()
+        finishes = self.write_queued()
+        if closing:
+            self.write_unfinished()
+        self.quick_writes = self.quick_writes + 1 if clock() - began <= SLOW_WRITE_SECONDS else 0
+        self.since_checkpoint += len(finishes)
+        if self.since_checkpoint >= CHECKPOINT_EVERY and not closing:  # (closing checkpoints anyway)
+            self._guarded(self.conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+            self.since_checkpoint = 0
+        with self.guard:
+            waiting = [self.waiters.pop(f.seq) for f in finishes if f.seq in self.waiters]
+            if self.quick_writes >= QUICK_WRITES_TO_HAND_BACK and not (self.closing or self.finishes):
+                self.threaded = False  # the disk takes writes quickly: the loop writes from its next outcome
+                self.quick_writes = 0
+        self._tell(waiting)
+
+    def _finish_run(self) -> None:
+        """Mark the run finished, close the file (which checkpoints the WAL), let go of the lock, and tell
+        everyone still waiting."""
         try:
             if self.error is None:
                 self.conn.execute("UPDATE runs SET finished_at = ? WHERE run = ?", (time.time(), self.run_id))
@@ -196,15 +262,6 @@ class _Writer(threading.Thread):
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             self.loop.call_soon_threadsafe(_settle, futures)
-
-
-def _drain(records: collections.deque[Any]) -> list[Any]:
-    taken = []
-    while True:
-        try:
-            taken.append(records.popleft())
-        except IndexError:
-            return taken
 
 
 def _settle(futures: list[asyncio.Future[None]]) -> None:
@@ -254,7 +311,7 @@ class BatchJournal:
         with the next outcome)."""
         position = self._positions[start]
         in_a_row = self._positions[start + len(chunk) - 1] - position == len(chunk) - 1
-        self._writer.starts.append((self._first_seq + index, position, chunk, in_a_row, time.time()))
+        self._writer.starts.append(_Start(self._first_seq + index, position, chunk, in_a_row, time.time()))
 
     def finished(self, index: int, result: PushResult) -> asyncio.Future[None] | None:
         """Chunk ``index`` ended with ``result``: record it. While the event loop writes (the file has taken
@@ -280,14 +337,17 @@ class BatchJournal:
             future: asyncio.Future[None] | None = None
             if threaded and writer.error is None and not writer.stopped:
                 future = writer.waiters[seq] = writer.loop.create_future()
-            writer.finishes.append((seq, result, time.time()))
+            writer.finishes.append(_Finish(seq, result, time.time()))
         if threaded:
+            if future is not None:
+                writer.disk.awaited(seq)
             writer.nudge.set()
             return future
-        began = _clock()
+        clock = writer.disk.clock
+        began = clock()
         writer.write_queued()
         writer.since_checkpoint += 1
-        if _clock() - began > SLOW_WRITE_SECONDS or writer.since_checkpoint >= CHECKPOINT_EVERY:
+        if clock() - began > SLOW_WRITE_SECONDS or writer.since_checkpoint >= CHECKPOINT_EVERY:
             # The disk is slow, or the WAL is due a checkpoint: the journal's thread writes (and checkpoints),
             # until the disk has shown it is quick again.
             with writer.guard:
