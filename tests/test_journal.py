@@ -20,8 +20,7 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.helpers import FullDisk, assert_every_id_accounted_once, push_journals_on, run_in_terminal, terminal_lines
-from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, partial_result, read_journal
-from wemasy_async._journal import BatchJournal, open_journal
+from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, read_journal
 from wemasy_async._journal._codec import _SCHEMA, _ids_blob
 from wemasy_async._journal._store import _load
 from wemasy_async.cli import main as cli_main
@@ -311,53 +310,6 @@ async def test_chunks_cut_at_the_learned_server_maximum_are_journaled_where_they
     assert new == sorted(new)
     assert sorted(new + [int(x) for x in result.details.skipped_orders]) == ids
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
-    assert read_journal(journal).complete
-
-
-@pytest.mark.parametrize("steps", [1, 2, 3])
-async def test_a_second_cancel_while_a_journaled_push_closes_loses_no_id(
-    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, steps: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Cancelled again while it is stopping (a second Ctrl-C), a journaled push accounts for every id; its
-    journal closes behind it (lock released, run marked finished) with those ids unanswered, and a resume
-    sends them and completes the batch."""
-    import wemasy_async.resources.sendcloud as sendcloud_module
-
-    opened: list[BatchJournal] = []
-
-    def recorded_open_journal(*args: Any, **kwargs: Any) -> BatchJournal | None:
-        journal = open_journal(*args, **kwargs)
-        if journal is not None:
-            opened.append(journal)
-        return journal
-
-    monkeypatch.setattr(sendcloud_module, "open_journal", recorded_open_journal)
-    journal = tmp_path / "push.sqlite"
-    wemasy_emulator.faults.delay_seconds = 30
-    ids = list(range(1, 101))
-    push = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal))
-    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
-    push.cancel()
-    for _ in range(steps):
-        await asyncio.sleep(0)
-    push.cancel()
-    with pytest.raises(asyncio.CancelledError) as info:
-        await push
-    result = partial_result(info.value)
-    assert result is not None
-    assert len(result.in_doubt) + len(result.not_sent) == 100
-    assert_every_id_accounted_once(result, ids, wemasy_emulator)
-    # The stream asked its journal to close without waiting for it; its thread ends once it has.
-    assert [j._closing for j in opened] == [True]
-    await asyncio.to_thread(opened[0]._writer.join)
-    summary = read_journal(journal)
-    assert summary.last_run_finished
-    assert (summary.accepted, summary.to_send) == (0, 100)
-    wemasy_emulator.faults.delay_seconds = 0
-    again = await client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal)
-    assert_every_id_accounted_once(again, ids, wemasy_emulator)
-    assert not again.in_doubt
-    assert not again.not_sent
     assert read_journal(journal).complete
 
 
