@@ -1,16 +1,7 @@
 """Batch pushes: validate and de-duplicate the ids, send chunks concurrently, account for every id, merge.
 
-Every distinct id ends in exactly one place: accepted by the server (in a chunk result's details),
-``rejected`` (the server's validation message for it), ``failed`` (the ids of a request that failed
-after its retries, with the error), or ``not_sent`` (the batch stopped first: after a 401 or 403, which
-would fail every request alike, a closed client, or a server that gave no answer to a request through
-all its retries while no other request of the batch got one, nothing more is sent).
-
-A 422 naming indices (``order_ids.5``) moves those ids to ``rejected`` and re-sends the rest; a 422
-about the list as a whole, or a 413, teaches the batch the server's maximum ids per request (its
-number, if its message names one, else half of what failed) and the request goes again in parts of
-that size, as do the batch's later chunks. Any other 422 fails its request with the server's message:
-halving cannot help a business rule.
+Every distinct id ends in one place (see :mod:`._outcomes`). A 422 naming indices rejects those ids and
+re-sends the rest; a 422 about the list, or a 413, teaches the batch the server's maximum ids per request.
 """
 
 from __future__ import annotations

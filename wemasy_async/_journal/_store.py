@@ -317,8 +317,8 @@ def open_journal(
 
     Refuses, with a :class:`JournalError` and before any request: a file of another batch (other ids or
     order, another base URL, token or ``create_label``), one another process is writing, and a damaged or
-    foreign file. Blocks for as long as reading the journal back takes (a million ids: well under a
-    second), as checking the ids does: it happens once, before anything is sent.
+    foreign file. Blocks for as long as reading the journal back and checking the ids take: once,
+    before anything is sent.
     """
     if not isinstance(retry_rejected, bool):
         raise UsageError(f"retry_rejected must be True or False, got {retry_rejected!r}")

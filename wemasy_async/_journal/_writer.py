@@ -105,20 +105,9 @@ DISK = JournalDisk()
 
 
 class _Writer(threading.Thread):
-    """The journal's thread, and the one connection that writes.
-
-    An outcome is written as it arrives (see :meth:`BatchJournal.finished`): one statement, which hands a
-    few kilobytes to the OS (WAL mode with ``synchronous=NORMAL``: no fsync) and, once it returns, survives
-    the process being killed. Whoever writes, ``threaded`` says: this thread at first, woken by ``nudge``
-    (a worker then awaits, without blocking the loop, its outcome's commit before it sends again); after
-    :data:`QUICK_WRITES_TO_HAND_BACK` quick writes in a row, the event loop, as each outcome arrives; and
-    this thread again from a write on the loop that took longer than :data:`SLOW_WRITE_SECONDS`, and at
-    close. The connection never checkpoints on its own (``wal_autocheckpoint=0``), nor on the loop: after
-    :data:`CHECKPOINT_EVERY` outcomes the loop hands the writing to this thread, which checkpoints the WAL
-    (``TRUNCATE``, with its fsync) before it hands it back, and it checkpoints a last time when it closes.
-
-    Chunk starts go into ``starts`` and outcomes into ``finishes``; a chunk's start is always queued before
-    its outcome, so whoever writes an outcome knows where its chunk began."""
+    """The journal's thread, and the one connection that writes. ``threaded`` says who writes: this thread at
+    first, after a slow write on the loop, for a checkpoint and at close; else the event loop, as each
+    outcome arrives. Starts go into ``starts`` and outcomes into ``finishes`` (docs/design/journal.md)."""
 
     def __init__(
         self, conn: sqlite3.Connection, lock: _Lock, run: int, loop: asyncio.AbstractEventLoop, disk: JournalDisk
