@@ -16,9 +16,11 @@ from wemasy_async import (
     NO_RETRIES,
     APIConnectionError,
     AuthenticationError,
+    ChunkFailure,
     ClientClosedError,
     ConfigurationError,
     InvalidOrderIdError,
+    OrderRejection,
     PermissionDeniedError,
     PushDetails,
     PushFailedError,
@@ -33,6 +35,7 @@ from wemasy_async import (
 )
 from wemasy_async._batching import BatchState, PushStream, merge_results, prepare_order_ids, push_chunk
 from wemasy_async._journal._writer import DISK
+from wemasy_async._outcomes import places_json
 from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 #: The ``on_sent`` of a fake ``push_once``.
@@ -785,3 +788,22 @@ async def test_a_bug_in_a_chunk_loses_none_of_its_ids() -> None:
             pass
     result = stream.result()
     assert sorted(result.in_doubt + result.not_sent) == [1, 2]
+
+
+def test_the_places_of_a_result_as_the_cli_lists_them() -> None:
+    """``places_json`` gives the CLI's JSON its places of unaccepted ids, in its order, each entry as it
+    prints it."""
+    result = PushResult(
+        summary=PushSummary(1, 1, 0, 0, 1),
+        details=PushDetails(new_orders=("1",)),
+        rejected=(OrderRejection(2, "The selected order_ids.1 is invalid."),),
+        failed=(ChunkFailure((3, 4), ServerError("boom", status_code=500, body=None, raw_text="", headers=None)),),
+        unreported=(5,),
+        not_sent=(6,),
+        in_doubt=(7,),
+    )
+    places = places_json(result)
+    assert list(places) == ["rejected", "failed", "not_sent", "in_doubt", "unreported"]
+    assert places["rejected"] == [{"order_id": 2, "message": "The selected order_ids.1 is invalid."}]
+    assert places["failed"] == [{"order_ids": [3, 4], "error": str(result.failed[0].error)}]
+    assert (places["not_sent"], places["in_doubt"], places["unreported"]) == ([6], [7], [5])
