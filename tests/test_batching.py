@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TOKEN
+from tests.helpers import assert_every_id_accounted_once, push_journals_on
 from wemasy_async import (
     NO_RETRIES,
     APIConnectionError,
     AuthenticationError,
+    ChunkFailure,
     ClientClosedError,
     ConfigurationError,
     InvalidOrderIdError,
+    OrderRejection,
     PermissionDeniedError,
     PushDetails,
     PushFailedError,
@@ -28,29 +31,15 @@ from wemasy_async import (
     ValidationError,
     WemasyClient,
     partial_result,
+    read_journal,
 )
 from wemasy_async._batching import BatchState, PushStream, merge_results, prepare_order_ids, push_chunk
+from wemasy_async._journal._writer import DISK
+from wemasy_async._outcomes import places_json
 from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 #: The ``on_sent`` of a fake ``push_once``.
 Sent = Callable[[], None] | None
-
-
-def assert_every_id_accounted_once(result: PushResult, ids: Iterable[int], emulator: WemasyEmulator) -> None:
-    """Each distinct input id is in exactly one of: the server's details, rejected, failed, not sent, in
-    doubt; and what the result calls accepted is what the emulator queued or skipped."""
-    distinct = list(dict.fromkeys(ids))
-    details = result.details
-    accepted = [int(x) for x in (*details.new_orders, *details.retry_orders, *details.skipped_orders)]
-    rejected = [r.order_id for r in result.rejected]
-    failed = list(result.failed_order_ids)
-    places = Counter(accepted + rejected + failed + list(result.not_sent) + list(result.in_doubt))
-    assert sorted(places) == sorted(distinct)
-    assert set(places.values()) <= {1}
-    assert not result.unreported
-    assert set(emulator.queued) >= {int(x) for x in (*details.new_orders, *details.retry_orders)}
-    assert not set(emulator.queued) & set(rejected)
-    assert len(emulator.queued) == len(set(emulator.queued))  # nothing queued twice
 
 
 # --- pure parts ----------------------------------------------------------------------------------
@@ -347,15 +336,24 @@ async def test_a_push_timed_out_by_wait_for_keeps_its_result_on_the_cause(
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
 
 
+@pytest.mark.parametrize("journaled", [False, True], ids=["no journal", "journal"])
 @pytest.mark.parametrize("steps", [1, 2, 3])
 async def test_a_second_cancel_while_the_push_closes_loses_no_id(
-    client: WemasyClient, wemasy_emulator: WemasyEmulator, steps: int
+    client: WemasyClient,
+    wemasy_emulator: WemasyEmulator,
+    steps: int,
+    journaled: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Cancelled again while it is stopping its requests (a second Ctrl-C), the push still accounts for
-    every id: those under way in doubt, the others not sent."""
+    every id: those under way in doubt, the others not sent. A journal closes behind it (lock released, run
+    marked finished) with those ids unanswered, and a resume sends them and completes the batch."""
+    opened = push_journals_on(monkeypatch, DISK)
+    journal = tmp_path / "push.sqlite" if journaled else None
     wemasy_emulator.faults.delay_seconds = 30
     ids = list(range(1, 101))
-    push = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2))
+    push = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal))
     assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
     push.cancel()
     for _ in range(steps):
@@ -367,6 +365,21 @@ async def test_a_second_cancel_while_the_push_closes_loses_no_id(
     assert result is not None
     assert len(result.in_doubt) + len(result.not_sent) == 100
     assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    if journal is None:
+        assert not opened
+        return
+    # The stream asked its journal to close without waiting for it; its thread ends once it has.
+    assert [j._closing for j in opened] == [True]
+    await asyncio.to_thread(opened[0]._writer.join)
+    summary = read_journal(journal)
+    assert summary.last_run_finished
+    assert (summary.accepted, summary.to_send) == (0, 100)
+    wemasy_emulator.faults.delay_seconds = 0
+    again = await client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal)
+    assert_every_id_accounted_once(again, ids, wemasy_emulator)
+    assert not again.in_doubt
+    assert not again.not_sent
+    assert read_journal(journal).complete
 
 
 async def test_a_closed_stream_ends_instead_of_waiting(client: WemasyClient) -> None:
@@ -775,3 +788,22 @@ async def test_a_bug_in_a_chunk_loses_none_of_its_ids() -> None:
             pass
     result = stream.result()
     assert sorted(result.in_doubt + result.not_sent) == [1, 2]
+
+
+def test_the_places_of_a_result_as_the_cli_lists_them() -> None:
+    """``places_json`` gives the CLI's JSON its places of unaccepted ids, in its order, each entry as it
+    prints it."""
+    result = PushResult(
+        summary=PushSummary(1, 1, 0, 0, 1),
+        details=PushDetails(new_orders=("1",)),
+        rejected=(OrderRejection(2, "The selected order_ids.1 is invalid."),),
+        failed=(ChunkFailure((3, 4), ServerError("boom", status_code=500, body=None, raw_text="", headers=None)),),
+        unreported=(5,),
+        not_sent=(6,),
+        in_doubt=(7,),
+    )
+    places = places_json(result)
+    assert list(places) == ["rejected", "failed", "not_sent", "in_doubt", "unreported"]
+    assert places["rejected"] == [{"order_id": 2, "message": "The selected order_ids.1 is invalid."}]
+    assert places["failed"] == [{"order_ids": [3, 4], "error": str(result.failed[0].error)}]
+    assert (places["not_sent"], places["in_doubt"], places["unreported"]) == ([6], [7], [5])

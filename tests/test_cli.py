@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOKEN
+from tests.helpers import run_in_terminal, terminal_lines
 from wemasy_async.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, main
 from wemasy_async.testing import WemasyEmulator
 
@@ -259,50 +260,6 @@ def test_show_secrets_prints_the_credentials(
 
 
 # --- progress ----------------------------------------------------------------------------------------
-
-
-def run_in_terminal(argv: list[str], *, columns: int = 60, **env: str) -> tuple[int, str, str]:
-    """Run the command line in a subprocess whose stderr is a pseudo-terminal ``columns`` wide.
-
-    Returns the exit code, stdout, and everything written to the terminal."""
-    import fcntl
-    import os
-    import pty
-    import select
-    import struct
-    import termios
-
-    master, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    command = [sys.executable, "-m", "wemasy_async", *argv]
-    try:
-        with subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, env={**os.environ, **env}
-        ) as process:
-            os.close(terminal)
-            written = bytearray()
-            while True:
-                # A guard against a hung child, not a timing assumption: it fails only after 120 s of silence.
-                ready, _, _ = select.select([master], [], [], 120)
-                assert ready, f"{command} wrote nothing for 120 s"
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child's side of the terminal is closed
-                    break
-                if not data:
-                    break
-                written += data
-            assert process.stdout is not None
-            out = process.stdout.read()
-            code = process.wait()
-    finally:
-        os.close(master)
-    return code, out.decode(), written.decode()
-
-
-def terminal_lines(written: str) -> list[str]:
-    """What a terminal showed, one entry per redraw (tqdm redraws its line after a carriage return)."""
-    return [line for line in written.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line]
 
 
 def test_progress_on_a_terminal_fits_its_width_and_shows_rate_and_eta(env: WemasyEmulator) -> None:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import TOKEN
-from tests.test_batching import assert_every_id_accounted_once
-from tests.test_cli import run_in_terminal, terminal_lines
-from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, partial_result, read_journal
-from wemasy_async._journal import _SCHEMA, BatchJournal, _ids_blob, _load, open_journal
+from tests.helpers import FullDisk, assert_every_id_accounted_once, push_journals_on, run_in_terminal, terminal_lines
+from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, read_journal
+from wemasy_async._journal._codec import _SCHEMA, _ids_blob
+from wemasy_async._journal._store import _load
 from wemasy_async.cli import main as cli_main
 from wemasy_async.testing import WemasyEmulator
 from wemasy_async.testing._emulator import RequestRecord
@@ -313,53 +313,6 @@ async def test_chunks_cut_at_the_learned_server_maximum_are_journaled_where_they
     assert read_journal(journal).complete
 
 
-@pytest.mark.parametrize("steps", [1, 2, 3])
-async def test_a_second_cancel_while_a_journaled_push_closes_loses_no_id(
-    client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, steps: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Cancelled again while it is stopping (a second Ctrl-C), a journaled push accounts for every id; its
-    journal closes behind it (lock released, run marked finished) with those ids unanswered, and a resume
-    sends them and completes the batch."""
-    import wemasy_async.resources.sendcloud as sendcloud_module
-
-    opened: list[BatchJournal] = []
-
-    def recorded_open_journal(*args: Any, **kwargs: Any) -> BatchJournal | None:
-        journal = open_journal(*args, **kwargs)
-        if journal is not None:
-            opened.append(journal)
-        return journal
-
-    monkeypatch.setattr(sendcloud_module, "open_journal", recorded_open_journal)
-    journal = tmp_path / "push.sqlite"
-    wemasy_emulator.faults.delay_seconds = 30
-    ids = list(range(1, 101))
-    push = asyncio.create_task(client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal))
-    assert await asyncio.to_thread(wemasy_emulator.wait_for_active)
-    push.cancel()
-    for _ in range(steps):
-        await asyncio.sleep(0)
-    push.cancel()
-    with pytest.raises(asyncio.CancelledError) as info:
-        await push
-    result = partial_result(info.value)
-    assert result is not None
-    assert len(result.in_doubt) + len(result.not_sent) == 100
-    assert_every_id_accounted_once(result, ids, wemasy_emulator)
-    # The stream asked its journal to close without waiting for it; its thread ends once it has.
-    assert [j._closing for j in opened] == [True]
-    await asyncio.to_thread(opened[0]._writer.join)
-    summary = read_journal(journal)
-    assert summary.last_run_finished
-    assert (summary.accepted, summary.to_send) == (0, 100)
-    wemasy_emulator.faults.delay_seconds = 0
-    again = await client.sendcloud.push_shipments(ids, chunk_size=10, max_concurrency=2, journal=journal)
-    assert_every_id_accounted_once(again, ids, wemasy_emulator)
-    assert not again.in_doubt
-    assert not again.not_sent
-    assert read_journal(journal).complete
-
-
 # --- refused -------------------------------------------------------------------------------------
 
 
@@ -564,12 +517,7 @@ async def test_a_journal_that_cannot_be_written_is_reported_and_the_batch_goes_o
 ) -> None:
     """A write that fails (a full disk) does not stop the batch: its result is complete, and says in
     ``journal_error`` that the journal lags behind (tests/test_outputs.py has the rest of this story)."""
-    import wemasy_async._journal as journal_module
-
-    def full_disk(*args: object) -> object:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(journal_module, "_encode", full_disk)
+    push_journals_on(monkeypatch, FullDisk())
     ids = list(range(1, 101))
     result = await client.sendcloud.push_shipments(ids, chunk_size=10, journal=tmp_path / "push.sqlite")
     assert result.journal_error is not None
@@ -597,13 +545,19 @@ def test_an_id_sent_by_several_runs_belongs_to_the_latest() -> None:
     conn.execute(insert, (0, 1, 0, 3, None, 1, outcome([1], rejected=[2], failed=[3]), "1:3:2"))
     conn.execute(insert, (2, 2, 1, 4, _ids_blob([2, 3, 4, 5]), 1, outcome([2, 3, 4, 5]), None))
     state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
-    assert (state.accepted, state.rejected, state.failed, state.in_doubt, state.sent) == (5, 0, 0, 0, 5)
+    assert (state.counts.accepted, state.counts.rejected, state.counts.failed, state.counts.in_doubt, state.sent) == (
+        5,
+        0,
+        0,
+        0,
+        5,
+    )
     assert state.settled == {1, 2, 3, 4, 5}
     assert not [r for _, piece in state.pieces for r in piece.rejected]
 
     conn.execute("DELETE FROM chunks WHERE seq = 2")  # run 2 never happened: run 1 died with chunk 1 in flight
     state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
-    assert (state.accepted, state.rejected, state.failed, state.in_doubt) == (1, 1, 1, 2)
+    assert (state.counts.accepted, state.counts.rejected, state.counts.failed, state.counts.in_doubt) == (1, 1, 1, 2)
     assert state.settled == {1, 2}
     conn.execute(
         "INSERT INTO runs (run, pid, started_at, sdk_version, chunk_size, retry_rejected) VALUES (2, 1, 0, '', 3, 1)"
@@ -611,11 +565,17 @@ def test_an_id_sent_by_several_runs_belongs_to_the_latest() -> None:
     state = _load(
         conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5]
     )  # run 2 retried rejections, then died before it recorded anything
-    assert (state.accepted, state.rejected, state.in_doubt) == (1, 0, 3)
+    assert (state.counts.accepted, state.counts.rejected, state.counts.in_doubt) == (1, 0, 3)
     assert state.settled == {1}
     conn.execute(insert, (2, 2, 1, 4, _ids_blob([2, 3, 4, 5]), None, None, None))  # ... with ids 2-5 under way
     state = _load(conn, retry_rejected=False, for_resume=True, batch=[1, 2, 3, 4, 5])
-    assert (state.accepted, state.rejected, state.failed, state.in_doubt, state.sent) == (1, 0, 0, 4, 5)
+    assert (state.counts.accepted, state.counts.rejected, state.counts.failed, state.counts.in_doubt, state.sent) == (
+        1,
+        0,
+        0,
+        4,
+        5,
+    )
     assert state.settled == {1}
     conn.close()
 
@@ -711,50 +671,47 @@ async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_wait
     chunks in flight), and the loop is not held up. Once the disk is back, the batch completes."""
     import threading
 
-    import wemasy_async._journal as journal_module
+    from wemasy_async._journal._writer import QUICK_WRITES_TO_HAND_BACK, JournalDisk
 
-    now, step = [0.0], [0.0]
-
-    def clock() -> float:
-        now[0] += step[0]
-        return now[0]
-
-    monkeypatch.setattr(journal_module, "_clock", clock)
-    disk, stalling = threading.Event(), threading.Event()
     loop_thread = threading.get_ident()
+    disk_is_back, stalling = threading.Event(), threading.Event()
     writers: list[str] = []  # who wrote, write by write
     written = 0  # outcomes whose write has returned
-    write = journal_module._Writer._write
-
-    def slow_disk_write(self: journal_module._Writer, starts: Any, finishes: Any) -> None:
-        nonlocal written
-        if threading.get_ident() == loop_thread:
-            writers.append("loop")
-            if not stalling.is_set():  # the loop's first write "takes" a second; then the disk stalls
-                step[0] = 1.0
-                stalling.set()
-        else:
-            writers.append("thread")
-            if stalling.is_set():
-                disk.wait()  # the journal's thread: the disk stalls until the test lets it go
-        write(self, starts, finishes)
-        written += len(finishes)
-
     waiting = 0
     all_waiting = asyncio.Event()
-    finished = journal_module.BatchJournal.finished
 
-    def counted_finished(self: journal_module.BatchJournal, *args: Any) -> asyncio.Future[None] | None:
-        nonlocal waiting
-        committed = finished(self, *args)
-        if committed is not None and stalling.is_set():
-            waiting += 1
-            if waiting == 4:
-                all_waiting.set()
-        return committed
+    class SlowDisk(JournalDisk):
+        """The loop's first write "takes" a second by the journal's clock; then the disk stalls for the
+        journal's thread until the test lets it go."""
 
-    monkeypatch.setattr(journal_module._Writer, "_write", slow_disk_write)
-    monkeypatch.setattr(journal_module.BatchJournal, "finished", counted_finished)
+        now, step = 0.0, 0.0
+
+        def clock(self) -> float:
+            self.now += self.step
+            return self.now
+
+        def write(self, conn: Any, rows: list[Any]) -> None:
+            nonlocal written
+            if threading.get_ident() == loop_thread:
+                writers.append("loop")
+                if not stalling.is_set():
+                    self.step = 1.0
+                    stalling.set()
+            else:
+                writers.append("thread")
+                if stalling.is_set():
+                    disk_is_back.wait()
+            super().write(conn, rows)
+            written += sum(row.header is not None for row in rows)
+
+        def awaited(self, seq: int) -> None:
+            nonlocal waiting
+            if stalling.is_set():
+                waiting += 1
+                if waiting == 4:
+                    all_waiting.set()
+
+    push_journals_on(monkeypatch, SlowDisk())
     ids = list(range(1, 2001))
     async with client.sendcloud.iter_push_shipments(
         ids, chunk_size=10, max_concurrency=4, journal=tmp_path / "push.sqlite"
@@ -774,13 +731,12 @@ async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_wait
         try:
             await asyncio.wait([too_far, stalled], return_when=asyncio.FIRST_COMPLETED)
             assert stalled.done(), f"the batch ran on while what it did was not committed ({writers})"
-            hand_back = journal_module.QUICK_WRITES_TO_HAND_BACK
-            assert writers[:hand_back] == ["thread"] * hand_back
+            assert writers[:QUICK_WRITES_TO_HAND_BACK] == ["thread"] * QUICK_WRITES_TO_HAND_BACK
             assert writers.count("loop") == 1  # the slow one: then the thread took over
             # Every chunk sent has its outcome committed, but one a worker, each held in the stalled write.
             assert len(pushes(wemasy_emulator)) == written + 4
         finally:
-            disk.set()  # before the stream closes: closing waits for the journal's writes
+            disk_is_back.set()  # before the stream closes: closing waits for the journal's writes
             stalled.cancel()
             too_far.cancel()
         await reader

@@ -11,83 +11,45 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from wemasy_async import JournalError, PushResult, read_journal
-from wemasy_async._journal import BatchJournal, open_journal
-from wemasy_async._models import OrderRejection, PushDetails, PushSummary
+from tests.helpers import accepted, open_new, record
+from wemasy_async import JournalError, read_journal
+from wemasy_async._journal._writer import JournalDisk
 from wemasy_async.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_URL = "http://127.0.0.1:9/api"
-TOKEN = "wm-tok-journal-faults-SECRET"
-
-
-class Identity:
-    """What the journal reads of a client: its base URL and token."""
-
-    base_url = BASE_URL
-    _token = TOKEN
-
-
-def open_new(path: Path, ids: list[int], chunk_size: int = 10) -> BatchJournal:
-    journal = open_journal(path, ids, Identity(), chunk_size=chunk_size, create_label=False, retry_rejected=False)
-    assert journal is not None
-    return journal
-
-
-def accepted(chunk: list[int], rejected: int | None = None) -> PushResult:
-    """The server's answer to a chunk: every id new, but ``rejected`` (refused in validation)."""
-    taken = [i for i in chunk if i != rejected]
-    return PushResult(
-        summary=PushSummary(len(taken), len(taken), 0, 0, len(taken)),
-        details=PushDetails(new_orders=tuple(map(str, taken))),
-        rejected=() if rejected is None else (OrderRejection(rejected, "The selected order_ids.0 is invalid."),),
-        requests=1,
-    )
-
-
-async def record(journal: BatchJournal, index: int, start: int, chunk: list[int], result: PushResult) -> None:
-    """One chunk as a push's worker records it: started, then its outcome (awaited while the thread writes)."""
-    journal.started(index, start, chunk)
-    committed = journal.finished(index, result)
-    if committed is not None:
-        await committed
 
 
 # --- a start and its outcome are never parted ----------------------------------------------------------
 
 
-async def test_an_outcome_queued_between_the_writers_two_takes_keeps_its_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_outcome_queued_between_the_writers_two_takes_keeps_its_start(tmp_path: Path) -> None:
     """The writer takes what is queued in two steps (outcomes, starts). A chunk started and finished by the
     event loop in between (as on free-threaded Python, or with a tiny switch interval) must still find its
     start: the journal then records every chunk, instead of stopping on a KeyError."""
-    import wemasy_async._journal as journal_module
-
     path = tmp_path / "push.sqlite"
     ids = list(range(1, 31))
-    journal = open_new(path, ids)
-    writer = journal._writer
-    real_drain = journal_module._drain
     takes = 0
 
-    def drain_then_let_the_loop_in(records: object) -> list[object]:
-        nonlocal takes
-        taken = real_drain(records)  # type: ignore[arg-type]
-        takes += 1
-        if takes == 1:  # between the writer's first and second take: chunk 1 starts and ends
-            journal.started(1, 10, ids[10:20])
-            writer.finishes.append((journal._first_seq + 1, accepted(ids[10:20]), 0.0))
-        return taken
+    class LetTheLoopInBetweenTheTakes(JournalDisk):
+        def take(self, records: Any) -> list[Any]:
+            nonlocal takes
+            taken = super().take(records)
+            takes += 1
+            if takes == 1:  # between the writer's first and second take: chunk 1 starts and ends
+                journal.started(1, 10, ids[10:20])
+                journal.finished(1, accepted(ids[10:20]))
+            return taken
 
-    monkeypatch.setattr(journal_module, "_drain", drain_then_let_the_loop_in)
+    journal = open_new(path, ids, disk=LetTheLoopInBetweenTheTakes())
     await record(journal, 0, 0, ids[:10], accepted(ids[:10]))
     await record(journal, 2, 20, ids[20:], accepted(ids[20:]))
     await journal.close()  # raises JournalError if a write failed
@@ -180,7 +142,7 @@ def test_the_journal_command_on_a_damaged_journal_exits_2_without_a_traceback(
 
 FORKING_PUSH = """
 import asyncio, os, sys
-from tests.test_journal_faults import accepted, open_new, record
+from tests.helpers import accepted, open_new, record
 from pathlib import Path
 
 async def main(path):
@@ -249,7 +211,7 @@ async def test_the_wal_stays_bounded_through_thousands_of_chunks(tmp_path: Path)
 WAITING_PUSH = """
 import asyncio, sys
 from pathlib import Path
-from tests.test_journal_faults import accepted, open_new
+from tests.helpers import accepted, open_new
 from wemasy_async._batching import PushStream
 
 async def main(path):
@@ -293,3 +255,33 @@ def test_after_a_kill_only_chunks_written_to_the_wire_are_in_doubt(tmp_path: Pat
             push.kill()
     summary = read_journal(path)
     assert (summary.accepted, summary.in_doubt, summary.not_sent) == (10, 10, 30)
+
+
+# --- a journal written by an earlier SDK (format 2) resumes ---------------------------------------------
+
+
+async def test_a_journal_written_by_the_format_2_writer_reads_and_resumes(tmp_path: Path) -> None:
+    """tests/data/journal-format-2.sqlite was written by the SDK before the journal became a package (40 ids
+    in chunks of 10: all new; one rejected and two skipped; a failed request; a chunk never sent). The same
+    file reads and resumes the same: the on-disk format did not change."""
+    path = tmp_path / "push.sqlite"
+    shutil.copyfile(ROOT / "tests" / "data" / "journal-format-2.sqlite", path)
+    summary = read_journal(path)
+    counts = (summary.accepted, summary.new, summary.skipped, summary.rejected, summary.failed, summary.not_sent)
+    assert counts == (19, 17, 2, 1, 10, 10)
+    ids = list(range(1, 41))
+    journal = open_new(path, ids)
+    assert journal.pending == list(range(21, 41))  # the failed request's ids and the chunk never sent
+    (stored,) = [journal.in_order([])]
+    await record(journal, 0, 0, list(range(21, 31)), accepted(list(range(21, 31))))
+    await record(journal, 1, 10, list(range(31, 41)), accepted(list(range(31, 41))))
+    await journal.close()
+    assert [r.details.new_orders for r in stored] == [
+        tuple(map(str, range(1, 11))),
+        tuple(str(i) for i in range(11, 21) if i not in (12, 15, 16)),
+    ]
+    assert [r.details.skipped_orders for r in stored] == [(), ("15", "16")]
+    assert stored[1].details.queued_orders == (11, 13, 14, 17, 18, 19, 20)
+    assert [r.order_id for r in stored[1].rejected] == [12]
+    again = read_journal(path)
+    assert (again.accepted, again.rejected, again.to_send, again.runs) == (39, 1, 0, 2)

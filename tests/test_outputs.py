@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TOKEN
-from tests.test_batching import assert_every_id_accounted_once
+from tests.helpers import FullDisk, assert_every_id_accounted_once, push_journals_on
 from wemasy_async import PermissionDeniedError, WemasyClient, partial_result
 from wemasy_async._journal import open_journal
 from wemasy_async.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
@@ -34,12 +34,7 @@ FAST = {"limit": 1_000_000, "window_seconds": 60.0}
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every outcome the journal writes fails as on a full disk (its rows are encoded just before)."""
-    import wemasy_async._journal as journal_module
-
-    def no_space(*args: object) -> object:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(journal_module, "_encode", no_space)
+    push_journals_on(monkeypatch, FullDisk())
 
 
 @pytest.mark.usefixtures("full_disk")

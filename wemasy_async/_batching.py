@@ -1,16 +1,7 @@
 """Batch pushes: validate and de-duplicate the ids, send chunks concurrently, account for every id, merge.
 
-Every distinct id ends in exactly one place: accepted by the server (in a chunk result's details),
-``rejected`` (the server's validation message for it), ``failed`` (the ids of a request that failed
-after its retries, with the error), or ``not_sent`` (the batch stopped first: after a 401 or 403, which
-would fail every request alike, a closed client, or a server that gave no answer to a request through
-all its retries while no other request of the batch got one, nothing more is sent).
-
-A 422 naming indices (``order_ids.5``) moves those ids to ``rejected`` and re-sends the rest; a 422
-about the list as a whole, or a 413, teaches the batch the server's maximum ids per request (its
-number, if its message names one, else half of what failed) and the request goes again in parts of
-that size, as do the batch's later chunks. Any other 422 fails its request with the server's message:
-halving cannot help a business rule.
+Every distinct id ends in one place (see :mod:`._outcomes`). A 422 naming indices rejects those ids and
+re-sends the rest; a 422 about the list, or a 413, teaches the batch the server's maximum ids per request.
 """
 
 from __future__ import annotations
@@ -23,7 +14,7 @@ import operator
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import attrs
 
@@ -41,6 +32,7 @@ from ._errors import (
     WemasyError,
 )
 from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary
+from ._outcomes import Outcomes, merge_results
 
 if TYPE_CHECKING:
     from ._journal import BatchJournal
@@ -234,6 +226,15 @@ def _too_large(error: ValidationError | PayloadTooLargeError) -> bool:
     return isinstance(error, PayloadTooLargeError) or "order_ids" in error.errors
 
 
+class _Piece(NamedTuple):
+    """A part of a chunk to send: where its first id stands in the chunk (so the result keeps input order),
+    its ids, and whether it is a probe of a bisection (sent once, without retries)."""
+
+    offset: int
+    ids: list[int]
+    probe: bool = False
+
+
 async def push_chunk(
     ids: list[int],
     push_once: PushOnce,
@@ -252,39 +253,90 @@ async def push_chunk(
     waiting for the budget, unsent), the pieces not begun unsent. ``on_sent()`` is called as each request
     of the chunk is written to the wire."""
     batch = batch if batch is not None else BatchState()
-    not_sent: list[tuple[int, list[int]]] = []
-    accepted: list[tuple[int, PushResult]] = []
-    rejected: list[tuple[int, OrderRejection]] = []
-    failed: list[tuple[int, ChunkFailure]] = []
-    unreported: list[int] = []
-    # Each piece keeps the offset of its first id in the chunk, so the merged result keeps input order, and
-    # whether it is a probe of a bisection (sent once, without retries).
-    pieces: list[tuple[int, list[int], bool]] = [(0, ids, False)]
-    in_doubt: list[int] = []
+    outcomes = Outcomes()
     try:
-        return await _push_pieces(
-            pieces, push_once, batch, accepted, rejected, failed, unreported, not_sent, in_doubt, on_sent
-        )
+        return await _push_pieces([_Piece(0, ids)], push_once, batch, outcomes, on_sent)
     except asyncio.CancelledError:
         if partial is not None:
-            partial[index] = _chunk_result(accepted, rejected, failed, unreported, not_sent, in_doubt)
+            partial[index] = outcomes.result()
         raise
 
 
 async def _push_pieces(
-    pieces: list[tuple[int, list[int], bool]],
+    pieces: list[_Piece],
     push_once: PushOnce,
     batch: BatchState,
-    accepted: list[tuple[int, PushResult]],
-    rejected: list[tuple[int, OrderRejection]],
-    failed: list[tuple[int, ChunkFailure]],
-    unreported: list[int],
-    not_sent: list[tuple[int, list[int]]],
-    in_doubt: list[int],
+    outcomes: Outcomes,
     on_sent: Callable[[], None] | None = None,
 ) -> PushResult:
-    size_limit = batch.size_limit
-    sent = False  # whether the piece under way has been written to the wire (then the server may have it)
+    """Send the pieces, last first (a piece split or re-sent goes back onto the stack), until none is left."""
+    while pieces:
+        piece = pieces.pop()
+        if batch.stopped_by is not None:
+            outcomes.not_sent.append((piece.offset, piece.ids))
+            continue
+        most = batch.size_limit.most
+        if most is not None and len(piece.ids) > most:
+            # Later parts go first onto the stack, so they are sent in input order.
+            pieces += [
+                _Piece(piece.offset + i, piece.ids[i : i + most], piece.probe)
+                for i in reversed(range(0, len(piece.ids), most))
+            ]
+            continue
+        await _push_piece(piece, pieces, push_once, batch, outcomes, on_sent=on_sent)
+    batch.last_chunk_ok = bool(outcomes.accepted)
+    return outcomes.result()
+
+
+async def _push_piece(
+    piece: _Piece,
+    pieces: list[_Piece],
+    push_once: PushOnce,
+    batch: BatchState,
+    outcomes: Outcomes,
+    *,
+    on_sent: Callable[[], None] | None,
+) -> None:
+    """Send one piece and put its ids where its answer says: accepted, or rejected, failed, re-sent in parts."""
+    answers_before, successes_before = batch.answers, batch.successes
+    try:
+        result = await _send(piece, pieces, push_once, outcomes, on_sent)
+    except ServerError as error:
+        batch.answers += 1
+        _after_server_error(piece, error, pieces, batch, outcomes, healthy=batch.successes > successes_before)
+    except (ValidationError, PayloadTooLargeError) as error:
+        batch.answers += 1
+        _after_refusal(piece, error, pieces, batch, outcomes)
+    except APIConnectionError as error:
+        # No answer through all its retries, and none to any other request of the batch meanwhile: the
+        # server cannot be reached, and every other chunk would spend its retries learning that again.
+        # (A probe is sent once: one that gets no answer says too little to stop the batch.)
+        if not piece.probe and batch.stop_when_unreachable and batch.answers == answers_before:
+            batch.stop(error)
+        outcomes.failed.append((piece.offset, _failure(piece.ids, error)))
+    except WemasyError as error:
+        if isinstance(error, APIResponseError):
+            batch.answers += 1
+        if isinstance(error, BATCH_WIDE_ERRORS):
+            batch.stop(error)
+        outcomes.failed.append((piece.offset, _failure(piece.ids, error)))
+    else:
+        batch.answers += 1
+        batch.successes += 1
+        outcomes.accepted.append((piece.offset, result))
+        outcomes.unreported += _unreported(piece.ids, result)
+
+
+async def _send(
+    piece: _Piece,
+    pieces: list[_Piece],
+    push_once: PushOnce,
+    outcomes: Outcomes,
+    on_sent: Callable[[], None] | None,
+) -> PushResult:
+    """One request for the piece. Left while it was under way: in doubt if it was written to the wire (the
+    server may have queued it), else not sent (it was still waiting for the budget); nor the pieces not begun."""
+    sent = False
 
     def written() -> None:
         nonlocal sent
@@ -292,97 +344,55 @@ async def _push_pieces(
         if on_sent is not None:
             on_sent()
 
-    while pieces:
-        offset, piece, probe = pieces.pop()
-        if batch.stopped_by is not None:
-            not_sent.append((offset, piece))
-            continue
-        most = size_limit.most
-        if most is not None and len(piece) > most:
-            # Later parts go first onto the stack, so they are sent in input order.
-            pieces += [(offset + i, piece[i : i + most], probe) for i in reversed(range(0, len(piece), most))]
-            continue
-        answers_before, successes_before = batch.answers, batch.successes
-        sent = False
-        try:
-            try:
-                result = await push_once(piece, retry=not probe, on_sent=written)
-            except asyncio.CancelledError:
-                # Left while this piece was under way: in doubt if it was written to the wire (the server may
-                # have queued it), else not sent (it was still waiting for the budget); nor the pieces not begun.
-                not_sent.extend((o, p) for o, p, _ in pieces)
-                pieces.clear()
-                if sent:
-                    in_doubt.extend(piece)
-                else:
-                    not_sent.append((offset, piece))
-                raise
-        except ServerError as error:
-            batch.answers += 1
-            # A poison order (one whose processing makes the server fail) fails its whole request. While
-            # the server is otherwise healthy (other requests went through meanwhile, or the last chunk
-            # did), halve the request to isolate the ids that fail, each half sent once: about 2 log2(n)
-            # requests a poison id, and never more than the batch's budget for it.
-            healthy = probe or batch.successes > successes_before or batch.last_chunk_ok
-            if len(piece) > 1 and healthy and batch.bisect_budget >= 2:
-                batch.bisect_budget -= 2
-                half = len(piece) // 2
-                pieces += [(offset + half, piece[half:], True), (offset, piece[:half], True)]
-            else:
-                failed.append((offset, _failure(piece, error)))
-        except (ValidationError, PayloadTooLargeError) as error:
-            batch.answers += 1
-            named = error.index_errors() if isinstance(error, ValidationError) else {}
-            named = {i: m for i, m in named.items() if 0 <= i < len(piece)}
-            if named:
-                for i in sorted(named):
-                    rejected.append((offset + i, OrderRejection(piece[i], " ".join(named[i]))))
-                rest = [order_id for i, order_id in enumerate(piece) if i not in named]
-                if rest:
-                    pieces.append((offset, rest, probe))
-            elif len(piece) > 1 and _too_large(error) and size_limit.learn(error, len(piece)):
-                pieces.append((offset, piece, probe))  # sent again in parts the size the server takes
-            else:
-                failed.append((offset, _failure(piece, error)))
-        except APIConnectionError as error:
-            # No answer through all its retries, and none to any other request of the batch meanwhile: the
-            # server cannot be reached, and every other chunk would spend its retries learning that again.
-            # (A probe is sent once: one that gets no answer says too little to stop the batch.)
-            if not probe and batch.stop_when_unreachable and batch.answers == answers_before:
-                batch.stop(error)
-            failed.append((offset, _failure(piece, error)))
-        except WemasyError as error:
-            if isinstance(error, APIResponseError):
-                batch.answers += 1
-            if isinstance(error, BATCH_WIDE_ERRORS):
-                batch.stop(error)
-            failed.append((offset, _failure(piece, error)))
+    try:
+        return await push_once(piece.ids, retry=not piece.probe, on_sent=written)
+    except asyncio.CancelledError:
+        outcomes.not_sent.extend((p.offset, p.ids) for p in pieces)
+        pieces.clear()
+        if sent:
+            outcomes.in_doubt.extend(piece.ids)
         else:
-            batch.answers += 1
-            batch.successes += 1
-            accepted.append((offset, result))
-            unreported += _unreported(piece, result)
-    batch.last_chunk_ok = bool(accepted)
-    return _chunk_result(accepted, rejected, failed, unreported, not_sent)
+            outcomes.not_sent.append((piece.offset, piece.ids))
+        raise
 
 
-def _chunk_result(
-    accepted: list[tuple[int, PushResult]],
-    rejected: list[tuple[int, OrderRejection]],
-    failed: list[tuple[int, ChunkFailure]],
-    unreported: list[int],
-    not_sent: list[tuple[int, list[int]]],
-    in_doubt: Sequence[int] = (),
-) -> PushResult:
-    merged = merge_results([r for _, r in sorted(accepted, key=lambda pair: pair[0])])
-    return attrs.evolve(
-        merged,
-        rejected=tuple(r for _, r in sorted(rejected, key=lambda pair: pair[0])),
-        failed=tuple(f for _, f in sorted(failed, key=lambda pair: pair[0])),
-        unreported=tuple(unreported),
-        not_sent=tuple(itertools.chain.from_iterable(p for _, p in sorted(not_sent, key=lambda pair: pair[0]))),
-        in_doubt=tuple(in_doubt),
-    )
+def _after_server_error(
+    piece: _Piece, error: ServerError, pieces: list[_Piece], batch: BatchState, outcomes: Outcomes, *, healthy: bool
+) -> None:
+    # A poison order (one whose processing makes the server fail) fails its whole request. While the server
+    # is otherwise healthy (other requests went through meanwhile, or the last chunk did), halve the request
+    # to isolate the ids that fail, each half sent once: about 2 log2(n) requests a poison id, and never
+    # more than the batch's budget for it.
+    healthy = piece.probe or healthy or batch.last_chunk_ok
+    if len(piece.ids) > 1 and healthy and batch.bisect_budget >= 2:
+        batch.bisect_budget -= 2
+        half = len(piece.ids) // 2
+        pieces += [_Piece(piece.offset + half, piece.ids[half:], True), _Piece(piece.offset, piece.ids[:half], True)]
+    else:
+        outcomes.failed.append((piece.offset, _failure(piece.ids, error)))
+
+
+def _after_refusal(
+    piece: _Piece,
+    error: ValidationError | PayloadTooLargeError,
+    pieces: list[_Piece],
+    batch: BatchState,
+    outcomes: Outcomes,
+) -> None:
+    """A 422 naming ids rejects them and re-sends the rest; one about the list's size (or a 413) re-sends the
+    piece in parts the size the server takes; any other fails the piece."""
+    named = error.index_errors() if isinstance(error, ValidationError) else {}
+    named = {i: m for i, m in named.items() if 0 <= i < len(piece.ids)}
+    if named:
+        for i in sorted(named):
+            outcomes.rejected.append((piece.offset + i, OrderRejection(piece.ids[i], " ".join(named[i]))))
+        rest = [order_id for i, order_id in enumerate(piece.ids) if i not in named]
+        if rest:
+            pieces.append(_Piece(piece.offset, rest, piece.probe))
+    elif len(piece.ids) > 1 and _too_large(error) and batch.size_limit.learn(error, len(piece.ids)):
+        pieces.append(piece)  # sent again in parts the size the server takes
+    else:
+        outcomes.failed.append((piece.offset, _failure(piece.ids, error)))
 
 
 def partial_result(error: BaseException) -> PushResult | None:
@@ -410,49 +420,6 @@ def partial_result(error: BaseException) -> PushResult | None:
             return found
         pending += [e for e in (current.__cause__, current.__context__) if e is not None]
     return None
-
-
-def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = ()) -> PushResult:
-    """One result from many: summary and total_chunks summed, details and outcomes concatenated in order."""
-    summaries = [r.summary for r in results]
-    details = [r.details for r in results]
-    requests = sum(r.requests for r in results)
-    accepted = sum(s.total_orders for s in summaries)
-    rejected = tuple(itertools.chain.from_iterable(r.rejected for r in results))
-    failed = tuple(itertools.chain.from_iterable(r.failed for r in results))
-    return PushResult(
-        summary=PushSummary(
-            total_orders=accepted,
-            new_orders=sum(s.new_orders for s in summaries),
-            retry_orders=sum(s.retry_orders for s in summaries),
-            skipped_orders=sum(s.skipped_orders for s in summaries),
-            queued_orders=sum(s.queued_orders for s in summaries),
-        ),
-        details=PushDetails(
-            new_orders=tuple(itertools.chain.from_iterable(d.new_orders for d in details)),
-            retry_orders=tuple(itertools.chain.from_iterable(d.retry_orders for d in details)),
-            skipped_orders=tuple(itertools.chain.from_iterable(d.skipped_orders for d in details)),
-            queued_orders=tuple(itertools.chain.from_iterable(d.queued_orders for d in details)),
-        ),
-        message=(
-            f"{accepted} orders accepted in {requests} requests; "
-            f"{len(rejected)} rejected; {sum(len(f.order_ids) for f in failed)} failed"
-        ),
-        total_chunks=sum(r.total_chunks for r in results),
-        labels_will_be_created=next((r.labels_will_be_created for r in results if r.labels_will_be_created), ""),
-        ambiguous_retry=any(r.ambiguous_retry for r in results),
-        rejected=rejected,
-        failed=failed,
-        duplicates=tuple(duplicates),
-        unreported=tuple(itertools.chain.from_iterable(r.unreported for r in results)),
-        not_sent=tuple(itertools.chain.from_iterable(r.not_sent for r in results)),
-        in_doubt=tuple(itertools.chain.from_iterable(r.in_doubt for r in results)),
-        requests=requests,
-        journal_error=next((r.journal_error for r in results if r.journal_error), None),
-        # A batch's result does not keep every response (a million ids: 2,000 of them); a single response's
-        # JSON stays in its raw, and every chunk's in the chunk results a stream yields.
-        raw=results[0].raw if len(results) == 1 else {},
-    )
 
 
 _EMPTY = PushResult(summary=PushSummary(0, 0, 0, 0, 0), details=PushDetails())

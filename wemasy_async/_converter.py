@@ -11,7 +11,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from ._models import PushDetails, PushResult, PushSummary, SendcloudIntegration
 from ._protocol import RawResponse, invalid_shape
 
-__all__ = ["converter", "structure_response"]
+__all__ = ["converter", "record_converter", "structure_response"]
 
 T = TypeVar("T")
 
@@ -153,3 +153,15 @@ def structure_response(response: RawResponse, data: Any, cls: type[T], *, key: s
     except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as exc:
         raise invalid_shape(response, _describe(exc)) from None
     return result
+
+
+def _strict_bool(value: object, _: object = None) -> bool:
+    # The int hook refuses booleans; a record's flag is a JSON true or false, nothing else.
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+#: The converter for the SDK's own stored records (the journal's rows): the same hooks, and strict booleans.
+record_converter = converter.copy()
+record_converter.register_structure_hook(bool, _strict_bool)
