@@ -41,16 +41,16 @@ from typing import IO, Any, Final, TextIO
 from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
-from . import __version__
-from ._batching import DEFAULT_CHUNK_CONCURRENCY, DEFAULT_CHUNK_SIZE
-from ._client import BASE_URL_ENV_VAR, REDIS_URL_ENV_VAR, WemasyClient
-from ._errors import AuthenticationError, ConfigurationError, PermissionDeniedError, UsageError, WemasyError
-from ._journal import JournalSummary, read_journal
-from ._logging import LOG_ENV_VAR, enable_stderr_logging, setup_logging_from_env
-from ._models import PushResult
-from ._protocol import TOKEN_ENV_VAR
-from ._retry import RetryPolicy
-from ._scheduler import SchedulerEvent, WaitEvent
+from .. import __version__
+from .._batching import DEFAULT_CHUNK_CONCURRENCY, DEFAULT_CHUNK_SIZE
+from .._client import BASE_URL_ENV_VAR, REDIS_URL_ENV_VAR, WemasyClient
+from .._errors import AuthenticationError, ConfigurationError, PermissionDeniedError, UsageError, WemasyError
+from .._journal import JournalSummary, read_journal
+from .._logging import LOG_ENV_VAR, enable_stderr_logging, setup_logging_from_env
+from .._models import PushResult
+from .._protocol import TOKEN_ENV_VAR
+from .._retry import RetryPolicy
+from .._scheduler import SchedulerEvent, WaitEvent
 
 __all__ = ["main"]
 
@@ -588,7 +588,7 @@ def serve_banner(base_url: str, args: argparse.Namespace) -> list[str]:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from .testing import WemasyEmulator
+    from ..testing import WemasyEmulator
 
     unknown = IdCount(allowed=False, flag=None)
     emulator = WemasyEmulator(
@@ -617,7 +617,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from .testing import WemasyEmulator
+    from ..testing import WemasyEmulator
 
     ids = list(range(1001, 1001 + args.ids))
     unknown = set(ids[7 :: max(1, len(ids) // 5)][:5])  # a few ids the shop does not have
