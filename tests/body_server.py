@@ -32,58 +32,72 @@ def gzip_bomb(size: int) -> bytes:
     return b"".join(parts)
 
 
+async def read_request(reader: asyncio.StreamReader) -> None:
+    """One request: its head, and its body if it has a length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+
+
+async def write_bomb(writer: asyncio.StreamWriter, bomb: bytes) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(bomb)
+    )
+    for start in range(0, len(bomb), PIECE):
+        writer.write(bomb[start : start + PIECE])
+        await writer.drain()
+
+
+async def write_html(writer: asyncio.StreamWriter, mode: str) -> None:
+    """A large HTML body in pieces: with its length, or chunked."""
+    status, total = (b"200 OK", 100 * MiB) if mode == "html" else (b"500 Error", 20 * MiB)
+    if mode == "error-7":
+        total = 7 * MiB
+    chunked = mode in ("error", "error-7")
+    total -= total % (PIECE - 2)
+    if not chunked:
+        writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % (status, total))
+    else:
+        writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n" % status)
+    piece = b"<p>" + b"x" * (PIECE - 10) + b"</p>\n"
+    sent = 0
+    while sent < total:
+        if not chunked:
+            writer.write(piece)
+        else:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sent += len(piece)
+        await writer.drain()
+    if chunked:
+        writer.write(b"0\r\n\r\n")
+
+
+async def write_answer(writer: asyncio.StreamWriter, mode: str, bomb: bytes) -> None:
+    if mode == "normal":
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(STATUS_BODY) + STATUS_BODY
+        )
+    elif mode == "bomb":
+        await write_bomb(writer, bomb)
+    else:
+        await write_html(writer, mode)
+    await writer.drain()
+
+
 async def main(mode: str) -> None:
     bomb = gzip_bomb(1024 * MiB) if mode == "bomb" else b""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                if length:
-                    await reader.readexactly(length)
-                if mode == "normal":
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n" % len(STATUS_BODY) + STATUS_BODY
-                    )
-                elif mode == "bomb":
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-                        b"Content-Length: %d\r\n\r\n" % len(bomb)
-                    )
-                    for start in range(0, len(bomb), PIECE):
-                        writer.write(bomb[start : start + PIECE])
-                        await writer.drain()
-                else:
-                    status, total = (b"200 OK", 100 * MiB) if mode == "html" else (b"500 Error", 20 * MiB)
-                    if mode == "error-7":
-                        total = 7 * MiB
-                    chunked = mode in ("error", "error-7")
-                    total -= total % (PIECE - 2)
-                    if not chunked:
-                        writer.write(
-                            b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % (status, total)
-                        )
-                    else:
-                        writer.write(
-                            b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n" % status
-                        )
-                    piece = b"<p>" + b"x" * (PIECE - 10) + b"</p>\n"
-                    sent = 0
-                    while sent < total:
-                        if not chunked:
-                            writer.write(piece)
-                        else:
-                            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                        sent += len(piece)
-                        await writer.drain()
-                    if chunked:
-                        writer.write(b"0\r\n\r\n")
-                await writer.drain()
+                await read_request(reader)
+                await write_answer(writer, mode, bomb)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:

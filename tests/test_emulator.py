@@ -225,6 +225,33 @@ async def test_a_drop_before_processing_queues_nothing_but_after_processing_does
     assert [r.status for r in wemasy_emulator.requests] == [None, None]
 
 
+@pytest.mark.wemasy_emulator(limit=1, window_seconds=30, valid_tokens=[TOKEN])
+async def test_a_guest_is_throttled_by_its_address_before_auth(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """As Laravel's throttle runs before auth: a bad token's 401 is counted against its address, its next
+    request is a 429 (not a 401), and a valid token keeps its own window."""
+    guest = {"Authorization": "Bearer not-a-token", "Accept": "application/json"}
+    assert (await call(http, wemasy_emulator, headers=guest))[0] == 401
+    status, headers, _ = await call(http, wemasy_emulator, headers=guest)
+    assert (status, headers["X-RateLimit-Remaining"]) == (429, "0")
+    assert (await call(http, wemasy_emulator))[0] == 200
+    assert [r.counted for r in wemasy_emulator.requests] == [True, False, True]
+
+
+@pytest.mark.wemasy_emulator(limit=1, window_seconds=30)
+async def test_proxy_faults_come_before_the_throttle_and_app_faults_after_it(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A proxy's 502 page is answered even past the limit and not counted; an injected 500 past the limit
+    is a 429, as the app never ran."""
+    assert (await call(http, wemasy_emulator))[0] == 200
+    wemasy_emulator.inject(Fault.BAD_GATEWAY_HTML, Fault.SERVER_ERROR)
+    assert (await call(http, wemasy_emulator))[0] == 502
+    assert (await call(http, wemasy_emulator))[0] == 429
+    assert [(r.status, r.counted) for r in wemasy_emulator.requests] == [(200, True), (502, False), (429, False)]
+
+
 def test_the_emulator_runs_in_a_thread_for_sync_code() -> None:
     """run_in_thread() serves plain blocking clients too, and stops cleanly."""
     with WemasyEmulator().run_in_thread() as emulator:

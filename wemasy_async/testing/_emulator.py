@@ -1,4 +1,8 @@
-"""An aiohttp.web emulator of the two Wemasy endpoints, faithful to the Laravel server behind them."""
+"""An aiohttp.web emulator of the two Wemasy endpoints, faithful to the Laravel server behind them.
+
+A request goes through ordered tables of small handlers (in front of the app, after the throttle, the
+app's routes), so that a new fault is one function and one row; docs/design/emulator.md tells the stages.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, NoReturn, TypeAlias
 
 import attrs
 from aiohttp import web
@@ -110,6 +114,32 @@ class RequestRecord:
     response_headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
 
+@attrs.define
+class _Exchange:
+    """One request on its way through the handlers: what it carried, the fault it meets, and (once it has
+    passed the throttle) whether it was authenticated and counted, with the rate-limit headers it gets."""
+
+    request: web.Request
+    arrived: float
+    path: str
+    token: str | None
+    headers: Mapping[str, str]
+    fault: Fault | CannedResponse | None
+    raw: bytes
+    body: Any
+    order_ids: tuple[Any, ...] | None
+    authenticated: bool = False
+    counted: bool = False
+    rate_headers: dict[str, str] = attrs.field(factory=dict)
+
+
+class _Reply(NamedTuple):
+    """What the app answers, before it is rendered for the client (JSON, a page or a redirect)."""
+
+    status: int
+    payload: Any
+
+
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -122,6 +152,15 @@ def _wants_json(request: web.Request) -> bool:
     # Laravel's wantsJson(): the first acceptable type decides.
     first = request.headers.get("Accept", "").split(",")[0].split(";")[0].strip().lower()
     return "/json" in first or "+json" in first
+
+
+def _json_or_none(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _is_laravel_integer(value: object) -> bool:
@@ -166,7 +205,7 @@ class WemasyEmulator:
             model a server whose clock is wrong.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100  (keyword-only options, each a knob of the emulated server)
         self,
         *,
         limit: int = 60,
@@ -365,14 +404,10 @@ class WemasyEmulator:
     def _next_fault(self) -> Fault | CannedResponse | None:
         if self._scripted:
             return self._scripted.popleft()
-        switches = self.faults
-        roll = self._random.random
-        if switches.drop_rate and roll() < switches.drop_rate:
-            return Fault.DROP
-        if switches.html_error_rate and roll() < switches.html_error_rate:
-            return Fault.BAD_GATEWAY_HTML
-        if switches.server_error_rate and roll() < switches.server_error_rate:
-            return Fault.SERVER_ERROR
+        for fault, rate_of in _RANDOM_FAULTS:
+            rate = rate_of(self.faults)
+            if rate and self._random.random() < rate:
+                return fault
         return None
 
     def _error(self, status: int, message: str) -> dict[str, Any]:
@@ -393,17 +428,9 @@ class WemasyEmulator:
             # Laravel: Retry-After = timer - now in whole seconds, X-RateLimit-Reset = now + Retry-After, where
             # both `timer` (the window's end) and `now` are whole epoch seconds. The window's true end then
             # lies in [now + Retry-After, now + Retry-After + 1 s).
-            wall = self._wall_clock()
-            reset_at = wall + decision.resets_in
-            style = self.faults.retry_after
-            if style == "http-date":
-                headers["Retry-After"] = email.utils.formatdate(math.floor(reset_at), usegmt=True)
-            elif style == "fractional":
-                headers["Retry-After"] = f"{math.ceil(decision.resets_in * 1000) / 1000:.3f}"
-            elif style == "rounded-up":
-                headers["Retry-After"] = str(math.ceil(decision.resets_in))
-            else:
-                headers["Retry-After"] = str(math.floor(decision.resets_in))
+            reset_at = self._wall_clock() + decision.resets_in
+            write = _RETRY_AFTER.get(self.faults.retry_after, _retry_after_seconds)
+            headers["Retry-After"] = write(decision.resets_in, reset_at)
             headers["X-RateLimit-Reset"] = str(math.floor(reset_at))
         return headers
 
@@ -427,142 +454,112 @@ class WemasyEmulator:
             return self._activity.wait_for(lambda: self.active_requests >= count, timeout)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
+        """Answer as the stack in front of the app would, then the throttle, then the app: each stage is a
+        table of small handlers, tried in order, the first answer wins."""
+        exchange = await self._receive(request)
+        for _name, handler in _BEFORE_THE_THROTTLE:
+            if (response := handler(self, exchange)) is not None:
+                return response
+        if self.faults.delay_seconds:  # a slow app: what reaches it is held back
+            await asyncio.sleep(self.faults.delay_seconds)
+        self._pass_throttle(exchange)
+        for _name, handler in _AFTER_THE_THROTTLE:
+            if (response := handler(self, exchange)) is not None:
+                return response
+        return self._process(exchange)
+
+    async def _receive(self, request: web.Request) -> _Exchange:
+        """The request as the handlers read it, with the fault it is to meet (drawn before its body is read)."""
         arrived = self._clock()
         path = request.path[len(API_PREFIX) :] if request.path.startswith(API_PREFIX + "/") else request.path
-        token = _bearer(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
         fault = self._next_fault()
-        body: Any = None
         raw = await request.read()
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+        body = _json_or_none(raw)
         order_ids = None
         if isinstance(body, dict) and isinstance(body.get("order_ids"), list):
             order_ids = tuple(body["order_ids"])
-        counted = False
+        return _Exchange(
+            request=request,
+            arrived=arrived,
+            path=path,
+            token=_bearer(request),
+            headers=headers,
+            fault=fault,
+            raw=raw,
+            body=body,
+            order_ids=order_ids,
+        )
 
-        def log(status: int | None, response_headers: Mapping[str, str] | None = None) -> None:
-            self.requests.append(
-                RequestRecord(
-                    at=arrived,
-                    method=request.method,
-                    path=path,
-                    status=status,
-                    token=token,
-                    order_ids=order_ids,
-                    fault=fault,
-                    counted=counted,
-                    headers=headers,
-                    response_headers=dict(response_headers or {}),
-                )
-            )
-
-        if fault is Fault.DROP:
-            log(None)
-            self._drop(request)
-        if fault in (Fault.BAD_GATEWAY_HTML, Fault.GATEWAY_TIMEOUT_HTML):
-            status = 502 if fault is Fault.BAD_GATEWAY_HTML else 504
-            log(status)
-            return self._html(status, "Bad Gateway" if status == 502 else "Gateway Time-out")
-        if fault is Fault.HTML_OK:
-            log(200)
-            return web.Response(text="<html><body>Welcome to the hotel network</body></html>", content_type="text/html")
-        if request.path == "/login":  # Laravel's web login page, where a non-JSON client is sent
-            log(200)
-            return web.Response(
-                text="<html><head><title>Login</title></head><body>Log in</body></html>", content_type="text/html"
-            )
-        if self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
-            # Laravel's global ValidatePostSize middleware: before the throttle, so no rate-limit headers.
-            log(413)
-            return web.json_response(self._error(413, "The POST data is too large."), status=413)
-        if path in self.redirects:
-            status, location = self.redirects[path]
-            log(status)
-            return web.Response(status=status, headers={"Location": location})
-        if not request.path.startswith(API_PREFIX + "/"):
-            # Outside /api no API route matches (a base URL without /api): Laravel's 404, before the api
-            # middleware, so neither authenticated nor throttled.
-            log(404)
-            if not _wants_json(request):
-                return web.Response(status=404, text="<html><body>Not Found</body></html>", content_type="text/html")
-            return web.json_response(
-                self._error(404, f"The route {request.path.lstrip('/')} could not be found."), status=404
-            )
-        if self.faults.delay_seconds:
-            await asyncio.sleep(self.faults.delay_seconds)
-
-        authenticated = token is not None and (
+    def _pass_throttle(self, exchange: _Exchange) -> None:
+        """Count the request, as Laravel's throttle middleware does: by user, or by address for a guest."""
+        token = exchange.token
+        exchange.authenticated = token is not None and (
             self.valid_tokens is None or token in self.valid_tokens or token in self.forbidden_tokens
         )
-        # Laravel keys the throttle by user, or by client address for a guest.
-        key = f"user:{token}" if authenticated else f"ip:{request.remote}"
+        key = f"user:{token}" if exchange.authenticated else f"ip:{exchange.request.remote}"
         decision = self.throttle.hit(key)
-        counted = decision.allowed
-        rate_headers = self._rate_headers(decision)
-        wants_json = _wants_json(request)
+        exchange.counted = decision.allowed
+        exchange.rate_headers = self._rate_headers(decision)
 
-        def answer(status: int, payload: Any) -> web.StreamResponse:
-            log(status, rate_headers)
-            if not wants_json and status in (401, 422):
-                # Laravel redirects a browser: to the login page, or back to the form.
-                target = "/login" if status == 401 else request.headers.get("Referer", "/")
-                return web.Response(status=302, headers={**rate_headers, "Location": target})
-            if not wants_json and status >= 400:
-                return web.Response(
-                    status=status,
-                    text=f"<html><body>{status}</body></html>",
-                    content_type="text/html",
-                    headers=rate_headers,
-                )
-            if fault is Fault.TRUNCATED_JSON:
-                text = json.dumps(payload)
-                return web.Response(
-                    text=text[: len(text) // 2], status=status, content_type="application/json", headers=rate_headers
-                )
-            return web.json_response(payload, status=status, headers=rate_headers)
-
-        if not decision.allowed:
-            return answer(429, self._error(429, "Too Many Attempts."))
-        if not authenticated:
-            return answer(401, self._error(401, "Unauthenticated."))
-        if token in self.forbidden_tokens:
-            return answer(403, self._error(403, "This action is unauthorized."))
-        if isinstance(fault, CannedResponse):
-            log(fault.status, {**rate_headers, **fault.headers})
-            return web.json_response(fault.json, status=fault.status, headers={**rate_headers, **fault.headers})
-        if fault is Fault.SERVER_ERROR:
-            return answer(500, self._error(500, "Server Error"))
-        if fault is Fault.SERVICE_UNAVAILABLE:
-            return answer(503, self._error(503, "Service Unavailable"))
-
-        if path == STATUS_PATH and request.method in ("GET", "HEAD"):
-            status, payload = 200, {"error": False, "integration": self.integration}
-        elif path == PUSH_PATH and request.method == "POST" and self._poisoned(order_ids):
-            status, payload = 500, self._error(500, "Server Error")
-        elif path == PUSH_PATH and request.method == "POST":
-            status, payload = self._push(body if isinstance(body, dict) else {})
-        elif path in (STATUS_PATH, PUSH_PATH):
-            status, payload = (
-                405,
-                self._error(405, f"The {request.method} method is not supported for route api{path}."),
-            )
+    def _process(self, exchange: _Exchange) -> web.StreamResponse:
+        """The app: the first route that takes the request answers it (404 if none does)."""
+        for _name, route in _ROUTES:
+            if (reply := route(self, exchange)) is not None:
+                break
         else:
-            status, payload = 404, self._error(404, f"The route api{path} could not be found.")
-        if fault is Fault.DROP_AFTER_PROCESSING:
-            log(None)
-            self._drop(request)
-        return answer(status, payload)
+            reply = _Reply(404, self._error(404, f"The route api{exchange.path} could not be found."))
+        if exchange.fault is Fault.DROP_AFTER_PROCESSING:
+            self._log(exchange, None)
+            self._drop(exchange.request)
+        return self._app_answer(exchange, reply)
+
+    def _app_answer(self, exchange: _Exchange, reply: _Reply) -> web.StreamResponse:
+        """The app's answer as Laravel renders it: JSON for an API client, a redirect or a page for a browser."""
+        rate_headers = exchange.rate_headers
+        status = reply.status
+        self._log(exchange, status, rate_headers)
+        wants_json = _wants_json(exchange.request)
+        if not wants_json and status in (401, 422):
+            # Laravel redirects a browser: to the login page, or back to the form.
+            target = "/login" if status == 401 else exchange.request.headers.get("Referer", "/")
+            return web.Response(status=302, headers={**rate_headers, "Location": target})
+        if not wants_json and status >= 400:
+            return web.Response(
+                status=status,
+                text=f"<html><body>{status}</body></html>",
+                content_type="text/html",
+                headers=rate_headers,
+            )
+        if exchange.fault is Fault.TRUNCATED_JSON:
+            text = json.dumps(reply.payload)
+            return web.Response(
+                text=text[: len(text) // 2], status=status, content_type="application/json", headers=rate_headers
+            )
+        return web.json_response(reply.payload, status=status, headers=rate_headers)
+
+    def _log(self, exchange: _Exchange, status: int | None, response_headers: Mapping[str, str] | None = None) -> None:
+        self.requests.append(
+            RequestRecord(
+                at=exchange.arrived,
+                method=exchange.request.method,
+                path=exchange.path,
+                status=status,
+                token=exchange.token,
+                order_ids=exchange.order_ids,
+                fault=exchange.fault,
+                counted=exchange.counted,
+                headers=exchange.headers,
+                response_headers=dict(response_headers or {}),
+            )
+        )
 
     def _poisoned(self, order_ids: tuple[Any, ...] | None) -> bool:
         poison = self.poison_order_ids
         return bool(poison and order_ids and any(value in poison for value in order_ids))
 
     @staticmethod
-    def _drop(request: web.Request) -> None:
+    def _drop(request: web.Request) -> NoReturn:
         if request.transport is not None:
             request.transport.close()
         raise web.HTTPInternalServerError()  # never written: the connection is already closed
@@ -639,3 +636,215 @@ class WemasyEmulator:
     def requests_for(self, path: str | None = None, *, token: str | None = None) -> list[RequestRecord]:
         """The logged requests, optionally only those for ``path`` and/or ``token``."""
         return [r for r in self.requests if (path is None or r.path == path) and (token is None or r.token == token)]
+
+
+# --- the handlers: each answers the request, or returns None to hand it on to the next ---------------
+
+_Handler: TypeAlias = Callable[[WemasyEmulator, _Exchange], web.StreamResponse | None]
+_Route: TypeAlias = Callable[[WemasyEmulator, _Exchange], _Reply | None]
+
+
+def _dropped(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.DROP``: the connection closes before the app sees the request."""
+    if exchange.fault is not Fault.DROP:
+        return None
+    emulator._log(exchange, None)
+    emulator._drop(exchange.request)
+
+
+def _proxy_page(emulator: WemasyEmulator, exchange: _Exchange, status: int, reason: str) -> web.StreamResponse:
+    emulator._log(exchange, status)
+    return emulator._html(status, reason)
+
+
+def _bad_gateway_page(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.BAD_GATEWAY_HTML``: a proxy's HTML 502, with no rate-limit headers."""
+    return _proxy_page(emulator, exchange, 502, "Bad Gateway") if exchange.fault is Fault.BAD_GATEWAY_HTML else None
+
+
+def _gateway_timeout_page(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.GATEWAY_TIMEOUT_HTML``: a proxy's HTML 504, with no rate-limit headers."""
+    if exchange.fault is not Fault.GATEWAY_TIMEOUT_HTML:
+        return None
+    return _proxy_page(emulator, exchange, 504, "Gateway Time-out")
+
+
+def _portal_page(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.HTML_OK``: a 200 HTML page from something in front of the app."""
+    if exchange.fault is not Fault.HTML_OK:
+        return None
+    emulator._log(exchange, 200)
+    return web.Response(text="<html><body>Welcome to the hotel network</body></html>", content_type="text/html")
+
+
+def _login_page(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """Laravel's web login page, where a client that does not ask for JSON is sent."""
+    if exchange.request.path != "/login":
+        return None
+    emulator._log(exchange, 200)
+    return web.Response(
+        text="<html><head><title>Login</title></head><body>Log in</body></html>", content_type="text/html"
+    )
+
+
+def _body_too_large(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """Laravel's global ValidatePostSize middleware: a 413 before the throttle, so no rate-limit headers."""
+    if emulator.max_body_bytes is None or len(exchange.raw) <= emulator.max_body_bytes:
+        return None
+    emulator._log(exchange, 413)
+    return web.json_response(emulator._error(413, "The POST data is too large."), status=413)
+
+
+def _redirect(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """A redirect set in ``emulator.redirects`` for this path."""
+    if exchange.path not in emulator.redirects:
+        return None
+    status, location = emulator.redirects[exchange.path]
+    emulator._log(exchange, status)
+    return web.Response(status=status, headers={"Location": location})
+
+
+def _outside_api(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """Outside /api no route matches (a base URL without /api): Laravel's 404, before the api middleware, so
+    neither authenticated nor throttled."""
+    request = exchange.request
+    if request.path.startswith(API_PREFIX + "/"):
+        return None
+    emulator._log(exchange, 404)
+    if not _wants_json(request):
+        return web.Response(status=404, text="<html><body>Not Found</body></html>", content_type="text/html")
+    return web.json_response(
+        emulator._error(404, f"The route {request.path.lstrip('/')} could not be found."), status=404
+    )
+
+
+def _throttled(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    if exchange.counted:
+        return None
+    return emulator._app_answer(exchange, _Reply(429, emulator._error(429, "Too Many Attempts.")))
+
+
+def _unauthenticated(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    if exchange.authenticated:
+        return None
+    return emulator._app_answer(exchange, _Reply(401, emulator._error(401, "Unauthenticated.")))
+
+
+def _forbidden(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    if exchange.token not in emulator.forbidden_tokens:
+        return None
+    return emulator._app_answer(exchange, _Reply(403, emulator._error(403, "This action is unauthorized.")))
+
+
+def _canned(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """A :class:`CannedResponse`, sent as it is with the rate-limit headers (its own headers win)."""
+    canned = exchange.fault
+    if not isinstance(canned, CannedResponse):
+        return None
+    headers = {**exchange.rate_headers, **canned.headers}
+    emulator._log(exchange, canned.status, headers)
+    return web.json_response(canned.json, status=canned.status, headers=headers)
+
+
+def _server_error(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.SERVER_ERROR``: Laravel's 500, counted by the throttle."""
+    if exchange.fault is not Fault.SERVER_ERROR:
+        return None
+    return emulator._app_answer(exchange, _Reply(500, emulator._error(500, "Server Error")))
+
+
+def _service_unavailable(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.SERVICE_UNAVAILABLE``: a 503, as in maintenance mode."""
+    if exchange.fault is not Fault.SERVICE_UNAVAILABLE:
+        return None
+    return emulator._app_answer(exchange, _Reply(503, emulator._error(503, "Service Unavailable")))
+
+
+def _status_route(emulator: WemasyEmulator, exchange: _Exchange) -> _Reply | None:
+    if exchange.path != STATUS_PATH or exchange.request.method not in ("GET", "HEAD"):
+        return None
+    return _Reply(200, {"error": False, "integration": emulator.integration})
+
+
+def _poisoned_push(emulator: WemasyEmulator, exchange: _Exchange) -> _Reply | None:
+    """A push holding a poison id fails as a Laravel job that throws on it would, and queues nothing."""
+    if exchange.path != PUSH_PATH or exchange.request.method != "POST" or not emulator._poisoned(exchange.order_ids):
+        return None
+    return _Reply(500, emulator._error(500, "Server Error"))
+
+
+def _push_route(emulator: WemasyEmulator, exchange: _Exchange) -> _Reply | None:
+    if exchange.path != PUSH_PATH or exchange.request.method != "POST":
+        return None
+    return _Reply(*emulator._push(exchange.body if isinstance(exchange.body, dict) else {}))
+
+
+def _wrong_method(emulator: WemasyEmulator, exchange: _Exchange) -> _Reply | None:
+    if exchange.path not in (STATUS_PATH, PUSH_PATH):
+        return None
+    method = exchange.request.method
+    return _Reply(405, emulator._error(405, f"The {method} method is not supported for route api{exchange.path}."))
+
+
+#: What stands in front of the app, in order: faults of the network and of proxies, then Laravel's global
+#: middleware and routing. None of them is counted by the throttle, and none sends rate-limit headers.
+_BEFORE_THE_THROTTLE: tuple[tuple[str, _Handler], ...] = (
+    ("drop", _dropped),
+    ("bad gateway page", _bad_gateway_page),
+    ("gateway timeout page", _gateway_timeout_page),
+    ("portal page", _portal_page),
+    ("login page", _login_page),
+    ("body too large", _body_too_large),
+    ("redirect", _redirect),
+    ("outside /api", _outside_api),
+)
+
+#: After the throttle counted the request: its 429, auth, then the injected errors (all with rate headers).
+_AFTER_THE_THROTTLE: tuple[tuple[str, _Handler], ...] = (
+    ("throttled", _throttled),
+    ("unauthenticated", _unauthenticated),
+    ("forbidden", _forbidden),
+    ("canned response", _canned),
+    ("server error", _server_error),
+    ("service unavailable", _service_unavailable),
+)
+
+#: The app's routes, in order; no match is a 404. ``Fault.DROP_AFTER_PROCESSING`` applies after them.
+_ROUTES: tuple[tuple[str, _Route], ...] = (
+    ("status", _status_route),
+    ("poison ids", _poisoned_push),
+    ("push", _push_route),
+    ("wrong method", _wrong_method),
+)
+
+#: The random switches, rolled in this order (one roll each, only while its rate is set).
+_RANDOM_FAULTS: tuple[tuple[Fault, Callable[[FaultSwitches], float]], ...] = (
+    (Fault.DROP, lambda switches: switches.drop_rate),
+    (Fault.BAD_GATEWAY_HTML, lambda switches: switches.html_error_rate),
+    (Fault.SERVER_ERROR, lambda switches: switches.server_error_rate),
+)
+
+
+def _retry_after_seconds(resets_in: float, reset_at: float) -> str:
+    return str(math.floor(resets_in))  # Laravel's: whole seconds rounded down, 0 in the window's last second
+
+
+def _retry_after_rounded_up(resets_in: float, reset_at: float) -> str:
+    return str(math.ceil(resets_in))
+
+
+def _retry_after_fractional(resets_in: float, reset_at: float) -> str:
+    return f"{math.ceil(resets_in * 1000) / 1000:.3f}"
+
+
+def _retry_after_http_date(resets_in: float, reset_at: float) -> str:
+    return email.utils.formatdate(math.floor(reset_at), usegmt=True)
+
+
+#: How a 429's Retry-After is written, by ``FaultSwitches.retry_after`` (Laravel's ``seconds`` otherwise).
+_RETRY_AFTER: Mapping[str, Callable[[float, float], str]] = {
+    "seconds": _retry_after_seconds,
+    "rounded-up": _retry_after_rounded_up,
+    "fractional": _retry_after_fractional,
+    "http-date": _retry_after_http_date,
+}
