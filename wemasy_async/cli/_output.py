@@ -14,6 +14,7 @@ from typing import Any, Final, TextIO
 from .._client import BASE_URL_ENV_VAR, REDIS_URL_ENV_VAR
 from .._journal import JournalSummary
 from .._models import PushResult
+from .._outcomes import places_json
 from .._protocol import TOKEN_ENV_VAR
 
 __all__ = [
@@ -49,11 +50,7 @@ def push_result_json(result: PushResult, *, interrupted: bool = False, stopped_b
             "retry_orders": list(result.details.retry_orders),
             "skipped_orders": list(result.details.skipped_orders),
         },
-        "rejected": [{"order_id": r.order_id, "message": r.message} for r in result.rejected],
-        "failed": [{"order_ids": list(f.order_ids), "error": str(f.error)} for f in result.failed],
-        "not_sent": list(result.not_sent),
-        "in_doubt": list(result.in_doubt),
-        "unreported": list(result.unreported),
+        **places_json(result),
         "stopped_by": stopped_by,
         "duplicates": list(result.duplicates),
         "ambiguous_retry": result.ambiguous_retry,
