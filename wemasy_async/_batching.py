@@ -239,6 +239,7 @@ async def push_chunk(
     ids: list[int],
     push_once: PushOnce,
     batch: BatchState | None = None,
+    *,
     partial: dict[int, PushResult] | None = None,
     index: int = 0,
     on_sent: Callable[[], None] | None = None,
@@ -499,9 +500,9 @@ async def _work(feed: _Feed) -> None:
                 chunk,
                 feed.push_once,
                 feed.batch,
-                feed.partial,
-                index,
-                None if journal is None else functools.partial(feed.sending, index),
+                partial=feed.partial,
+                index=index,
+                on_sent=None if journal is None else functools.partial(feed.sending, index),
             )
         except asyncio.CancelledError:
             raise

@@ -352,7 +352,15 @@ def open_journal(
         raise
     writer = _Writer(conn, lock, opened.run, loop, _disk)
     writer.start()
-    return BatchJournal(path, writer, opened.pending, opened.positions, opened.first_seq, len(ids), opened.pieces)
+    return BatchJournal(
+        path,
+        writer,
+        pending=opened.pending,
+        positions=opened.positions,
+        first_seq=opened.first_seq,
+        total=len(ids),
+        pieces=opened.pieces,
+    )
 
 
 def _abort(conn: sqlite3.Connection | None, lock: _Lock) -> None:

@@ -273,6 +273,7 @@ class BatchJournal:
         self,
         path: str,
         writer: _Writer,
+        *,
         pending: list[int],
         positions: Sequence[int],
         first_seq: int,

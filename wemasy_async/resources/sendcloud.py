@@ -50,7 +50,7 @@ class SendcloudResource:
         data = decipher_response(exchange.response)
         return structure_response(exchange.response, data, SendcloudIntegration, key="integration")
 
-    async def push_shipments(
+    async def push_shipments(  # noqa: PLR0913 (the public call's options, every one keyword-only)
         self,
         order_ids: Iterable[int],
         *,
@@ -135,7 +135,7 @@ class SendcloudResource:
             raise error
         return result.raise_for_failures() if strict else result
 
-    def iter_push_shipments(
+    def iter_push_shipments(  # noqa: PLR0913 (the public call's options, every one keyword-only)
         self,
         order_ids: Iterable[int],
         *,
