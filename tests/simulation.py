@@ -19,7 +19,7 @@ from collections import Counter
 import attrs
 
 from wemasy_async._protocol import RateLimitHeaders
-from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
+from wemasy_async.budgets._window import Ticket, Wait, WindowBudget
 from wemasy_async.testing import FixedWindowThrottle
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.simulation import Faults, simulate
 from wemasy_async._protocol import RateLimitHeaders, parse_rate_limit_headers
-from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
+from wemasy_async.budgets._window import Ticket, Wait, WindowBudget
 
 W = 60.0
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
 from wemasy_async import RateLimitError, RateLimitHeaders
-from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
-from wemasy_async._redis_budget import FleetTicket, RedisBudget, RedisUnavailableError, redis_keys
+from wemasy_async.budgets._redis import FleetTicket, RedisBudget, RedisUnavailableError, redis_keys
+from wemasy_async.budgets._window import Ticket, Wait, WindowBudget
 
 W = 2.0
 _tokens = itertools.count()

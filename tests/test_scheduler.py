@@ -27,8 +27,8 @@ from wemasy_async import (
     WaitEvent,
     WemasyClient,
 )
-from wemasy_async._rate_limit import WindowBudget
-from wemasy_async._scheduler import shared_budget
+from wemasy_async.budgets._local import shared_budget
+from wemasy_async.budgets._window import WindowBudget
 from wemasy_async.testing import CannedResponse, Fault, RequestRecord, WemasyEmulator
 
 LIMIT, WINDOW = 5, 0.5

@@ -43,11 +43,11 @@ from ._models import (
     SendcloudIntegration,
 )
 from ._protocol import RateLimitHeaders
-from ._rate_limit import RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
-from ._scheduler import Budget, BudgetEvent, RateLimitBudget, RetryEvent, WaitEvent
 from ._types import NOT_GIVEN
 from ._version import __version__
+from .budgets._local import Budget, BudgetEvent, RateLimitBudget, RetryEvent, WaitEvent
+from .budgets._window import RateLimitView
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

@@ -48,12 +48,12 @@ from ._protocol import (
     validate_token,
     validate_user_agent,
 )
-from ._rate_limit import RETRY_AFTER_ROUNDING, RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
-from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport
 from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
+from .budgets._local import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
+from .budgets._window import RETRY_AFTER_ROUNDING, RateLimitView
 from .resources.sendcloud import SendcloudResource
 
 __all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_timeout"]
@@ -594,7 +594,7 @@ def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> 
     if not isinstance(redis_url, str) or not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError("redis_url must be a redis://, rediss:// or unix:// URL")
     try:
-        from ._redis_budget import RedisBudget
+        from .budgets._redis import RedisBudget
     except ImportError:
         raise ConfigurationError(
             'a shared budget through Redis needs the redis extra: pip install "wemasy-async[redis]"'

@@ -47,7 +47,7 @@ import math
 
 import attrs
 
-from ._protocol import RateLimitHeaders
+from .._protocol import RateLimitHeaders
 
 __all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowBudget"]
 

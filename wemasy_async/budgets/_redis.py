@@ -41,15 +41,15 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._protocol import RateLimitHeaders
-from ._rate_limit import RateLimitView, Ticket
-from ._scheduler import BudgetEvent, RateLimitBudget, SchedulerEvent, WaitEvent, gate_closed_error
+from .._protocol import RateLimitHeaders
+from ._local import BudgetEvent, RateLimitBudget, SchedulerEvent, WaitEvent, gate_closed_error
+from ._window import RateLimitView, Ticket
 
 __all__ = ["LUA_SOURCE", "RedisBudget", "redis_keys"]
 
 logger = logging.getLogger("wemasy_async")
 
-LUA_SOURCE = importlib.resources.files(__package__).joinpath("_window_budget.lua").read_text(encoding="utf-8")
+LUA_SOURCE = importlib.resources.files(__package__).joinpath("_redis_window.lua").read_text(encoding="utf-8")
 
 
 def redis_keys(base_url: str, token: str) -> list[str]:

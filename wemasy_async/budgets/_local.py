@@ -22,9 +22,9 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from ._errors import RateLimitError
-from ._protocol import RateLimitHeaders
-from ._rate_limit import RateLimitView, Ticket, Wait, WindowBudget
+from .._errors import RateLimitError
+from .._protocol import RateLimitHeaders
+from ._window import RateLimitView, Ticket, Wait, WindowBudget
 
 __all__ = [
     "Budget",
