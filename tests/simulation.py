@@ -1,4 +1,4 @@
-"""A discrete-event simulation of clients (each a pure :class:`WindowBudget`) against Laravel's throttle.
+"""A discrete-event simulation of clients (each a pure :class:`WindowState`) against Laravel's throttle.
 
 No sockets and no sleeps: time is a number. The server is the emulator's :class:`FixedWindowThrottle`
 answering as SPEC section 1 says Laravel does: ``Retry-After`` is the whole seconds left in the window
@@ -19,7 +19,7 @@ from collections import Counter
 import attrs
 
 from wemasy_async._protocol import RateLimitHeaders
-from wemasy_async.budgets._window import Ticket, Wait, WindowBudget
+from wemasy_async.budgets import Ticket, Wait, WindowState
 from wemasy_async.testing import FixedWindowThrottle
 
 
@@ -28,7 +28,7 @@ class Client:
     """One process: its own budget, its calls, and how many it may have in flight."""
 
     name: int
-    budget: WindowBudget
+    budget: WindowState
     calls: int
     concurrency: int
     in_flight: int = 0
@@ -80,7 +80,7 @@ def simulate(
     rng = random.Random(seed)
     now = 0.0
     server = FixedWindowThrottle(limit, window, lambda: now)
-    clients = [Client(i, WindowBudget(window), n, concurrency) for i, n in enumerate(calls)]
+    clients = [Client(i, WindowState(window), n, concurrency) for i, n in enumerate(calls)]
     order = itertools.count()
     # (time, order, kind, client, ticket, payload)
     events: list[tuple[float, int, str, int, Ticket | None, object]] = []

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import TOKEN
 from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent, WemasyClient
-from wemasy_async.budgets._window import Ticket
+from wemasy_async.budgets import Ticket
 from wemasy_async.testing import WemasyEmulator
 
 T = TypeVar("T")

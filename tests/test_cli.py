@@ -352,7 +352,7 @@ class FakeTerminal(io.StringIO):
 
 async def test_the_wait_countdown_follows_the_clock() -> None:
     """The countdown shows the whole seconds left, goes down as time passes and disappears at the end."""
-    from wemasy_async.budgets._local import RetryEvent, WaitEvent
+    from wemasy_async.budgets import RetryEvent, WaitEvent
     from wemasy_async.cli import PushProgress
 
     now = [100.0]

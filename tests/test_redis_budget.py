@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
 from wemasy_async import RateLimitError, RateLimitHeaders
+from wemasy_async.budgets import Ticket, Wait, WindowState
 from wemasy_async.budgets._redis import FleetTicket, RedisBudget, RedisUnavailableError, redis_keys
-from wemasy_async.budgets._window import Ticket, Wait, WindowBudget
 
 W = 2.0
 _tokens = itertools.count()
@@ -100,7 +100,7 @@ async def test_the_lua_budget_takes_every_branch_as_the_reference(
 
 
 async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float) -> None:
-    reference = WindowBudget(W)
+    reference = WindowState(W)
     fleet = RedisBudget(redis_url, "http://127.0.0.1/api", f"token-{next(_tokens)}", window_seconds=W)
     fleet.lease_seconds = 1e6  # no lease runs out here: that is not in the reference
     now = start
@@ -155,7 +155,7 @@ def _same_wait(expected: Wait, seconds: bytes, now: float) -> None:
         assert float(seconds) == pytest.approx(expected.until - now, abs=1e-6)
 
 
-def _same_view(reference: WindowBudget, fleet: RedisBudget, now: float) -> None:
+def _same_view(reference: WindowState, fleet: RedisBudget, now: float) -> None:
     want, got = reference.view(now), fleet._view
     assert got is not None
     assert (got.limit, got.remaining, got.in_flight, got.shared) == (

@@ -46,8 +46,7 @@ from ._protocol import RateLimitHeaders
 from ._retry import NO_RETRIES, RetryPolicy
 from ._types import NOT_GIVEN
 from ._version import __version__
-from .budgets._local import Budget, BudgetEvent, RateLimitBudget, RetryEvent, WaitEvent
-from .budgets._window import RateLimitView
+from .budgets import Budget, BudgetEvent, RateLimitBudget, RateLimitView, RetryEvent, WaitEvent
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

@@ -52,8 +52,7 @@ from ._retry import NO_RETRIES, RetryPolicy
 from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport
 from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
-from .budgets._local import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
-from .budgets._window import RETRY_AFTER_ROUNDING, RateLimitView
+from .budgets import RETRY_AFTER_ROUNDING, Budget, RateLimitView, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from .resources.sendcloud import SendcloudResource
 
 __all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_timeout"]

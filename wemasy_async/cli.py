@@ -50,7 +50,7 @@ from ._logging import LOG_ENV_VAR, enable_stderr_logging, setup_logging_from_env
 from ._models import PushResult
 from ._protocol import TOKEN_ENV_VAR
 from ._retry import RetryPolicy
-from .budgets._local import SchedulerEvent, WaitEvent
+from .budgets import SchedulerEvent, WaitEvent
 
 __all__ = ["main"]
 

@@ -42,8 +42,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._protocol import RateLimitHeaders
-from ._local import BudgetEvent, RateLimitBudget, SchedulerEvent, WaitEvent, gate_closed_error
+from ._local import RateLimitBudget
 from ._window import RateLimitView, Ticket
+from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error
 
 __all__ = ["LUA_SOURCE", "RedisBudget", "redis_keys"]
 

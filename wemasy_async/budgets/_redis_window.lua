@@ -1,4 +1,4 @@
--- The rate-limit state machine of _rate_limit.py (WindowBudget), kept in Redis for a fleet of processes.
+-- The rate-limit state machine of budgets/_window.py (WindowState), kept in Redis for a fleet of processes.
 --
 -- A line-for-line port: every decision here must equal the Python reference's for the same sequence of
 -- calls and times (a property test drives both). What differs: the time is Redis's own TIME (one clock
@@ -119,7 +119,7 @@ local function gate_left()
   return math.max(0, s.gate - now)
 end
 
--- WindowBudget.peek: nil when a ticket is free, else {reason, until (or nil: at the next answer)}.
+-- WindowState.peek: nil when a ticket is free, else {reason, until (or nil: at the next answer)}.
 local function peek()
   if now < s.gate then return {'gate', s.gate} end
   if s.window_end ~= nil and now >= s.window_end then new_epoch(nil, in_flight, 0) end
@@ -265,7 +265,7 @@ else
   return redis.error_reply('unknown operation ' .. tostring(op))
 end
 
--- WindowBudget.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
+-- WindowState.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
 -- requests sent and 429s.
 local window_open = s.window_end ~= nil and now < s.window_end
 local remaining, ends_in = nil, nil

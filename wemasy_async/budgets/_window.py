@@ -30,7 +30,7 @@ remain, but not when the window ends (except in a 429). From the client's side:
   limit nothing is held back, and a window with no sign of another client lifts all this.
 * A server window far shorter than ``window_seconds`` shows itself when a window begins anew before half
   of ours is over while no one else was seen and every request was answered. The budget stays safe, but
-  most of the server's budget goes unused: the sign is kept as a message in :attr:`WindowBudget.mismatch`
+  most of the server's budget goes unused: the sign is kept as a message in :attr:`WindowState.mismatch`
   (the scheduler logs it once). (A longer server window shows itself in 429s, which are logged anyway.)
 * A 429 closes the gate for everyone until the window has surely ended. Laravel's ``Retry-After`` is the
   seconds left rounded *down*, so the window's true end lies in ``[now + Retry-After, now + Retry-After
@@ -49,7 +49,7 @@ import attrs
 
 from .._protocol import RateLimitHeaders
 
-__all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowBudget"]
+__all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowState"]
 
 #: A 429 that says "retry now" still waits this long, so a late clock cannot spin.
 MIN_THROTTLE_WAIT = 0.05
@@ -114,7 +114,7 @@ class RateLimitView:
     waited_seconds: float
 
 
-class WindowBudget:
+class WindowState:
     """One token's budget against a fixed window of ``window_seconds`` (see the module doc).
 
     ``assumed_limit`` is used only if answers never carry ``X-RateLimit-Limit`` (a proxy strips it).

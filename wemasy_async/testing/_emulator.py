@@ -18,7 +18,7 @@ from typing import Any, Literal
 import attrs
 from aiohttp import web
 
-from ..budgets._local import forget_shared_budgets
+from ..budgets import forget_shared_budgets
 from ._throttle import FixedWindowThrottle, ThrottleDecision
 
 __all__ = ["CannedResponse", "Fault", "FaultSwitches", "RequestRecord", "WemasyEmulator"]
