@@ -38,6 +38,17 @@ class _Waiter:
     ticket: Ticket | None = None
 
 
+@attrs.frozen
+class _Pause:
+    """A round of :meth:`RateLimitBudget.acquire` that found no ticket: what to wait on, why, how long."""
+
+    future: asyncio.Future[None]
+    reason: str
+    #: The expected wait as reported to the caller (None: until an answer or a turn).
+    seconds: float | None
+    timeout: float | None
+
+
 class RateLimitBudget:
     """One token's budget in this process. Thread-safe; callers on any event loop may share it."""
 
@@ -88,61 +99,68 @@ class RateLimitBudget:
             while True:
                 with self._lock:
                     now = self._clock()
-                    if waiter.ticket is not None:  # handed one in turn (and taken out of the queue)
-                        ticket, waiter.ticket, waiter.future = waiter.ticket, None, None
+                    turn = self._take_turn(waiter, now, max_gate_wait, deadline)
+                    if isinstance(turn, Ticket):
                         if waited_since is not None:
                             self.state.stats.waited_seconds += now - waited_since
-                        return ticket
-                    queue = self._queue
-                    while queue and queue[0] is not waiter and queue[0].loop.is_closed():
-                        queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
-                    first = not queue or queue[0] is waiter
-                    if first:
-                        decision: Ticket | Wait | None = self.state.try_acquire(now)
-                        if isinstance(decision, Ticket):
-                            if self._queue:
-                                self._queue.popleft()
-                                self._hand_out()  # tickets may be free for the next ones too
-                            if waited_since is not None:
-                                self.state.stats.waited_seconds += now - waited_since
-                            waiter.future = None
-                            return decision
-                    else:
-                        decision = self.state.peek(now)
-                    gate = self.state.gate_until - now
-                    if gate > max_gate_wait:
-                        raise gate_closed_error(gate, max_gate_wait)
-                    if decision is not None and decision.until is not None:
-                        until: float | None = decision.until
-                    else:
-                        until = None
-                    # Nobody behind the first is served before the first's wait ends, so a wait known to end
-                    # after the deadline fails at once wherever the caller is in the queue.
-                    if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
-                        raise TimeoutError("no rate-limit budget before the deadline")
-                    if waiter.future is None:
-                        self._queue.append(waiter)
-                    waiter.future = waiter.loop.create_future()
-                    future = waiter.future
+                        return turn
                 if waited_since is None:
                     waited_since = now
-                # The first in the queue waits for the budget's time, the others for their turn, and for that
-                # time too: if the first's loop closed meanwhile, it is dropped then.
-                timeout = max(0.0, until - now) if until is not None else None
-                if deadline is not None:
-                    timeout = min(timeout if timeout is not None else math.inf, max(0.0, deadline - now))
-                reason = decision.reason if decision is not None else "queue"
-                if not first and reason not in ("gate", "window"):
-                    reason = "queue"
-                if reason != last_reason:
-                    last_reason = reason
-                    seconds = max(0.0, decision.until - now) if decision is not None and decision.until else None
-                    self._report_wait(reason, seconds, on_wait)
-                await asyncio.wait((future,), timeout=timeout)
+                if turn.reason != last_reason:
+                    last_reason = turn.reason
+                    self._report_wait(turn.reason, turn.seconds, on_wait)
+                await asyncio.wait((turn.future,), timeout=turn.timeout)
         finally:
             if waiter.future is not None:
                 with self._lock:
                     self._leave(waiter)
+
+    def _take_turn(self, waiter: _Waiter, now: float, max_gate_wait: float, deadline: float | None) -> Ticket | _Pause:
+        """One round of :meth:`acquire`, with the lock held: a ticket, or the wait before the next round."""
+        if waiter.ticket is not None:  # handed one in turn (and taken out of the queue)
+            ticket, waiter.ticket, waiter.future = waiter.ticket, None, None
+            return ticket
+        queue = self._queue
+        while queue and queue[0] is not waiter and queue[0].loop.is_closed():
+            queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
+        first = not queue or queue[0] is waiter
+        decision = self.state.try_acquire(now) if first else self.state.peek(now)
+        if isinstance(decision, Ticket):
+            if queue:
+                queue.popleft()
+                self._hand_out()  # tickets may be free for the next ones too
+            waiter.future = None
+            return decision
+        until = decision.until if decision is not None else None
+        self._refuse_hopeless(now, until, max_gate_wait, deadline)
+        return self._pause(waiter, decision, first, now, deadline)
+
+    def _refuse_hopeless(self, now: float, until: float | None, max_gate_wait: float, deadline: float | None) -> None:
+        """Fail a caller at once whose wait is known to be longer than it accepts."""
+        gate = self.state.gate_until - now
+        if gate > max_gate_wait:
+            raise gate_closed_error(gate, max_gate_wait)
+        # Nobody behind the first is served before the first's wait ends, so a wait known to end after the
+        # deadline fails at once wherever the caller is in the queue.
+        if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
+            raise TimeoutError("no rate-limit budget before the deadline")
+
+    def _pause(self, waiter: _Waiter, decision: Wait | None, first: bool, now: float, deadline: float | None) -> _Pause:
+        """Queue the waiter (if it is not yet) with a fresh future, and say how long and why it waits."""
+        if waiter.future is None:
+            self._queue.append(waiter)
+        waiter.future = waiter.loop.create_future()
+        until = decision.until if decision is not None else None
+        # The first in the queue waits for the budget's time, the others for their turn, and for that time
+        # too: if the first's loop closed meanwhile, it is dropped then.
+        timeout = max(0.0, until - now) if until is not None else None
+        if deadline is not None:
+            timeout = min(timeout if timeout is not None else math.inf, max(0.0, deadline - now))
+        reason = decision.reason if decision is not None else "queue"
+        if not first and reason not in ("gate", "window"):
+            reason = "queue"
+        seconds = max(0.0, decision.until - now) if decision is not None and decision.until else None
+        return _Pause(waiter.future, reason, seconds, timeout)
 
     def _leave(self, waiter: _Waiter) -> None:
         # A waiter that gives up (cancelled, timed out, refused): out of the queue, and if it was first, or

@@ -176,16 +176,24 @@ class WindowState:
             return Wait(None, "probe")  # the ramp: no more in flight than answers heard in this window
         free = limit - self._granted - self._others
         if free <= 0:
-            if self._window_end is None:
-                if self._in_flight:
-                    return Wait(None, "window")
-                # No answer dated this window, and none can come: it is over a window after the last
-                # request of ours was given up (see the module doc).
-                self._window_end = self._last_settled + self.window_seconds
-                if now >= self._window_end:
-                    self._new_epoch(window_end=None, carried=0, others=0)
-                    return None
-            return Wait(self._window_end, "window")
+            return self._spent(now)
+        return self._held_for_others(free)
+
+    def _spent(self, now: float) -> Wait | None:
+        """The window is spent: wait for its end, or an answer that dates it; None if it has just ended."""
+        if self._window_end is None:
+            if self._in_flight:
+                return Wait(None, "window")
+            # No answer dated this window, and none can come: it is over a window after the last request of
+            # ours was given up (see docs/design/rate-limit.md).
+            self._window_end = self._last_settled + self.window_seconds
+            if now >= self._window_end:
+                self._new_epoch(window_end=None, carried=0, others=0)
+                return None
+        return Wait(self._window_end, "window")
+
+    def _held_for_others(self, free: int) -> Wait | None:
+        """Another client uses the token: the window's last ``free`` slots go one at a time."""
         before = self._others_before or 0
         if self._in_flight and (before or self._others_learned):
             # Others may use as much again as they have in this window (they may be ramping up as we are, and
