@@ -1,11 +1,7 @@
-"""The shared rate-limit budget: one per (base URL, token) in the process, behind a small interface.
+"""The in-process budget: one per (base URL, token) in the process, shared by its clients, tasks and threads.
 
-Every request of every client asks the budget for a ticket before it is sent and reports the answer after.
-The state machine (:class:`WindowState`) decides; this module only queues and waits. Callers wait first
-come, first served; each freed slot is handed, as a ticket, to the next waiter in line, and wakes it
-alone, so waking costs a constant per grant however many wait, and a queue drains at once. A budget may be shared by
-clients on different event loops and threads, so it uses a thread lock and wakes each waiter on its own
-loop.
+:class:`WindowState` decides; this module only queues callers first come, first served, hands each freed
+slot to the next in line, and wakes each waiter on its own loop. The design: docs/design/rate-limit.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
--- The rate-limit state machine of budgets/_window.py (WindowState), kept in Redis for a fleet of processes.
---
--- A line-for-line port: every decision here must equal the Python reference's for the same sequence of
--- calls and times (a property test drives both). What differs: the time is Redis's own TIME (one clock
--- for every host), and a ticket in flight is a lease in a sorted set, scored by its deadline. A lease
--- that runs out (its process died) is settled as a request without an answer at its deadline.
+-- WindowState (budgets/_window.py) kept in Redis for a fleet: a line-for-line port, so every decision
+-- equals the Python reference's (a property test drives both); the design is in docs/design/fleet.md.
 --
 -- KEYS[1] the state hash, KEYS[2] the leases (sorted set), KEYS[3] the wake channel, KEYS[4] the names of
 -- tickets whose caller left before its acquire was run (sorted set, scored by when they are forgotten).
