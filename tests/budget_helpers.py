@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from wemasy_async import Budget, WaitEvent
 
@@ -47,10 +47,21 @@ async def take(budget: Budget[Any]) -> Any:
 class Caller:
     """One ``acquire`` running as a task, with the waits it reported."""
 
+    #: Every caller's task, so that a failed test's waiting callers can be cancelled (:meth:`cancel_all`).
+    running: ClassVar[list[asyncio.Future[Any]]] = []
+
     def __init__(self, budget: Budget[Any], **options: Any) -> None:
         self.events: list[WaitEvent] = []
         self._reported = asyncio.Event()
         self.task: asyncio.Future[Any] = asyncio.ensure_future(budget.acquire(self._on_wait, **options))
+        self.running.append(self.task)
+
+    @classmethod
+    async def cancel_all(cls) -> None:
+        tasks, cls.running[:] = list(cls.running), []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _on_wait(self, event: WaitEvent) -> None:
         self.events.append(event)
