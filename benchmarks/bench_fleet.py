@@ -66,7 +66,7 @@ from results import machine, record
 from tests.redis_server import RedisServer
 from wemasy_async import WemasyClient
 from wemasy_async._protocol import normalize_base_url
-from wemasy_async._redis_budget import RedisBudget, redis_keys
+from wemasy_async.budgets._redis import RedisBudget, redis_keys
 
 HERE = Path(__file__).parent
 CALLS = 120

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import machine, record
 
 from wemasy_async import RateLimitBudget, RateLimitHeaders, WaitEvent
-from wemasy_async._rate_limit import Ticket, Wait
+from wemasy_async.budgets import Ticket, Wait
 from wemasy_async.testing import FixedWindowThrottle
 
 

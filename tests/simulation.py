@@ -1,4 +1,4 @@
-"""A discrete-event simulation of clients (each a pure :class:`WindowBudget`) against Laravel's throttle.
+"""A discrete-event simulation of clients (each a pure :class:`WindowState`) against Laravel's throttle.
 
 No sockets and no sleeps: time is a number. The server is the emulator's :class:`FixedWindowThrottle`
 answering as SPEC section 1 says Laravel does: ``Retry-After`` is the whole seconds left in the window
@@ -15,11 +15,12 @@ import itertools
 import math
 import random
 from collections import Counter
+from typing import cast
 
 import attrs
 
 from wemasy_async._protocol import RateLimitHeaders
-from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
+from wemasy_async.budgets import Ticket, Wait, WindowState
 from wemasy_async.testing import FixedWindowThrottle
 
 
@@ -28,7 +29,7 @@ class Client:
     """One process: its own budget, its calls, and how many it may have in flight."""
 
     name: int
-    budget: WindowBudget
+    budget: WindowState
     calls: int
     concurrency: int
     in_flight: int = 0
@@ -63,7 +64,7 @@ class Faults:
     limit_changes: tuple[tuple[float, int], ...] = ()
 
 
-def simulate(
+def simulate(  # noqa: PLR0913, RUF100 -- keyword-only knobs of one scenario, each named at the call
     *,
     limit: int,
     window: float,
@@ -76,88 +77,139 @@ def simulate(
     give_up_after: float = 10_000.0,
 ) -> Outcome:
     """Run ``len(calls)`` clients on one token (client i makes ``calls[i]`` calls) until all are answered."""
-    faults = faults or Faults()
-    rng = random.Random(seed)
-    now = 0.0
-    server = FixedWindowThrottle(limit, window, lambda: now)
-    clients = [Client(i, WindowBudget(window), n, concurrency) for i, n in enumerate(calls)]
-    order = itertools.count()
-    # (time, order, kind, client, ticket, payload)
-    events: list[tuple[float, int, str, int, Ticket | None, object]] = []
-    throttled: Counter[tuple[int, float]] = Counter()
-    endless: list[tuple[int, float, Wait]] = []
-    requests = 0
-    for at, new_limit in faults.limit_changes:
-        heapq.heappush(events, (at, next(order), "limit", -1, None, new_limit))
+    world = _Simulation(
+        limit=limit,
+        window=window,
+        calls=calls,
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+        faults=faults or Faults(),
+    )
+    return world.run(give_up_after)
 
-    def trip() -> float:
-        return latency * (1 + jitter * rng.random())
 
-    def pump(client: Client) -> None:
-        nonlocal requests
+#: (time, order, kind, client, ticket, payload): one event of the simulation, in time order.
+_Event = tuple[float, int, str, int, Ticket | None, object]
+
+
+class _Simulation:
+    """The clients, the server and the events still to come; :meth:`run` plays them in time order."""
+
+    def __init__(  # noqa: PLR0913, RUF100 -- simulate()'s keyword-only scenario, passed on once
+        self,
+        *,
+        limit: int,
+        window: float,
+        calls: list[int],
+        concurrency: int,
+        latency: float,
+        jitter: float,
+        seed: int,
+        faults: Faults,
+    ) -> None:
+        self.faults = faults
+        self.latency, self.jitter = latency, jitter
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.server = FixedWindowThrottle(limit, window, lambda: self.now)
+        self.clients = [Client(i, WindowState(window), n, concurrency) for i, n in enumerate(calls)]
+        self.order = itertools.count()
+        self.events: list[_Event] = []
+        self.throttled: Counter[tuple[int, float]] = Counter()
+        self.endless: list[tuple[int, float, Wait]] = []
+        self.requests = 0
+        for at, new_limit in faults.limit_changes:
+            self.push(at, "limit", -1, None, new_limit)
+
+    def push(self, at: float, kind: str, name: int, ticket: Ticket | None, payload: object = None) -> None:
+        heapq.heappush(self.events, (at, next(self.order), kind, name, ticket, payload))
+
+    def trip(self) -> float:
+        return self.latency * (1 + self.jitter * self.rng.random())
+
+    def run(self, give_up_after: float) -> Outcome:
+        for client in self.clients:
+            self.pump(client)
+        while self.events:
+            when, _, kind, name, ticket, payload = heapq.heappop(self.events)
+            self.now = when
+            if self.now > give_up_after:
+                break
+            if kind == "limit":
+                self.server.limit = int(payload)  # type: ignore[call-overload]
+            elif kind == "wake":
+                client = self.clients[name]
+                if client.wake_at == when:
+                    client.wake_at = None
+                self.pump(client)
+            elif kind.startswith("arrive"):
+                assert ticket is not None
+                self.arrive(kind, name, ticket)
+            else:
+                assert ticket is not None
+                self.settle(kind, self.clients[name], ticket, payload)
+        clients = self.clients
+        stalled = any(c.done < c.calls for c in clients)
+        makespan = max(c.finished_at for c in clients)
+        return Outcome(clients, makespan, self.throttled, self.endless, stalled, self.requests)
+
+    def pump(self, client: Client) -> None:
+        """Send what the client's budget lets it send now; at a wait, set a wake-up for its end."""
+        now = self.now
         while client.in_flight < client.concurrency and client.done + client.in_flight < client.calls:
             decision = client.budget.try_acquire(now)
             if isinstance(decision, Wait):
                 if decision.until is None and client.budget.view(now).in_flight == 0:
-                    endless.append((client.name, now, decision))
+                    self.endless.append((client.name, now, decision))
                 if decision.until is not None and (client.wake_at is None or decision.until < client.wake_at):
                     client.wake_at = decision.until
-                    heapq.heappush(events, (decision.until, next(order), "wake", client.name, None, None))
+                    self.push(decision.until, "wake", client.name, None)
                 return
             client.in_flight += 1
-            requests += 1
-            faulty = now < faults.until
-            roll = rng.random()
-            if faulty and roll < faults.drop_before:
-                heapq.heappush(events, (now + trip(), next(order), "lost", client.name, decision, None))
-            elif faulty and roll < faults.drop_before + faults.timeout:
-                heapq.heappush(events, (now + trip() / 2, next(order), "arrive-timeout", client.name, decision, None))
-            elif faulty and roll < faults.drop_before + faults.timeout + faults.drop_after:
-                heapq.heappush(events, (now + trip() / 2, next(order), "arrive-drop", client.name, decision, None))
-            else:
-                heapq.heappush(events, (now + trip() / 2, next(order), "arrive", client.name, decision, None))
+            self.requests += 1
+            self.send(client.name, decision)
 
-    for client in clients:
-        pump(client)
-    while events:
-        when, _, kind, name, ticket, payload = heapq.heappop(events)
-        now = when
-        if now > give_up_after:
-            break
-        if kind == "limit":
-            server.limit = int(payload)  # type: ignore[call-overload]
-            continue
-        client = clients[name]
-        if kind == "wake":
-            if client.wake_at == when:
-                client.wake_at = None
-            pump(client)
-            continue
-        assert ticket is not None
-        if kind.startswith("arrive"):
-            decision = server.hit("token")
-            if kind == "arrive-timeout":
-                heapq.heappush(events, (now + trip() / 2 + latency, next(order), "lost", name, ticket, None))
-            elif kind == "arrive-drop":
-                heapq.heappush(events, (now + trip() / 2, next(order), "lost", name, ticket, None))
-            else:
-                status = 200 if decision.allowed else 429
-                retry_after = None if decision.allowed else float(math.floor(decision.resets_in))
-                if status == 429:
-                    throttled[(name, server.window_started("token"))] += 1
-                answer = (status, RateLimitHeaders(decision.limit, decision.remaining, retry_after))
-                heapq.heappush(events, (now + trip() / 2, next(order), "answer", name, ticket, answer))
-            continue
+    def send(self, name: int, ticket: Ticket) -> None:
+        """One request on its way: lost on the way, or arriving (to time out, be dropped, or be answered)."""
+        faults, now = self.faults, self.now
+        faulty = now < faults.until
+        roll = self.rng.random()
+        if faulty and roll < faults.drop_before:
+            self.push(now + self.trip(), "lost", name, ticket)
+        elif faulty and roll < faults.drop_before + faults.timeout:
+            self.push(now + self.trip() / 2, "arrive-timeout", name, ticket)
+        elif faulty and roll < faults.drop_before + faults.timeout + faults.drop_after:
+            self.push(now + self.trip() / 2, "arrive-drop", name, ticket)
+        else:
+            self.push(now + self.trip() / 2, "arrive", name, ticket)
+
+    def arrive(self, kind: str, name: int, ticket: Ticket) -> None:
+        """The server counts the request; its answer (or the lack of one) travels back."""
+        now = self.now
+        decision = self.server.hit("token")
+        if kind == "arrive-timeout":
+            self.push(now + self.trip() / 2 + self.latency, "lost", name, ticket)
+        elif kind == "arrive-drop":
+            self.push(now + self.trip() / 2, "lost", name, ticket)
+        else:
+            status = 200 if decision.allowed else 429
+            retry_after = None if decision.allowed else float(math.floor(decision.resets_in))
+            if status == 429:
+                self.throttled[(name, self.server.window_started("token"))] += 1
+            answer = (status, RateLimitHeaders(decision.limit, decision.remaining, retry_after))
+            self.push(now + self.trip() / 2, "answer", name, ticket, answer)
+
+    def settle(self, kind: str, client: Client, ticket: Ticket, payload: object) -> None:
+        """The client hears back (or gives up on the request) and sends what it may next."""
         client.in_flight -= 1
         if kind == "lost":
-            client.budget.no_answer(ticket, now)
+            client.budget.no_answer(ticket, self.now)
         else:
-            status, hints = payload  # type: ignore[misc]
-            client.budget.answered(ticket, now, status, hints)
+            status, hints = cast("tuple[int, RateLimitHeaders]", payload)
+            client.budget.answered(ticket, self.now, status, hints)
             if status != 429:
                 client.done += 1
-                client.finished_at = now
-        pump(client)
-    stalled = any(c.done < c.calls for c in clients)
-    makespan = max(c.finished_at for c in clients)
-    return Outcome(clients, makespan, throttled, endless, stalled, requests)
+                client.finished_at = self.now
+        self.pump(client)

@@ -1,4 +1,5 @@
-"""The in-process budget's waiting: first come first served, one wake per freed slot, across event loops."""
+"""What only the in-process budget does: a constant cost per grant, waiters on other event loops, the window
+mismatch warning (what every budget does is in test_budget_contract.py)."""
 
 from __future__ import annotations
 
@@ -6,42 +7,14 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 
+from tests.budget_helpers import HANG, FakeClock, within
 from tests.conftest import TOKEN
-from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent, WemasyClient
-from wemasy_async._rate_limit import Ticket
+from wemasy_async import Budget, RateLimitBudget, RateLimitHeaders, WemasyClient
+from wemasy_async.budgets import Ticket
 from wemasy_async.testing import WemasyEmulator
-
-T = TypeVar("T")
-
-#: Long enough to mean "it hangs"; only a failing test ever waits this long.
-HANG = 10.0
-
-
-class Hung(AssertionError):
-    """A wait that should have ended did not (not a TimeoutError, which some tests expect)."""
-
-
-async def within(awaitable: Awaitable[T]) -> T:
-    """``awaitable``'s result, or Hung if it has none after HANG seconds."""
-    task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait((task,), timeout=HANG)
-    if not done:
-        task.cancel()
-        raise Hung(f"still waiting after {HANG} s")
-    return task.result()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def counting(budget: RateLimitBudget) -> list[int]:
@@ -124,19 +97,6 @@ async def test_waiters_are_served_first_come_first_served_at_a_constant_cost_per
     assert calls[0] / 2000 <= 3
 
 
-async def test_a_later_caller_does_not_overtake_the_queue() -> None:
-    """While callers wait, a new call gets no ticket on the fast path: it queues behind them."""
-    budget = RateLimitBudget(60.0, clock=FakeClock())
-    probe = budget.try_acquire()
-    assert probe is not None
-    waiting = asyncio.create_task(budget.acquire())
-    await queued(budget, 1)
-    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
-    assert budget.try_acquire() is None  # the waiter is first, though a slot is free
-    ticket = await waiting
-    assert isinstance(ticket, Ticket)
-
-
 async def test_a_request_without_an_answer_wakes_a_waiter_on_another_event_loop() -> None:
     """A probe that is dropped on this loop lets a caller waiting on another thread's loop go."""
     budget = RateLimitBudget(60.0)
@@ -174,93 +134,6 @@ async def test_a_waiter_whose_loop_has_closed_does_not_fail_the_caller_that_free
     await budget.answered(probe, 200, RateLimitHeaders(10, 9))  # waking it fails: it is dropped, quietly
     assert not budget._queue
     assert isinstance(await within(budget.acquire()), Ticket)
-
-
-async def test_a_closed_gate_longer_than_a_caller_waits_fails_every_waiting_and_later_caller() -> None:
-    """A 429 that closes the gate for an hour: callers that will wait at most a minute fail at once with
-    the time to wait, those waiting in the queue included; one that accepts the wait keeps waiting."""
-    clock = FakeClock()
-    budget = RateLimitBudget(60.0, clock=clock)
-    probe = budget.try_acquire()
-    assert probe is not None
-    patient = asyncio.create_task(budget.acquire(max_gate_wait=7200.0))
-    await queued(budget, 1)
-    impatient = [asyncio.create_task(budget.acquire(max_gate_wait=60.0)) for _ in range(3)]
-    await queued(budget, 4)
-    gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 3600.0))
-    assert 3600.0 <= gate <= 3601.0
-    for task in impatient:
-        with pytest.raises(RateLimitError) as info:
-            await within(task)
-        assert info.value.retry_after == pytest.approx(gate)
-    with pytest.raises(RateLimitError):
-        await budget.acquire(max_gate_wait=60.0)
-    assert not patient.done()
-    assert len(budget._queue) == 1
-    patient.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await patient
-    assert not budget._queue
-
-
-@pytest.mark.parametrize("reported", [True, False])
-async def test_a_wait_known_to_end_after_the_deadline_fails_at_once(reported: bool) -> None:
-    """A caller with a deadline before the window's end gets TimeoutError now, not at the deadline."""
-    clock = FakeClock()
-    budget = RateLimitBudget(60.0, clock=clock)
-    probe = budget.try_acquire()
-    assert probe is not None
-    await budget.answered(probe, 200, RateLimitHeaders(1, 0))  # the window is spent until 60 s
-    events: list[WaitEvent] = []
-    on_wait: Callable[[WaitEvent], None] | None = events.append if reported else None
-    with pytest.raises(TimeoutError):
-        await within(budget.acquire(on_wait, deadline=30.0))
-    assert not budget._queue
-    clock.now = 60.0
-    assert budget.try_acquire() is not None
-
-
-async def test_a_caller_behind_others_also_fails_at_once_when_the_wait_ends_after_its_deadline() -> None:
-    """Nobody is served before the first in the queue: a later caller whose deadline comes before the
-    window's end fails at once too."""
-    clock = FakeClock()
-    budget = RateLimitBudget(60.0, clock=clock)
-    probe = budget.try_acquire()
-    assert probe is not None
-    await budget.answered(probe, 200, RateLimitHeaders(1, 0))
-    first = asyncio.create_task(budget.acquire())
-    await queued(budget, 1)
-    with pytest.raises(TimeoutError):
-        await within(budget.acquire(deadline=30.0))
-    assert len(budget._queue) == 1
-    assert not first.done()
-    first.cancel()
-
-
-async def test_a_refused_connection_gives_its_place_to_a_waiter() -> None:
-    """The first request could not connect (never counted): its place goes to the caller waiting."""
-    budget = RateLimitBudget(60.0)
-    probe = budget.try_acquire()
-    assert probe is not None
-    waiting = asyncio.create_task(budget.acquire())
-    await queued(budget, 1)
-    await budget.release(probe)
-    assert isinstance(await within(waiting), Ticket)
-
-
-async def test_a_woken_caller_that_is_cancelled_passes_its_turn_on() -> None:
-    """The first waiter is woken by an answer but cancelled before it runs: the next one is served."""
-    budget = RateLimitBudget(60.0)
-    probe = budget.try_acquire()
-    assert probe is not None
-    first = asyncio.create_task(budget.acquire())
-    second = asyncio.create_task(budget.acquire())
-    await queued(budget, 2)
-    await budget.answered(probe, 200, RateLimitHeaders(10, 9))  # wakes the first...
-    first.cancel()  # ...which is cancelled before it can take its ticket
-    assert isinstance(await within(second), Ticket)
-    with pytest.raises(asyncio.CancelledError):
-        await first
 
 
 async def test_a_first_waiter_whose_loop_closed_during_a_timed_wait_does_not_hold_up_the_rest() -> None:

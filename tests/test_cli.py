@@ -193,7 +193,7 @@ def test_push_shares_the_budget_through_redis(env: WemasyEmulator, redis_url: st
     """--redis-url puts the token's budget in Redis, where other processes find it."""
     import redis
 
-    from wemasy_async._redis_budget import redis_keys
+    from wemasy_async.budgets._redis import redis_keys
 
     assert main(["push", "1-4", "--chunk-size", "2", "--redis-url", redis_url]) == EXIT_OK
     state = redis.Redis.from_url(redis_url).hgetall(redis_keys(env.base_url, TOKEN)[0])
@@ -309,7 +309,7 @@ class FakeTerminal(io.StringIO):
 
 async def test_the_wait_countdown_follows_the_clock() -> None:
     """The countdown shows the whole seconds left, goes down as time passes and disappears at the end."""
-    from wemasy_async._scheduler import RetryEvent, WaitEvent
+    from wemasy_async.budgets import RetryEvent, WaitEvent
     from wemasy_async.cli import PushProgress
 
     now = [100.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import pytest
 
@@ -107,6 +108,16 @@ async def test_a_redis_url_with_a_password_never_shows_it(emulator: WemasyEmulat
     with pytest.raises(ConfigurationError, match="redis://") as info:
         WemasyClient(token=TOKEN, base_url=emulator.base_url, redis_url="http://:hunter2-secret@127.0.0.1:1/0")
     assert "hunter2" not in str(info.value)
+
+
+def test_a_redis_url_without_the_redis_extra_says_what_to_install(
+    emulator: WemasyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without redis-py installed, a redis_url is a ConfigurationError naming the extra to install."""
+    monkeypatch.delitem(sys.modules, "wemasy_async.budgets._redis", raising=False)
+    monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` raises ImportError
+    with pytest.raises(ConfigurationError, match=r"wemasy-async\[redis\]"):
+        WemasyClient(token=TOKEN, base_url=emulator.base_url, redis_url="redis://127.0.0.1:1/0")
 
 
 async def test_redis_url_comes_from_the_environment(

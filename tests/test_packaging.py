@@ -99,7 +99,7 @@ def test_the_sdist_holds_the_license_the_examples_and_what_the_tests_need(tmp_pa
         "examples/quickstart.py",
         f"{PLUGIN_MODULE}.py",
         "wemasy_async/__init__.py",
-        "wemasy_async/_window_budget.lua",
+        "wemasy_async/budgets/_redis_window.lua",
         "tests/conftest.py",
         "tests/redis_server.py",
     }
@@ -114,7 +114,7 @@ def test_the_wheel_holds_the_plugin_module_and_the_license(tmp_path: Path) -> No
         names = set(archive.namelist())
         (entry_points,) = (name for name in names if name.endswith(".dist-info/entry_points.txt"))
         entry_text = archive.read(entry_points).decode()
-    assert {f"{PLUGIN_MODULE}.py", "wemasy_async/py.typed", "wemasy_async/_window_budget.lua"} <= names
+    assert {f"{PLUGIN_MODULE}.py", "wemasy_async/py.typed", "wemasy_async/budgets/_redis_window.lua"} <= names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert f"[pytest11]\nwemasy_async = {PLUGIN_MODULE}\n" in entry_text
     # Nothing of the checkout's tooling or tests lands in site-packages.

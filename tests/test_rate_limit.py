@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.simulation import Faults, simulate
 from wemasy_async._protocol import RateLimitHeaders, parse_rate_limit_headers
-from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
+from wemasy_async.budgets import Ticket, Wait, WindowState
 
 W = 60.0
 
@@ -20,19 +20,19 @@ def hints(limit: int | None = 10, remaining: int | None = None, retry_after: flo
     return RateLimitHeaders(limit=limit, remaining=remaining, retry_after=retry_after)
 
 
-def grant(budget: WindowBudget, now: float) -> Ticket:
+def grant(budget: WindowState, now: float) -> Ticket:
     decision = budget.try_acquire(now)
     assert isinstance(decision, Ticket), decision
     return decision
 
 
-def refused(budget: WindowBudget, now: float) -> Wait:
+def refused(budget: WindowState, now: float) -> Wait:
     decision = budget.try_acquire(now)
     assert isinstance(decision, Wait), decision
     return decision
 
 
-def grants(budget: WindowBudget, now: float) -> list[Ticket]:
+def grants(budget: WindowState, now: float) -> list[Ticket]:
     """Every ticket the budget gives at ``now``."""
     out = []
     while isinstance(decision := budget.try_acquire(now), Ticket):
@@ -40,10 +40,10 @@ def grants(budget: WindowBudget, now: float) -> list[Ticket]:
     return out
 
 
-def learned(limit: int = 10, now: float = 0.0, rtt: float = 0.1, answered: int = 1) -> WindowBudget:
+def learned(limit: int = 10, now: float = 0.0, rtt: float = 0.1, answered: int = 1) -> WindowState:
     """A budget whose first requests (the ramp) learned the limit and opened a window: ``answered`` of
     them are answered by the end, nothing is in flight."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     count = 0
     while count < answered:
         batch = []
@@ -58,7 +58,7 @@ def learned(limit: int = 10, now: float = 0.0, rtt: float = 0.1, answered: int =
 def test_first_request_goes_alone_then_the_window_opens_in_a_ramp() -> None:
     """Until an answer says the limit, only one request is out; then no more in flight than answers heard
     in the window (slow start: the requests in flight double each round trip)."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     assert refused(budget, 0.0) == Wait(None, "probe")
     budget.answered(probe, 0.1, 200, hints(10, 9))
@@ -85,7 +85,7 @@ def test_window_end_is_first_answer_plus_window_and_then_a_new_window_opens() ->
 
 def test_failed_probe_lets_the_next_caller_probe() -> None:
     """A probe that got no answer does not block everyone: another request may go to learn."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.no_answer(probe, 0.5)
     assert isinstance(budget.try_acquire(0.5), Ticket)
@@ -106,7 +106,7 @@ def test_remaining_with_requests_in_flight_is_not_double_counted() -> None:
 
 def test_another_clients_use_is_counted_from_remaining() -> None:
     """If the server counts more than we sent, the difference is someone else's and is not ours to use."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 3))  # 7 used: ours 1, others 6
     assert budget.view(0.1).remaining == 3
@@ -121,7 +121,7 @@ def test_another_clients_use_is_counted_from_remaining() -> None:
 def test_with_others_about_every_window_starts_with_one_request_alone() -> None:
     """A new window after one shared with others opens with one request, so their share is known
     before sending more."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 5))
     first = grant(budget, 0.1 + W)
@@ -158,7 +158,7 @@ def test_near_the_limit_with_another_client_about_requests_go_one_at_a_time() ->
 def test_the_others_use_of_the_last_window_is_expected_again() -> None:
     """Other processes that used most of the last window will again: the next one is spent one at a time
     from the start, so that each process meets at most one 429 in it."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 1))  # the others used 8 of 10
     first = grant(budget, 0.1 + W)
@@ -173,7 +173,7 @@ def test_the_others_use_of_the_last_window_is_expected_again() -> None:
 
 def test_far_from_the_limit_another_client_holds_nothing_back() -> None:
     """A huge budget shared with another client is still spent in parallel once the ramp is up."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(1_000_000, 999_000))  # someone else used 999
     in_flight: list[Ticket] = []
@@ -186,7 +186,7 @@ def test_far_from_the_limit_another_client_holds_nothing_back() -> None:
 
 def test_a_window_without_the_other_client_lifts_the_caution() -> None:
     """Once a whole window passes with no one else's use, the sole client is no longer careful."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 200, hints(10, 5))  # someone else: 4
     assert budget.view(0.1).shared
@@ -236,7 +236,7 @@ def test_the_gate_stays_closed_until_the_window_has_surely_ended(
     estimate_answered_at: float | None, retry_after: float, gate_opens: float
 ) -> None:
     """Retry-After: 0 arrives while up to a second of the window remains; the gate never opens early."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     if estimate_answered_at is not None:
         first = grant(budget, estimate_answered_at - 0.1)
         budget.answered(first, estimate_answered_at, 200, hints(10, 9))
@@ -247,7 +247,7 @@ def test_the_gate_stays_closed_until_the_window_has_surely_ended(
 
 def test_429_without_retry_after_waits_for_the_window_estimate_or_a_whole_window() -> None:
     """No hint: the gate waits for the budget's estimate, or a full window when it has none."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     probe = grant(budget, 0.0)
     budget.answered(probe, 0.1, 429, hints(10, 0))
     assert budget.gate_until == pytest.approx(0.1 + W)
@@ -258,7 +258,7 @@ def test_retry_after_as_http_date_and_absurd_values_reach_the_gate() -> None:
     wall = 1_800_000_000.0
     date = email.utils.formatdate(wall, usegmt=True)
     for value, expected in [(email.utils.formatdate(wall + 20, usegmt=True), 21.0), ("1e23", 7 * 86400.0 + 1)]:
-        budget = WindowBudget(W)
+        budget = WindowState(W)
         probe = grant(budget, 0.0)
         headers = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "Retry-After": value, "Date": date}
         budget.answered(probe, 0.0, 429, parse_rate_limit_headers(headers, now=wall + 500))
@@ -277,7 +277,7 @@ def test_a_limit_that_changes_applies_at_once() -> None:
 
 def test_missing_headers_fall_back_to_the_documented_limit() -> None:
     """If a proxy strips the rate-limit headers, the budget assumes 60 per window rather than stalling."""
-    budget = WindowBudget(W)
+    budget = WindowState(W)
     sent = 0
     for _ in range(10):
         for ticket in grants(budget, 0.2):
@@ -404,7 +404,7 @@ def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     faults_until=st.floats(0.0, 10.0),
     limit_changes=st.lists(st.tuples(st.floats(0.0, 10.0), st.integers(1, 10)), max_size=3),
 )
-def test_with_drops_timeouts_and_limit_changes_no_wait_is_endless_and_every_call_completes(
+def test_with_drops_timeouts_and_limit_changes_no_wait_is_endless_and_every_call_completes(  # noqa: PLR0913, PLR0917, RUF100 -- one argument per @given strategy
     limit: int,
     window: float,
     requests: int,

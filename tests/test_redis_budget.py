@@ -5,19 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import time
-from collections.abc import Coroutine
-from typing import Any
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
-from wemasy_async import RateLimitError, RateLimitHeaders
-from wemasy_async._rate_limit import Ticket, Wait, WindowBudget
-from wemasy_async._redis_budget import FleetTicket, RedisBudget, RedisUnavailableError, redis_keys
+from wemasy_async import RateLimitHeaders
+from wemasy_async.budgets import Ticket, Wait, WindowState
+from wemasy_async.budgets._redis import FleetTicket, RedisBudget, RedisUnavailableError, redis_keys
 
 W = 2.0
 _tokens = itertools.count()
@@ -100,7 +96,7 @@ async def test_the_lua_budget_takes_every_branch_as_the_reference(
 
 
 async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float) -> None:
-    reference = WindowBudget(W)
+    reference = WindowState(W)
     fleet = RedisBudget(redis_url, "http://127.0.0.1/api", f"token-{next(_tokens)}", window_seconds=W)
     fleet.lease_seconds = 1e6  # no lease runs out here: that is not in the reference
     now = start
@@ -155,7 +151,7 @@ def _same_wait(expected: Wait, seconds: bytes, now: float) -> None:
         assert float(seconds) == pytest.approx(expected.until - now, abs=1e-6)
 
 
-def _same_view(reference: WindowBudget, fleet: RedisBudget, now: float) -> None:
+def _same_view(reference: WindowState, fleet: RedisBudget, now: float) -> None:
     want, got = reference.view(now), fleet._view
     assert got is not None
     assert (got.limit, got.remaining, got.in_flight, got.shared) == (
@@ -307,43 +303,6 @@ async def test_an_answer_redis_did_not_take_is_sent_again(redis_server: RedisSer
         assert await _leases(redis_url, token) == 0
     finally:
         await fleet.aclose()
-
-
-async def test_a_call_queued_behind_its_process_keeps_its_deadline_and_gate_rules(redis_url: str) -> None:
-    """The first caller waits for the next window; one queued behind it in the same process whose deadline
-    comes before that fails at once, as with the in-process budget; so does one whose max_gate_wait is
-    shorter than a closed gate."""
-    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-queued", window_seconds=60.0)
-    try:
-        ticket = await fleet.acquire()
-        await fleet.answered(ticket, 200, RateLimitHeaders(1, 0))  # the window is spent
-        reasons: list[str] = []
-        first = asyncio.ensure_future(fleet.acquire(lambda event: reasons.append(event.reason)))
-        for _ in range(100):
-            if getattr(fleet, "_first_until", None) is not None:
-                break
-            await asyncio.sleep(0)  # the first caller's turn: asks Redis, then waits for the window
-        assert reasons == ["window"]
-        assert isinstance(await _refused(fleet.acquire(deadline=time.monotonic() + 1.0)), TimeoutError)
-        fleet._view = attrs.evolve(fleet._view, gate_closed_for=30.0)  # as read after a 429
-        assert isinstance(await _refused(fleet.acquire(max_gate_wait=1.0)), RateLimitError)
-        assert not first.done()
-        first.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        assert not fleet._turn.locked()  # type: ignore[union-attr]
-    finally:
-        await fleet.aclose()
-
-
-async def _refused(call: Coroutine[Any, Any, FleetTicket]) -> BaseException | None:
-    """The error the call raised (it must end long before the first caller's wait of a window)."""
-    task = asyncio.ensure_future(call)
-    await asyncio.wait((task,), timeout=20)
-    if not task.done():
-        task.cancel()
-        return None
-    return task.exception()
 
 
 async def test_a_name_abandoned_before_its_acquire_runs_is_granted_nothing(redis_url: str) -> None:

@@ -27,8 +27,7 @@ from wemasy_async import (
     WaitEvent,
     WemasyClient,
 )
-from wemasy_async._rate_limit import WindowBudget
-from wemasy_async._scheduler import shared_budget
+from wemasy_async.budgets import WindowState, shared_budget
 from wemasy_async.testing import CannedResponse, Fault, RequestRecord, WemasyEmulator
 
 LIMIT, WINDOW = 5, 0.5
@@ -60,7 +59,7 @@ class OpenBudget:
         pass
 
     def view(self) -> RateLimitView:
-        return WindowBudget().view(0.0)
+        return WindowState().view(0.0)
 
     async def aclose(self) -> None:
         pass

@@ -43,11 +43,10 @@ from ._models import (
     SendcloudIntegration,
 )
 from ._protocol import RateLimitHeaders
-from ._rate_limit import RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
-from ._scheduler import Budget, BudgetEvent, RateLimitBudget, RetryEvent, WaitEvent
 from ._types import NOT_GIVEN
 from ._version import __version__
+from .budgets import Budget, BudgetEvent, RateLimitBudget, RateLimitView, RetryEvent, WaitEvent
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

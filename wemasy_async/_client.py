@@ -48,12 +48,11 @@ from ._protocol import (
     validate_token,
     validate_user_agent,
 )
-from ._rate_limit import RETRY_AFTER_ROUNDING, RateLimitView
 from ._retry import NO_RETRIES, RetryPolicy
-from ._scheduler import Budget, RetryEvent, SchedulerEvent, WaitEvent, shared_budget
 from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport
 from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
+from .budgets import RETRY_AFTER_ROUNDING, Budget, RateLimitView, RetryEvent, SchedulerEvent, WaitEvent, budget_for
 from .resources.sendcloud import SendcloudResource
 
 __all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_timeout"]
@@ -182,22 +181,17 @@ class WemasyClient:
             self._ceiling = AsyncLimiter(*_checked_ceiling(rate_ceiling))
         self._on_event = on_event
         redis_url = redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV_VAR) or None
-        local = shared_budget(self.base_url, self._token, window_seconds=window_seconds)
-        self._owns_budget = budget is None and redis_url is not None
-        if budget is not None:
-            self._budget: Budget[Any] = budget
-        elif redis_url is not None:
-            self._budget = _redis_budget(
-                redis_url,
-                self.base_url,
-                self._token,
-                window_seconds=window_seconds or local.window_seconds,
-                lease_seconds=max(10.0, (_total_seconds(self.timeout) or 60.0) + 5.0),
-                fallback=local,
-                on_event=self._emit,
-            )
-        else:
-            self._budget = local
+        chosen = budget_for(
+            self.base_url,
+            self._token,
+            budget=budget,
+            redis_url=redis_url,
+            window_seconds=window_seconds,
+            lease_seconds=max(10.0, (_total_seconds(self.timeout) or 60.0) + 5.0),
+            on_event=self._emit,
+        )
+        self._budget: Budget[Any] = chosen.budget
+        self._owns_budget = chosen.owned
         self._random = random.Random()
         self._conn = _Connection(session)
         if session is None and trust_env:
@@ -587,22 +581,6 @@ class WemasyClient:
             error.args = (error.message,)
             return error
         raise AssertionError("a 429 always deciphers to RateLimitError")  # pragma: no cover
-
-
-def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> Budget[Any]:
-    """A budget shared through Redis; the ``redis`` extra is imported only when one is asked for."""
-    if not isinstance(redis_url, str) or not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError("redis_url must be a redis://, rediss:// or unix:// URL")
-    try:
-        from ._redis_budget import RedisBudget
-    except ImportError:
-        raise ConfigurationError(
-            'a shared budget through Redis needs the redis extra: pip install "wemasy-async[redis]"'
-        ) from None
-    try:
-        return RedisBudget(redis_url, base_url, token, **options)
-    except ValueError:  # its text may repeat the URL, password and all
-        raise ConfigurationError("redis_url is not a usable Redis URL (redis://[:password@]host:port/db)") from None
 
 
 def _total_seconds(timeout: float | aiohttp.ClientTimeout | None) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
-from .._scheduler import SchedulerEvent, WaitEvent
+from ..budgets import SchedulerEvent, WaitEvent
 
 __all__ = ["PushProgress"]
 

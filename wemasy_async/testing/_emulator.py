@@ -22,7 +22,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, TypeAlias
 import attrs
 from aiohttp import web
 
-from .._scheduler import forget_shared_budgets
+from ..budgets import forget_shared_budgets
 from ._throttle import FixedWindowThrottle, ThrottleDecision
 
 __all__ = ["CannedResponse", "Fault", "FaultSwitches", "RequestRecord", "WemasyEmulator"]

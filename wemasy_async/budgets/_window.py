@@ -1,44 +1,7 @@
 """The rate-limit state machine: one token's budget against Laravel's fixed window, as pure state.
 
-The server counts requests per user in a window that starts with the first request and says how many
-remain, but not when the window ends (except in a 429). From the client's side:
-
-* The limit is unknown until the first answer, so one request goes out alone to learn it.
-* A window's end is estimated as (first answer of the window) + ``window_seconds``. The server's window
-  began when some request *arrived*, which is before that answer, so the estimate is never early: a
-  request sent after it cannot land in the old window. It is late by at most one round trip.
-* A window whose requests all went unanswered (dropped, timed out) still ends: each of them arrived, if it
-  arrived at all, before it was given up, so every window it could have opened is over ``window_seconds``
-  after the last of them was settled. Once nothing is in flight the budget waits for that, never for an
-  answer that cannot come.
-* What is used in the window is our grants in it plus a lower bound on everyone else's:
-  ``count - our grants``, where ``count = limit - X-RateLimit-Remaining`` of an answer. For a sole client
-  that bound is 0 and the budget is spent exactly, however answers are reordered in flight.
-* An answer whose count is no larger than the number of our answers that came back before its request
-  was sent cannot be from the same window: the server started a new one earlier than estimated, and the
-  state follows it.
-* A window opens with a ramp (slow start): one request alone, then no more in flight than answers heard
-  in the window, so its count, and so other clients' use of it, is known before many requests are
-  committed. A process that shares the token with others learns of them before it can meet more than
-  one 429. Once a whole window showed no one else, the next opens at once: a sole client pays the ramp
-  in its first window only.
-* Once another client has been seen on the token, the last slots of a window go out one at a time:
-  parallel sending stops while no more slots are free than the others may still use (twice what they
-  have used in this window, plus our requests in flight that hide theirs from the count, or what they
-  used in the last window, whichever is more). With several processes on one token and no shared store,
-  each then meets at most one 429 per window in the simulations at Wemasy's small limits. Far from the
-  limit nothing is held back, and a window with no sign of another client lifts all this.
-* A server window far shorter than ``window_seconds`` shows itself when a window begins anew before half
-  of ours is over while no one else was seen and every request was answered. The budget stays safe, but
-  most of the server's budget goes unused: the sign is kept as a message in :attr:`WindowBudget.mismatch`
-  (the scheduler logs it once). (A longer server window shows itself in 429s, which are logged anyway.)
-* A 429 closes the gate for everyone until the window has surely ended. Laravel's ``Retry-After`` is the
-  seconds left rounded *down*, so the window's true end lies in ``[now + Retry-After, now + Retry-After
-  + 1 s)``: the gate opens at the budget's own never-early estimate kept within that interval (its upper
-  end when there is no estimate, or one that the interval shows wrong). Without ``Retry-After`` it waits
-  for the estimate, or a whole window.
-
-Nothing here sleeps or reads a clock: every method takes ``now`` (monotonic seconds).
+Nothing here sleeps or reads a clock: every method takes ``now``, so it is tested step by step and the
+Lua port is checked against it decision by decision. The design: docs/design/rate-limit.md.
 """
 
 from __future__ import annotations
@@ -47,9 +10,9 @@ import math
 
 import attrs
 
-from ._protocol import RateLimitHeaders
+from .._protocol import RateLimitHeaders
 
-__all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowBudget"]
+__all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowState"]
 
 #: A 429 that says "retry now" still waits this long, so a late clock cannot spin.
 MIN_THROTTLE_WAIT = 0.05
@@ -62,7 +25,7 @@ class Ticket:
     """Permission to send one request, and what the budget needs to read its answer. Opaque to callers."""
 
     epoch: int
-    #: Counted answers of this epoch received before the grant (see the module doc).
+    #: Counted answers of this epoch received before the grant (see docs/design/rate-limit.md).
     answers_before: int
     settled: bool = False
 
@@ -114,8 +77,8 @@ class RateLimitView:
     waited_seconds: float
 
 
-class WindowBudget:
-    """One token's budget against a fixed window of ``window_seconds`` (see the module doc).
+class WindowState:
+    """One token's budget against a fixed window of ``window_seconds`` (see docs/design/rate-limit.md).
 
     ``assumed_limit`` is used only if answers never carry ``X-RateLimit-Limit`` (a proxy strips it).
     """
@@ -176,16 +139,24 @@ class WindowBudget:
             return Wait(None, "probe")  # the ramp: no more in flight than answers heard in this window
         free = limit - self._granted - self._others
         if free <= 0:
-            if self._window_end is None:
-                if self._in_flight:
-                    return Wait(None, "window")
-                # No answer dated this window, and none can come: it is over a window after the last
-                # request of ours was given up (see the module doc).
-                self._window_end = self._last_settled + self.window_seconds
-                if now >= self._window_end:
-                    self._new_epoch(window_end=None, carried=0, others=0)
-                    return None
-            return Wait(self._window_end, "window")
+            return self._spent(now)
+        return self._held_for_others(free)
+
+    def _spent(self, now: float) -> Wait | None:
+        """The window is spent: wait for its end, or an answer that dates it; None if it has just ended."""
+        if self._window_end is None:
+            if self._in_flight:
+                return Wait(None, "window")
+            # No answer dated this window, and none can come: it is over a window after the last request of
+            # ours was given up (see docs/design/rate-limit.md).
+            self._window_end = self._last_settled + self.window_seconds
+            if now >= self._window_end:
+                self._new_epoch(window_end=None, carried=0, others=0)
+                return None
+        return Wait(self._window_end, "window")
+
+    def _held_for_others(self, free: int) -> Wait | None:
+        """Another client uses the token: the window's last ``free`` slots go one at a time."""
         before = self._others_before or 0
         if self._in_flight and (before or self._others_learned):
             # Others may use as much again as they have in this window (they may be ramping up as we are, and

@@ -1,11 +1,7 @@
-"""The shared rate-limit budget: one per (base URL, token) in the process, behind a small interface.
+"""The in-process budget: one per (base URL, token) in the process, shared by its clients, tasks and threads.
 
-Every request of every client asks the budget for a ticket before it is sent and reports the answer after.
-The state machine (:class:`WindowBudget`) decides; this module only queues and waits. Callers wait first
-come, first served; each freed slot is handed, as a ticket, to the next waiter in line, and wakes it
-alone, so waking costs a constant per grant however many wait, and a queue drains at once. A budget may be shared by
-clients on different event loops and threads, so it uses a thread lock and wakes each waiter on its own
-loop.
+:class:`WindowState` decides; this module only queues callers first come, first served, hands each freed
+slot to the next in line, and wakes each waiter on its own loop. The design: docs/design/rate-limit.md.
 """
 
 from __future__ import annotations
@@ -18,127 +14,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from ._errors import RateLimitError
-from ._protocol import RateLimitHeaders
-from ._rate_limit import RateLimitView, Ticket, Wait, WindowBudget
+from .._protocol import RateLimitHeaders
+from ._window import RateLimitView, Ticket, Wait, WindowState
+from .base import WaitEvent, gate_closed_error
 
-__all__ = [
-    "Budget",
-    "BudgetEvent",
-    "RateLimitBudget",
-    "RetryEvent",
-    "SchedulerEvent",
-    "WaitEvent",
-    "forget_shared_budgets",
-    "gate_closed_error",
-    "shared_budget",
-]
+__all__ = ["RateLimitBudget", "forget_shared_budgets", "shared_budget"]
 
 logger = logging.getLogger("wemasy_async")
-
-TicketT = TypeVar("TicketT")
-
-
-@attrs.frozen
-class WaitEvent:
-    """A call is about to wait for the budget.
-
-    ``reason`` is ``window`` (budget spent until the window ends), ``gate`` (a 429 closed it),
-    ``probe`` (requests are out learning the limit or the window's count), ``shared`` (another client
-    uses the token, so the window's last slots go one at a time), ``queue`` (earlier calls wait first)
-    or ``ceiling`` (the client's own ceiling). ``seconds`` is the expected wait, or None when it ends
-    with an answer.
-    """
-
-    reason: str
-    seconds: float | None
-
-
-@attrs.frozen
-class RetryEvent:
-    """A call is about to be re-sent after ``cause`` (a status such as 429/503, or an error name)."""
-
-    attempt: int
-    delay: float
-    cause: str
-    method: str
-    path: str
-
-
-@attrs.frozen
-class BudgetEvent:
-    """A budget shared through Redis changed hands: ``backend`` is ``local`` when Redis stopped answering
-    (this process now counts on its own) and ``redis`` when it answers again."""
-
-    backend: str
-    reason: str
-
-
-SchedulerEvent = WaitEvent | RetryEvent | BudgetEvent
-
-
-@runtime_checkable
-class Budget(Protocol[TicketT]):
-    """A token's rate-limit budget, as the client uses it. :class:`RateLimitBudget` is the in-process one;
-    a budget shared across processes implements the same methods.
-
-    The client, for every HTTP exchange: takes a ticket (:meth:`try_acquire`, else :meth:`acquire`), sends,
-    then settles the ticket exactly once: :meth:`answered` with the status and parsed rate-limit headers,
-    :meth:`no_answer` when the request may have reached the server but got no answer (dropped, timed out,
-    cancelled in flight), or :meth:`release` when it surely did not (cancelled before sending, connection
-    refused). The ticket is opaque to the client.
-
-    What every budget must do:
-
-    * Close its gate on a 429 for every caller until the server's window has surely ended. The client
-      re-sends a throttled request at once through :meth:`acquire`, without a delay of its own, and does
-      not count it as a failed attempt.
-    * Never make a caller wait for an answer when nothing is in flight: every wait then has an end.
-    * Raise :class:`RateLimitError` from :meth:`acquire`, at once, while the gate is closed for longer than
-      the caller's ``max_gate_wait``; raise :class:`TimeoutError` when no ticket can be had before the
-      caller's ``deadline`` (at once if the wait is known to end after it).
-    * Give up a waiter's place when its ``acquire`` is cancelled.
-    """
-
-    def try_acquire(self) -> TicketT | None:
-        """A ticket if one is free right now without waiting or I/O (a budget that needs I/O returns None)."""
-        ...
-
-    async def acquire(
-        self,
-        on_wait: Callable[[WaitEvent], None] | None = None,
-        *,
-        max_gate_wait: float = math.inf,
-        deadline: float | None = None,
-    ) -> TicketT:
-        """Wait for a ticket. ``deadline`` is a ``time.monotonic()`` time."""
-        ...
-
-    async def release(self, ticket: TicketT) -> None: ...
-
-    async def no_answer(self, ticket: TicketT) -> None: ...
-
-    async def answered(self, ticket: TicketT, status: int, hints: RateLimitHeaders) -> float:
-        """Report an answer; return the seconds the gate stays closed from now (0 when it is open)."""
-        ...
-
-    def count_retry(self) -> None: ...
-
-    def view(self) -> RateLimitView: ...
-
-    async def aclose(self) -> None:
-        """Let go of what the budget holds (connections, timers); the in-process budget holds nothing."""
-        ...
-
-
-def gate_closed_error(seconds: float, max_gate_wait: float) -> RateLimitError:
-    """The error for a call that will not wait behind a gate a 429 closed for ``seconds``."""
-    message = f"The rate limit's gate is closed for {seconds:.0f} s after a 429, longer than this call waits."
-    return RateLimitError(message, retry_after=seconds, status_code=429, body=None, raw_text="", headers=None)
 
 
 @attrs.define(eq=False)
@@ -149,11 +34,22 @@ class _Waiter:
     ticket: Ticket | None = None
 
 
+@attrs.frozen
+class _Pause:
+    """A round of :meth:`RateLimitBudget.acquire` that found no ticket: what to wait on, why, how long."""
+
+    future: asyncio.Future[None]
+    reason: str
+    #: The expected wait as reported to the caller (None: until an answer or a turn).
+    seconds: float | None
+    timeout: float | None
+
+
 class RateLimitBudget:
     """One token's budget in this process. Thread-safe; callers on any event loop may share it."""
 
     def __init__(self, window_seconds: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.state = WindowBudget(window_seconds)
+        self.state = WindowState(window_seconds)
         self._clock = clock
         self._lock = threading.Lock()
         self._queue: deque[_Waiter] = deque()
@@ -199,61 +95,68 @@ class RateLimitBudget:
             while True:
                 with self._lock:
                     now = self._clock()
-                    if waiter.ticket is not None:  # handed one in turn (and taken out of the queue)
-                        ticket, waiter.ticket, waiter.future = waiter.ticket, None, None
+                    turn = self._take_turn(waiter, now, max_gate_wait, deadline)
+                    if isinstance(turn, Ticket):
                         if waited_since is not None:
                             self.state.stats.waited_seconds += now - waited_since
-                        return ticket
-                    queue = self._queue
-                    while queue and queue[0] is not waiter and queue[0].loop.is_closed():
-                        queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
-                    first = not queue or queue[0] is waiter
-                    if first:
-                        decision: Ticket | Wait | None = self.state.try_acquire(now)
-                        if isinstance(decision, Ticket):
-                            if self._queue:
-                                self._queue.popleft()
-                                self._hand_out()  # tickets may be free for the next ones too
-                            if waited_since is not None:
-                                self.state.stats.waited_seconds += now - waited_since
-                            waiter.future = None
-                            return decision
-                    else:
-                        decision = self.state.peek(now)
-                    gate = self.state.gate_until - now
-                    if gate > max_gate_wait:
-                        raise gate_closed_error(gate, max_gate_wait)
-                    if decision is not None and decision.until is not None:
-                        until: float | None = decision.until
-                    else:
-                        until = None
-                    # Nobody behind the first is served before the first's wait ends, so a wait known to end
-                    # after the deadline fails at once wherever the caller is in the queue.
-                    if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
-                        raise TimeoutError("no rate-limit budget before the deadline")
-                    if waiter.future is None:
-                        self._queue.append(waiter)
-                    waiter.future = waiter.loop.create_future()
-                    future = waiter.future
+                        return turn
                 if waited_since is None:
                     waited_since = now
-                # The first in the queue waits for the budget's time, the others for their turn, and for that
-                # time too: if the first's loop closed meanwhile, it is dropped then.
-                timeout = max(0.0, until - now) if until is not None else None
-                if deadline is not None:
-                    timeout = min(timeout if timeout is not None else math.inf, max(0.0, deadline - now))
-                reason = decision.reason if decision is not None else "queue"
-                if not first and reason not in ("gate", "window"):
-                    reason = "queue"
-                if reason != last_reason:
-                    last_reason = reason
-                    seconds = max(0.0, decision.until - now) if decision is not None and decision.until else None
-                    self._report_wait(reason, seconds, on_wait)
-                await asyncio.wait((future,), timeout=timeout)
+                if turn.reason != last_reason:
+                    last_reason = turn.reason
+                    self._report_wait(turn.reason, turn.seconds, on_wait)
+                await asyncio.wait((turn.future,), timeout=turn.timeout)
         finally:
             if waiter.future is not None:
                 with self._lock:
                     self._leave(waiter)
+
+    def _take_turn(self, waiter: _Waiter, now: float, max_gate_wait: float, deadline: float | None) -> Ticket | _Pause:
+        """One round of :meth:`acquire`, with the lock held: a ticket, or the wait before the next round."""
+        if waiter.ticket is not None:  # handed one in turn (and taken out of the queue)
+            ticket, waiter.ticket, waiter.future = waiter.ticket, None, None
+            return ticket
+        queue = self._queue
+        while queue and queue[0] is not waiter and queue[0].loop.is_closed():
+            queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
+        first = not queue or queue[0] is waiter
+        decision = self.state.try_acquire(now) if first else self.state.peek(now)
+        if isinstance(decision, Ticket):
+            if queue:
+                queue.popleft()
+                self._hand_out()  # tickets may be free for the next ones too
+            waiter.future = None
+            return decision
+        until = decision.until if decision is not None else None
+        self._refuse_hopeless(now, until, max_gate_wait, deadline)
+        return self._pause(waiter, decision, first, now, deadline)
+
+    def _refuse_hopeless(self, now: float, until: float | None, max_gate_wait: float, deadline: float | None) -> None:
+        """Fail a caller at once whose wait is known to be longer than it accepts."""
+        gate = self.state.gate_until - now
+        if gate > max_gate_wait:
+            raise gate_closed_error(gate, max_gate_wait)
+        # Nobody behind the first is served before the first's wait ends, so a wait known to end after the
+        # deadline fails at once wherever the caller is in the queue.
+        if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
+            raise TimeoutError("no rate-limit budget before the deadline")
+
+    def _pause(self, waiter: _Waiter, decision: Wait | None, first: bool, now: float, deadline: float | None) -> _Pause:
+        """Queue the waiter (if it is not yet) with a fresh future, and say how long and why it waits."""
+        if waiter.future is None:
+            self._queue.append(waiter)
+        waiter.future = waiter.loop.create_future()
+        until = decision.until if decision is not None else None
+        # The first in the queue waits for the budget's time, the others for their turn, and for that time
+        # too: if the first's loop closed meanwhile, it is dropped then.
+        timeout = max(0.0, until - now) if until is not None else None
+        if deadline is not None:
+            timeout = min(timeout if timeout is not None else math.inf, max(0.0, deadline - now))
+        reason = decision.reason if decision is not None else "queue"
+        if not first and reason not in ("gate", "window"):
+            reason = "queue"
+        seconds = max(0.0, decision.until - now) if decision is not None and decision.until else None
+        return _Pause(waiter.future, reason, seconds, timeout)
 
     def _leave(self, waiter: _Waiter) -> None:
         # A waiter that gives up (cancelled, timed out, refused): out of the queue, and if it was first, or
@@ -364,7 +267,7 @@ class RateLimitBudget:
             return gate
 
     def expect_others(self) -> None:
-        """Other processes use this token too, from now on (see :meth:`WindowBudget.expect_others`)."""
+        """Other processes use this token too, from now on (see :meth:`WindowState.expect_others`)."""
         with self._lock:
             self.state.expect_others()
 

@@ -1,9 +1,5 @@
--- The rate-limit state machine of _rate_limit.py (WindowBudget), kept in Redis for a fleet of processes.
---
--- A line-for-line port: every decision here must equal the Python reference's for the same sequence of
--- calls and times (a property test drives both). What differs: the time is Redis's own TIME (one clock
--- for every host), and a ticket in flight is a lease in a sorted set, scored by its deadline. A lease
--- that runs out (its process died) is settled as a request without an answer at its deadline.
+-- WindowState (budgets/_window.py) kept in Redis for a fleet: a line-for-line port, so every decision
+-- equals the Python reference's (a property test drives both); the design is in docs/design/fleet.md.
 --
 -- KEYS[1] the state hash, KEYS[2] the leases (sorted set), KEYS[3] the wake channel, KEYS[4] the names of
 -- tickets whose caller left before its acquire was run (sorted set, scored by when they are forgotten).
@@ -119,7 +115,7 @@ local function gate_left()
   return math.max(0, s.gate - now)
 end
 
--- WindowBudget.peek: nil when a ticket is free, else {reason, until (or nil: at the next answer)}.
+-- WindowState.peek: nil when a ticket is free, else {reason, until (or nil: at the next answer)}.
 local function peek()
   if now < s.gate then return {'gate', s.gate} end
   if s.window_end ~= nil and now >= s.window_end then new_epoch(nil, in_flight, 0) end
@@ -265,7 +261,7 @@ else
   return redis.error_reply('unknown operation ' .. tostring(op))
 end
 
--- WindowBudget.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
+-- WindowState.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
 -- requests sent and 429s.
 local window_open = s.window_end ~= nil and now < s.window_end
 local remaining, ends_in = nil, nil

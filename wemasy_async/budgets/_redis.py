@@ -1,25 +1,8 @@
-"""One budget for a fleet: a token's rate-limit budget kept in Redis, shared by every process and host.
+"""The fleet's budget: a token's rate-limit budget kept in Redis, shared by every process and host.
 
-The state machine is :mod:`._rate_limit`'s, ported line for line to one Lua script
-(``_window_budget.lua``) so that every transition is atomic in Redis; Redis's ``TIME`` is its only clock,
-so hosts whose clocks differ still agree. A request in flight holds a lease that runs out
-``lease_seconds`` after it was granted: a process killed mid-request frees its place then. Keys are named
-by a hash of (base URL, token), never the token, and expire when the token has been idle a while.
-
-Each request costs two round trips: one to take a ticket, one to report the answer. Each ticket is named
-by the process before it asks, so a grant whose caller left (Redis answered too late, or the caller was
-cancelled) is given back by name; a report Redis did not take is kept and sent again, every
-``poll_seconds``, until Redis takes it; a lease whose holder left thus never holds the fleet up for longer
-than Redis is away. A caller that must wait
-for an answer (the window's first request is out, or its last slots go one at a time) is woken by a
-message on the token's channel when any process reports one, and polls every ``poll_seconds`` besides.
-
-Redis is a help, never a dependency: when it does not answer within ``redis_timeout`` seconds (or fails
-in any way) the budget falls back to the process's own in-process budget, says so once in the log and to
-``on_event``, and tries Redis again ``retry_seconds`` later (5 s, or half a window if shorter). No call
-fails because Redis did.
-
-Needs the ``redis`` extra: ``pip install "wemasy-async[redis]"``.
+:class:`WindowState` ported to one Lua script (``_redis_window.lua``) so that each transition is atomic;
+while Redis is away the process's own budget stands in. Needs the ``redis`` extra. The design:
+docs/design/fleet.md.
 """
 
 from __future__ import annotations
@@ -41,15 +24,16 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._protocol import RateLimitHeaders
-from ._rate_limit import RateLimitView, Ticket
-from ._scheduler import BudgetEvent, RateLimitBudget, SchedulerEvent, WaitEvent, gate_closed_error
+from .._protocol import RateLimitHeaders
+from ._local import RateLimitBudget
+from ._window import RateLimitView, Ticket
+from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error
 
 __all__ = ["LUA_SOURCE", "RedisBudget", "redis_keys"]
 
 logger = logging.getLogger("wemasy_async")
 
-LUA_SOURCE = importlib.resources.files(__package__).joinpath("_window_budget.lua").read_text(encoding="utf-8")
+LUA_SOURCE = importlib.resources.files(__package__).joinpath("_redis_window.lua").read_text(encoding="utf-8")
 
 
 def redis_keys(base_url: str, token: str) -> list[str]:
@@ -115,7 +99,7 @@ class RedisBudget:
         on_event: called with a :class:`BudgetEvent` when the budget leaves Redis and when it comes back.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100 -- the options after the token are keyword-only, each with a default
         self,
         redis_url: str,
         base_url: str,

@@ -1,0 +1,85 @@
+"""Helpers for the budget tests: a settable clock, a stall detector and a caller waiting on a budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, ClassVar, TypeVar
+
+from wemasy_async import Budget, WaitEvent
+
+T = TypeVar("T")
+
+#: Long enough to mean "it hangs"; only a failing test ever waits this long. A stall detector, not a speed bound.
+HANG = 10.0
+
+
+class Hung(AssertionError):
+    """A wait that should have ended did not (not a TimeoutError, which some tests expect)."""
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or Hung if it has none after HANG seconds (it detects a stall, not a speed)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait((task,), timeout=HANG)
+    if not done:
+        task.cancel()
+        raise Hung(f"still waiting after {HANG} s")
+    return task.result()
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def take(budget: Budget[Any]) -> Any:
+    """A ticket: at once when one is free without I/O, else through ``acquire``."""
+    ticket = budget.try_acquire()
+    return ticket if ticket is not None else await within(budget.acquire())
+
+
+class Caller:
+    """One ``acquire`` running as a task, with the waits it reported."""
+
+    #: Every caller's task, so that a failed test's waiting callers can be cancelled (:meth:`cancel_all`).
+    running: ClassVar[list[asyncio.Future[Any]]] = []
+
+    def __init__(self, budget: Budget[Any], **options: Any) -> None:
+        self.events: list[WaitEvent] = []
+        self._reported = asyncio.Event()
+        self.task: asyncio.Future[Any] = asyncio.ensure_future(budget.acquire(self._on_wait, **options))
+        self.running.append(self.task)
+
+    @classmethod
+    async def cancel_all(cls) -> None:
+        tasks, cls.running[:] = list(cls.running), []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _on_wait(self, event: WaitEvent) -> None:
+        self.events.append(event)
+        self._reported.set()
+
+    async def reported(self, *reasons: str) -> WaitEvent:
+        """The first wait it reported (for one of ``reasons``, if given), once it has; it must still wait."""
+        while True:
+            for event in self.events:
+                if not reasons or event.reason in reasons:
+                    assert not self.task.done(), self.task
+                    return event
+            assert not self.task.done(), self.task
+            self._reported.clear()
+            waiting = asyncio.ensure_future(self._reported.wait())
+            await within(asyncio.wait((waiting, self.task), return_when=asyncio.FIRST_COMPLETED))
+            waiting.cancel()
+
+    async def cancelled(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)

@@ -1,0 +1,267 @@
+"""What every budget must do, run against each backend through the ``Budget`` protocol only.
+
+A new backend joins by adding one entry to ``BACKENDS``. The in-process budget runs on a settable clock;
+the Redis one decides on Redis's ``TIME``, so the tests assert order and outcomes, never durations: windows
+are either long (nothing ends during a test) or short (the test waits for them to end, whatever it takes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.budget_helpers import Caller, FakeClock, take, within
+from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders
+from wemasy_async.budgets._redis import RedisBudget
+
+#: A window no test sees the end of.
+LONG = 60.0
+#: A window the test waits out (its end is the budget's business, not a speed the test asserts).
+SHORT = 0.3
+_tokens = itertools.count()
+
+
+@attrs.define
+class Backend:
+    """How to make one backend's budgets for a test, on a clock the test may move (for deadlines)."""
+
+    clock: FakeClock
+    make: Callable[[float], Budget[Any]]
+
+
+def _in_process(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[[float], Budget[Any]]:
+    return lambda window_seconds: RateLimitBudget(window_seconds, clock=clock)
+
+
+def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[[float], Budget[Any]]:
+    redis_url: str = request.getfixturevalue("redis_url")  # a private redis-server: fails, never skips
+    token = f"contract-{next(_tokens)}"
+    return lambda window_seconds: RedisBudget(
+        redis_url, "http://127.0.0.1/api", token, window_seconds=window_seconds, clock=clock
+    )
+
+
+BACKENDS = {"in-process": _in_process, "redis": _redis}
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    clock = FakeClock(1000.0)
+    made: list[Budget[Any]] = []
+    factory = BACKENDS[request.param](request, clock)
+
+    def make(window_seconds: float) -> Budget[Any]:
+        made.append(factory(window_seconds))
+        return made[-1]
+
+    yield Backend(clock, make)
+    # Callers a failed test left waiting go first, so that a failure is reported, never a hang.
+    await within(Caller.cancel_all())
+    for budget in made:
+        await within(budget.aclose())
+
+
+async def spent(budget: Budget[Any]) -> None:
+    """Spend a window of 2 requests, both answered: nothing is in flight and the window has a known end."""
+    probe = await take(budget)
+    await budget.answered(probe, 200, RateLimitHeaders(2, 1))
+    await budget.answered(await take(budget), 200, RateLimitHeaders(2, 0))
+
+
+# --- order -----------------------------------------------------------------------------------------------
+
+
+async def test_waiters_are_served_in_the_order_they_came(backend: Backend) -> None:
+    """Callers queue behind the window's first request; as answers free slots, tickets go in arrival
+    order, and a later caller does not overtake the queue on the fast path."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    served: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def caller(index: int, ready: Caller) -> None:
+        served.put_nowait((index, await ready.task))
+
+    callers: list[Caller] = []
+    for _ in range(5):
+        callers.append(Caller(budget))
+        await callers[-1].reported()
+    tasks = [asyncio.ensure_future(caller(i, c)) for i, c in enumerate(callers)]
+    remaining = 99
+    await budget.answered(probe, 200, RateLimitHeaders(100, remaining))
+    assert budget.try_acquire() is None  # the waiters come first, though a slot is free
+    order: list[int] = []
+    while len(order) < len(callers):
+        index, ticket = await within(served.get())
+        order.append(index)
+        remaining -= 1
+        await budget.answered(ticket, 200, RateLimitHeaders(100, remaining))
+    await asyncio.gather(*tasks)
+    assert order == list(range(len(callers)))
+
+
+async def test_one_freed_slot_lets_one_waiter_go(backend: Backend) -> None:
+    """An answer that leaves one slot in the window lets the first waiter go and no other; a slot given
+    back (its request never left) goes to the next in line, and only to it."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    callers: list[Caller] = []
+    for _ in range(4):
+        callers.append(Caller(budget))
+        await callers[-1].reported()
+    await budget.answered(probe, 200, RateLimitHeaders(3, 2))
+    await budget.answered(await within(callers[0].task), 200, RateLimitHeaders(3, 1))  # one slot left
+    ticket = await within(callers[1].task)
+    await callers[2].reported("window")  # still waiting, now for the window's end
+    assert budget.view().in_flight == 1
+    await budget.release(ticket)  # its request never reached the server: the place goes back
+    await within(callers[2].task)
+    await callers[3].reported("window")
+    assert budget.view().in_flight == 1
+    await callers[3].cancelled()
+
+
+# --- the gate a 429 closes -------------------------------------------------------------------------------
+
+
+async def test_a_429_closes_the_gate_for_every_later_caller(backend: Backend) -> None:
+    """After a 429 with Retry-After, a caller that was waiting and one that comes later both wait for the
+    gate; nothing is granted on the fast path."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    waiting = Caller(budget)
+    await waiting.reported()
+    gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 30.0))
+    assert 30.0 <= gate <= 31.0
+    event = await waiting.reported("gate")
+    assert event.seconds is not None
+    assert 29.0 <= event.seconds <= 31.0
+    assert budget.try_acquire() is None
+    later = Caller(budget)
+    await later.reported()
+    assert budget.view().gate_closed_for >= 29.0
+    assert not waiting.task.done()
+    await later.cancelled()
+    await waiting.cancelled()
+
+
+async def test_a_gate_longer_than_max_gate_wait_is_refused_at_once(backend: Backend) -> None:
+    """A 429 closes the gate for an hour: callers that wait at most a minute fail at once with
+    RateLimitError and the time to wait, queued ones included; one that accepts the wait keeps waiting."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    patient = Caller(budget, max_gate_wait=7200.0)
+    await patient.reported()
+    impatient = Caller(budget, max_gate_wait=60.0)
+    await impatient.reported()
+    gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 3600.0))
+    assert 3600.0 <= gate <= 3601.0
+    with pytest.raises(RateLimitError) as info:
+        await within(impatient.task)
+    assert info.value.retry_after == pytest.approx(gate, abs=1.0)
+    with pytest.raises(RateLimitError):
+        await within(budget.acquire(max_gate_wait=60.0))
+    await patient.reported("gate")
+    assert not patient.task.done()
+    await patient.cancelled()
+
+
+# --- deadlines -------------------------------------------------------------------------------------------
+
+
+async def test_a_wait_known_to_end_after_the_deadline_fails_at_once(backend: Backend) -> None:
+    """The window is spent for a minute: a caller whose deadline comes first gets TimeoutError now, not
+    at its deadline; the window is not harmed."""
+    budget = backend.make(LONG)
+    await spent(budget)
+    with pytest.raises(TimeoutError):
+        await within(budget.acquire(deadline=backend.clock() + 30.0))
+    assert budget.view().in_flight == 0
+
+
+async def test_a_caller_queued_behind_its_own_process_fails_at_once_too(backend: Backend) -> None:
+    """Nobody is served before the first in line: a caller behind it whose deadline comes before the
+    window's end fails at once as well, and the first keeps its place."""
+    budget = backend.make(LONG)
+    await spent(budget)
+    first = Caller(budget)
+    await first.reported("window")
+    with pytest.raises(TimeoutError):
+        await within(budget.acquire(deadline=backend.clock() + 30.0))
+    assert not first.task.done()
+    await first.cancelled()
+
+
+async def test_a_deadline_passing_while_queued_fails_the_caller_in_time(backend: Backend) -> None:
+    """Callers wait for an answer that may take any time (no known end): when one's deadline passes, it
+    fails then, wherever it is in the queue, and the others keep waiting."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    first = Caller(budget)
+    await first.reported()
+    hurried = Caller(budget, deadline=backend.clock() + 0.05)
+    await hurried.reported()
+    backend.clock.now += 0.1  # past its deadline; it notices when its own timed wait ends
+    with pytest.raises(TimeoutError):
+        await within(hurried.task)
+    assert not first.task.done()
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
+    await within(first.task)
+
+
+# --- cancellation ----------------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_waiter_gives_its_place_to_the_next(backend: Backend) -> None:
+    """The first waiter is cancelled before any slot frees: the next one is served when one does."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    first, second = Caller(budget), Caller(budget)
+    await first.reported()
+    await second.reported()
+    await first.cancelled()
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
+    await within(second.task)
+    assert budget.view().in_flight == 1
+
+
+async def test_a_waiter_cancelled_as_its_slot_frees_gives_the_slot_back(backend: Backend) -> None:
+    """The answer that frees the window's last slot comes, and the first waiter is cancelled at once: its
+    reservation goes back, to the next waiter, and nothing stays counted for it. (A backend that asks a
+    server for the ticket may have handed it over before the cancel lands: then the caller holds it and
+    gives it back itself.)"""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    first, second = Caller(budget), Caller(budget)
+    await first.reported()
+    await second.reported()
+    await budget.answered(probe, 200, RateLimitHeaders(2, 1))  # one slot left: the first's
+    first.task.cancel()
+    outcome: object = (await asyncio.gather(first.task, return_exceptions=True))[0]
+    if not isinstance(outcome, asyncio.CancelledError):
+        await budget.release(outcome)  # granted before the cancel landed: given back by its caller
+    await within(second.task)
+    assert budget.view().in_flight == 1
+
+
+# --- no endless wait -------------------------------------------------------------------------------------
+
+
+async def test_a_window_whose_requests_went_unanswered_still_ends(backend: Backend) -> None:
+    """Every request of a window went unanswered and nothing is in flight: no answer can come, so the
+    wait has an end (a window after the last was given up), and the caller gets a ticket then."""
+    budget = backend.make(SHORT)
+    await spent(budget)
+    backend.clock.now += SHORT  # the first window is over (on Redis, its TIME moves by itself)
+    tickets = [await take(budget), await take(budget)]
+    for ticket in tickets:
+        await budget.no_answer(ticket)
+    caller = Caller(budget)
+    waits = caller.events
+    backend.clock.now += SHORT
+    await within(caller.task)
+    assert all(event.seconds is not None for event in waits)
