@@ -84,49 +84,10 @@ class AiohttpTransport:
 
     async def send(self, request: PreparedRequest, *, timeout: float | aiohttp.ClientTimeout | None) -> RawResponse:
         """One HTTP exchange; ``timeout`` in seconds (``None``: no limit) or an ``aiohttp.ClientTimeout``."""
-        # The headers that differ from the session's are worked out inside the call, so that no local of
-        # this frame holds a mapping with the token.
-        if self.session_headers is not None:
-            if timeout == self._session_timeout:
-                context = self.session.request(
-                    request.method,
-                    request.url,
-                    # the client's cached body-less requests share the session's headers object
-                    headers=None
-                    if request.headers is self.session_headers
-                    else _differences(request.headers, self.session_headers),
-                    data=request.body,
-                    allow_redirects=False,
-                    proxy=self._proxy,
-                    proxy_headers=self._proxy_headers,
-                    auto_decompress=False,
-                )
-            else:
-                context = self.session.request(
-                    request.method,
-                    request.url,
-                    headers=_differences(request.headers, self.session_headers),
-                    data=request.body,
-                    allow_redirects=False,
-                    timeout=self._client_timeout(timeout),
-                    proxy=self._proxy,
-                    proxy_headers=self._proxy_headers,
-                    auto_decompress=False,
-                )
-        else:
-            context = self.session.request(
-                request.method,
-                request.url,
-                headers=request.headers,
-                data=request.body,
-                allow_redirects=False,
-                raise_for_status=False,
-                timeout=self._client_timeout(timeout),
-                auto_decompress=False,
-            )
+        context = self._request(request, timeout)
         # aiohttp's exceptions hold the request headers, token included: each is turned into ours outside
         # its except block, so none is chained (not even as __context__), and the error keeps only text.
-        error: WemasyError
+        error: WemasyError | None
         response: aiohttp.ClientResponse | None = None
         try:
             async with context as response:
@@ -146,28 +107,10 @@ class AiohttpTransport:
                     method=request.method,
                     url=request.url,
                 )
-        except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
-            error = APITimeoutError(
-                f"no answer within {_describe(timeout)} ({type(exc).__name__})", method=request.method, url=request.url
-            )
-        except aiohttp.ClientConnectorError as exc:
-            error = APIConnectionError(
-                f"could not connect: {exc.os_error or exc}",
-                method=request.method,
-                url=request.url,
-                ambiguous=False,
-            )
-        except aiohttp.ClientError as exc:
-            error = APIConnectionError(
-                f"connection failed: {type(exc).__name__}: {exc}", method=request.method, url=request.url
-            )
-        except RuntimeError:
-            if not self.session.closed:
+        except (asyncio.TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+            error = self._translated(exc, request, timeout)
+            if error is None:
                 raise
-            # aiohttp's "Session is closed": the client was closed while this call was under way.
-            error = ClientClosedError(
-                f"the client's session was closed while {request.method} {request.url} was under way"
-            )
         # Out of the except blocks, so nothing is chained; the locals that held aiohttp's objects (and through
         # them the request's headers) are dropped.
         del context
@@ -178,6 +121,69 @@ class AiohttpTransport:
             # Python 3.10 resumes this coroutine inside asyncio's own handling of aiohttp's exception, and
             # chains that to any raise here: cut the link.
             error.__context__ = None
+
+    def _request(
+        self, request: PreparedRequest, timeout: float | aiohttp.ClientTimeout | None
+    ) -> aiohttp.client._RequestContextManager:
+        """The session's request for ``request``, passing only what the session does not already send."""
+        # The headers that differ from the session's are worked out inside the call, so that no local of
+        # this frame holds a mapping with the token.
+        if self.session_headers is None:
+            return self.session.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+                raise_for_status=False,
+                timeout=self._client_timeout(timeout),
+                auto_decompress=False,
+            )
+        if timeout == self._session_timeout:
+            return self.session.request(
+                request.method,
+                request.url,
+                # the client's cached body-less requests share the session's headers object
+                headers=None
+                if request.headers is self.session_headers
+                else _differences(request.headers, self.session_headers),
+                data=request.body,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+                auto_decompress=False,
+            )
+        return self.session.request(
+            request.method,
+            request.url,
+            headers=_differences(request.headers, self.session_headers),
+            data=request.body,
+            allow_redirects=False,
+            timeout=self._client_timeout(timeout),
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+            auto_decompress=False,
+        )
+
+    def _translated(
+        self, exc: BaseException, request: PreparedRequest, timeout: float | aiohttp.ClientTimeout | None
+    ) -> WemasyError | None:
+        """The SDK's error for what aiohttp raised (the one table of them); None: not one of its failures."""
+        method, url = request.method, request.url
+        if isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one too
+            return APITimeoutError(
+                f"no answer within {_describe(timeout)} ({type(exc).__name__})", method=method, url=url
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return APIConnectionError(
+                f"could not connect: {exc.os_error or exc}", method=method, url=url, ambiguous=False
+            )
+        if isinstance(exc, aiohttp.ClientError):
+            return APIConnectionError(f"connection failed: {type(exc).__name__}: {exc}", method=method, url=url)
+        if self.session.closed:
+            # aiohttp's "Session is closed": the client was closed while this call was under way.
+            return ClientClosedError(f"the client's session was closed while {method} {url} was under way")
+        return None
 
 
 def _differences(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str] | None:
