@@ -175,7 +175,7 @@ class WemasyClient:
             says. (A session you pass keeps its own settings.)
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100 -- every option after the token is keyword-only, each with a default
         self,
         token: str | None = None,
         *,
