@@ -15,7 +15,7 @@ from yarl import URL
 from ._errors import APIConnectionError, APITimeoutError, ClientClosedError, InvalidResponseError, WemasyError
 from ._protocol import PreparedRequest, RawResponse
 
-__all__ = ["MAX_BODY_BYTES", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
+__all__ = ["MAX_BODY_BYTES", "READ_SIZE", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
 
 #: The most bytes read of one answer's body, after decompression: these endpoints answer in kilobytes, so
 #: anything near this is not theirs (a proxy's page, a gzip bomb), and is refused rather than held.
@@ -38,6 +38,10 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 #: past them gets a new one for its call (the oldest kept one makes room), so a service that passes a
 #: different timeout on every call holds a bounded number.
 TIMEOUT_CACHE_SIZE = 64
+
+#: Bytes asked of the socket per read on a plain-TCP connection. asyncio asks 256 KiB, above glibc's mmap
+#: threshold, so a read of a few hundred bytes can cost an mmap, page faults and an munmap.
+READ_SIZE = 64 * 1024
 
 
 class AiohttpTransport:
@@ -91,6 +95,7 @@ class AiohttpTransport:
         response: aiohttp.ClientResponse | None = None
         try:
             async with context as response:
+                _read_in_small_steps(response)
                 length = response.content_length
                 if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in response.headers:
                     body = await response.read()
@@ -184,6 +189,16 @@ class AiohttpTransport:
             # aiohttp's "Session is closed": the client was closed while this call was under way.
             return ClientClosedError(f"the client's session was closed while {method} {url} was under way")
         return None
+
+
+def _read_in_small_steps(response: aiohttp.ClientResponse) -> None:
+    """Have the response's connection read :data:`READ_SIZE` bytes at a time (from its next read on)."""
+    # The protocol, since a small answer read whole with its head has already given its connection back.
+    protocol = getattr(response, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    # Only asyncio's socket transport has max_size; TLS (a reused buffer) and uvloop's keep their own reads.
+    if transport is not None and getattr(transport, "max_size", READ_SIZE) != READ_SIZE:
+        setattr(transport, "max_size", READ_SIZE)  # noqa: B010  # not in asyncio.Transport's type
 
 
 def _differences(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str] | None:
