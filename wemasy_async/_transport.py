@@ -1,6 +1,7 @@
 """The aiohttp transport: send a PreparedRequest, return a RawResponse. Nothing else lives here.
 
-It reads and inflates bodies itself, so that the body cap bounds memory and not only what is kept.
+It reads and inflates bodies itself, so that the body cap bounds memory and not only what is kept, and
+turns aiohttp's failures into the SDK's through one table (docs/design/client.md).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class AiohttpTransport:
         response: aiohttp.ClientResponse | None = None
         try:
             async with context as response:
-                _read_in_small_steps(response)
+                if self.session_headers is not None:  # a caller's session is used as it is
+                    _read_in_small_steps(response)
                 length = response.content_length
                 if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in response.headers:
                     body = await response.read()
