@@ -1,8 +1,8 @@
 """WemasyClient: configuration, session ownership, and the one path every request takes.
 
-That path, for every call (``_send``): retries around [concurrency slot -> optional ceiling -> the
-token's shared budget -> one HTTP exchange -> the answer reported back to the budget], same-origin
-redirects included.
+That path is layered as httpx's is: ``_send`` -> ``_send_handling_retries`` -> ``_send_handling_redirects``
+(one attempt, in a concurrency slot) -> ``_send_paid`` (ceiling, budget ticket, transport, settle), so each
+concern has one place; docs/design/client.md tells why.
 """
 
 from __future__ import annotations
