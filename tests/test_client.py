@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import traceback
@@ -385,6 +386,49 @@ async def test_client_works_without_async_with(wemasy_emulator: WemasyEmulator) 
         assert (await client.sendcloud.status()).active is True
     finally:
         await client.close()
+
+
+def record_connections(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.BaseTransport]:
+    """The transports the running loop makes from now on."""
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.BaseTransport] = []
+    create_connection = loop.create_connection
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await create_connection(*args, **kwargs)
+        made.append(transport)
+        return transport, protocol
+
+    monkeypatch.setattr(loop, "create_connection", recording)
+    return made
+
+
+async def test_a_connection_reads_a_bounded_step_at_a_time(
+    client: WemasyClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain-TCP connection reads READ_SIZE bytes at a time after its first answer, not asyncio's 256 KiB
+    (a read that large goes past glibc's mmap threshold: a system call and page faults on every read)."""
+    from wemasy_async._transport import READ_SIZE
+
+    made = record_connections(monkeypatch)
+    await client.sendcloud.status()
+    await client.sendcloud.status()
+    assert len(made) == 1  # the connection was kept for the second call
+    assert READ_SIZE < 256 * 1024
+    assert made[0].max_size == READ_SIZE  # type: ignore[attr-defined]
+
+
+async def test_a_callers_session_keeps_its_own_read_size(
+    wemasy_emulator: WemasyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session passed in is used as it is: its connections read as asyncio has them read."""
+    made = record_connections(monkeypatch)
+    async with aiohttp.ClientSession() as session:
+        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, session=session) as client:
+            await client.sendcloud.status()
+            await client.sendcloud.status()
+        assert len(made) == 1
+        assert made[0].max_size == 256 * 1024  # type: ignore[attr-defined]
 
 
 # --- redirects -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import TOKEN
 from wemasy_async import NO_RETRIES, APIConnectionError, RetryEvent, RetryPolicy, WemasyClient
-from wemasy_async.testing import WemasyEmulator
+from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
 
 
 class LowDraws(random.Random):
@@ -117,3 +117,23 @@ async def test_a_server_down_longer_than_the_ride_out_fails_the_call() -> None:
                 await client.sendcloud.status()
             await emulator.resume_serving()
             assert (await client.sendcloud.status()).active  # the same emulator, serving again
+
+
+async def test_a_429_that_queues_again_uses_no_attempt() -> None:
+    """With two attempts, a 429, then a 500, then a 200: the 429 only queued the call again behind the gate,
+    so the 500 is the first attempt's failure and the second attempt gets the 200."""
+    policy = RetryPolicy(max_attempts=2, backoff_base=0)
+    retries: list[RetryEvent] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, RetryEvent):
+            retries.append(event)
+
+    async with WemasyEmulator() as emulator:
+        emulator.inject(
+            CannedResponse(429, {"message": "Too Many Attempts."}, {"Retry-After": "0"}), Fault.SERVER_ERROR
+        )
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=policy, on_event=on_event) as client:
+            integration = await client.sendcloud.status()
+    assert integration.active
+    assert [(e.attempt, e.cause) for e in retries] == [(2, "429"), (3, "500")]

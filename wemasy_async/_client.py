@@ -1,8 +1,8 @@
 """WemasyClient: configuration, session ownership, and the one path every request takes.
 
-That path, for every call (``_send``): retries around [concurrency slot -> optional ceiling -> the
-token's shared budget -> one HTTP exchange -> the answer reported back to the budget], same-origin
-redirects included.
+That path is layered as httpx's is: ``_send`` -> ``_send_handling_retries`` -> ``_send_handling_redirects``
+(one attempt, in a concurrency slot) -> ``_send_paid`` (ceiling, budget ticket, transport, settle), so each
+concern has one place; docs/design/client.md tells why.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import urllib.request
 from asyncio import _get_running_loop
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import aiohttp
 import attrs
@@ -37,6 +37,7 @@ from ._protocol import (
     TOKEN_ENV_VAR,
     USER_AGENT,
     PreparedRequest,
+    RateLimitHeaders,
     RawResponse,
     authorized_request,
     decipher_response,
@@ -80,6 +81,45 @@ class _Connection:
         #: The event loop the session belongs to: the one running when the client was first used.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+
+
+class _Call(NamedTuple):
+    """What one call hands down the send path's layers (a tuple: made on every call)."""
+
+    method: str
+    #: The path as the caller gave it (for the retry events and log).
+    path: str
+    request: PreparedRequest
+    #: The timeout of each HTTP exchange, before the deadline cuts it short.
+    timeout: float | aiohttp.ClientTimeout | None
+    deadline_at: float | None
+    policy: RetryPolicy
+    on_sent: Callable[[], None] | None
+
+
+class _Answer(NamedTuple):
+    """One paid exchange's answer, as the budget settled it."""
+
+    response: RawResponse
+    hints: RateLimitHeaders
+    #: Seconds the budget's gate stays closed from now (0 when it is open).
+    gate: float
+
+
+class _Tries:
+    """What a call's retry loop counts as it goes."""
+
+    __slots__ = ("ambiguous", "attempt", "first_failure_at", "sends", "waited")
+
+    def __init__(self) -> None:
+        #: Attempts used (a 429 that queues again uses none) and sends made.
+        self.attempt = self.sends = 1
+        #: Backoff waits, and waits after 429s that named no time.
+        self.waited = 0.0
+        #: A failure that may have reached the server was retried.
+        self.ambiguous = False
+        #: When the call first failed: retries ride out an outage from then.
+        self.first_failure_at: float | None = None
 
 
 class WemasyClient:
@@ -134,7 +174,7 @@ class WemasyClient:
             says. (A session you pass keeps its own settings.)
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100 -- every option after the token is keyword-only, each with a default
         self,
         token: str | None = None,
         *,
@@ -405,137 +445,176 @@ class WemasyClient:
         final answer is returned, not yet deciphered. ``on_sent()`` is called as each attempt is handed to
         the transport: from then on the server may have it (a batch counts its ids in doubt if it stops).
 
-        Each attempt holds a concurrency slot, and every HTTP exchange in it (redirect hops included) is
-        paid for from the budget. A 429 is the budget's business: its gate holds every caller until the
-        window has surely ended, and the throttled request queues again without using an attempt. This is
-        the hot path of every call, so it is one coroutine around the transport.
+        The layers, outermost first: :meth:`_send_handling_retries` (backoff, and a 429 queueing again),
+        :meth:`_send_handling_redirects` (one attempt: a concurrency slot, same-origin hops) and
+        :meth:`_send_paid` (one HTTP exchange paid for from the budget).
         """
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         request = self._prepared.get((method, path)) if json_body is None else None
         if request is None:
-            # What can fail is done before the token is handed over (no frame of a raised error holds it).
-            url, body = request_url(self.base_url, path), encode_json_body(json_body)
-            request = authorized_request(method, url, body, token=self._token, user_agent=self.user_agent)
-            if json_body is None and len(self._prepared) < 64:
-                # A request without a body is the same every time; its headers are the session's own.
-                if request.headers == transport.session_headers:
-                    request = attrs.evolve(request, headers=transport.session_headers)
-                self._prepared[(method, path)] = request
-        seconds = self.timeout if timeout is NOT_GIVEN else checked_timeout(timeout)
-        budget = self._budget
-        policy = self.retry if retry is None else retry
-        waited = 0.0  # backoff waits, and waits after 429s that named no time
-        ambiguous = False
-        first_failure_at: float | None = None  # when this call first failed (retries ride out an outage from then)
-        attempt = sends = 1
+            request = self._prepare(transport, method, path, json_body)
+        call = _Call(
+            method,
+            path,
+            request,
+            self.timeout if timeout is NOT_GIVEN else checked_timeout(timeout),
+            deadline_at,
+            self.retry if retry is None else retry,
+            on_sent,
+        )
+        return await self._send_handling_retries(transport, call)
+
+    def _prepare(self, transport: AiohttpTransport, method: str, path: str, json_body: Any) -> PreparedRequest:
+        """The request of a call; one without a body is kept, as it is the same every time."""
+        # What can fail is done before the token is handed over (no frame of a raised error holds it).
+        url, body = request_url(self.base_url, path), encode_json_body(json_body)
+        request = authorized_request(method, url, body, token=self._token, user_agent=self.user_agent)
+        if json_body is None and len(self._prepared) < 64:
+            # Its headers are the session's own: the transport then passes none.
+            if request.headers == transport.session_headers:
+                request = attrs.evolve(request, headers=transport.session_headers)
+            self._prepared[(method, path)] = request
+        return request
+
+    async def _send_handling_retries(self, transport: AiohttpTransport, call: _Call) -> Exchange:
+        """Attempts until one is answered for good. A 429 is the budget's business: its gate holds every
+        caller until the window has surely ended, and the throttled request queues again using no attempt."""
+        tries = _Tries()
+        policy = call.policy
         while True:
             failure: RawResponse | APIConnectionError
             try:
-                if deadline_at is None:
-                    await self._slots.acquire()
-                else:
-                    await self._until_deadline(self._slots.acquire(), deadline_at, request, ambiguous)
-                try:
-                    hop = request
-                    for _ in range(self.max_redirects + 1):
-                        if self._ceiling is not None:
-                            if not self._ceiling.has_capacity():
-                                self._emit(WaitEvent(reason="ceiling", seconds=None))
-                            acquiring = self._ceiling.acquire()
-                            await (
-                                acquiring
-                                if deadline_at is None
-                                else self._until_deadline(acquiring, deadline_at, hop, ambiguous)
-                            )
-                        ticket = budget.try_acquire()
-                        if ticket is None:  # a ticket is opaque: 0 or "" may be one
-                            ticket = await self._acquire(budget, hop, deadline_at, ambiguous)
-                        exchange_timeout = seconds
-                        if deadline_at is not None:
-                            left = deadline_at - time.monotonic()
-                            if left <= 0:  # aiohttp reads a timeout of 0 as none at all
-                                await budget.release(ticket)
-                                raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
-                            exchange_timeout = _within(seconds, left)
-                        if on_sent is not None:
-                            on_sent()
-                        try:
-                            response = await transport.send(hop, timeout=exchange_timeout)
-                        except APIConnectionError as exc:
-                            # One refused before a byte was sent (not ambiguous) was never counted: its
-                            # place goes back to the budget.
-                            await (budget.no_answer(ticket) if exc.ambiguous else budget.release(ticket))
-                            if deadline_at is not None and time.monotonic() >= deadline_at:
-                                what = "for an answer"
-                                raise self._deadline_error(
-                                    hop, ambiguous=exc.ambiguous or ambiguous, what=what
-                                ) from None
-                            raise
-                        except BaseException:
-                            # No answer (or cancelled mid-flight): the server may have counted it.
-                            await budget.no_answer(ticket)
-                            raise
-                        status = response.status
-                        hints = parse_rate_limit_headers(response.headers)
-                        gate = await budget.answered(ticket, status, hints)
-                        if logger.isEnabledFor(logging.DEBUG):
-                            logger.debug("%s %s -> %d", hop.method, hop.url, status)
-                        if not 300 <= status < 400:
-                            break
-                        next_hop = follow_redirect(hop, response)
-                        if next_hop is None:
-                            break
-                        hop = next_hop
-                finally:
-                    self._slots.release()
+                answer = await self._send_handling_redirects(transport, call, tries.ambiguous)
             except DeadlineExceededError:
                 raise
             except APIConnectionError as exc:
                 failure, cause, retry_after = exc, type(exc).__name__, 0.0
             else:
+                status = answer.response.status
                 if status < 300 or not policy.retries_status(status):
-                    return Exchange(response, ambiguous)
-                failure, cause = response, str(status)
+                    return Exchange(answer.response, tries.ambiguous)
+                failure, cause = answer.response, str(status)
                 if status == 429 and policy.wait_on_rate_limit:
-                    # The gate holds every caller until then; this call just queues again, using no attempt.
-                    # A wait the server names is refused when it is longer than max_wait; waits it does not
-                    # name add up to at most max_wait.
-                    if hints.retry_after is not None:
-                        too_long = hints.retry_after > policy.max_wait
-                    else:
-                        waited += gate
-                        too_long = waited > policy.max_wait
-                    if too_long:
-                        raise self._too_long(response, gate, policy)
-                    sends += 1
-                    self._count_retry(sends, gate, cause, method, path)
+                    self._queue_again(call, tries, answer)
                     continue
-                retry_after = hints.retry_after or 0.0
-            now = time.monotonic()
-            if first_failure_at is None:
-                first_failure_at = now
-            until_deadline = None if deadline_at is None else deadline_at - now
-            room = policy.max_wait - waited
-            delay = max(policy.delay(attempt, now - first_failure_at, self._random, until_deadline, room), retry_after)
-            if (
-                attempt >= policy.max_attempts
-                or waited + delay > policy.max_wait
-                or (until_deadline is not None and delay >= until_deadline)
-            ):
-                if isinstance(failure, APIConnectionError):
-                    try:
-                        raise failure
-                    finally:
-                        failure.__context__ = None  # Python 3.10 would chain aiohttp's error (see the transport)
-                decipher_response(failure)  # raises the status's error
-            attempt += 1
-            sends += 1
-            waited += delay
+                retry_after = answer.hints.retry_after or 0.0
+            delay = self._retry_delay(call, tries, failure, retry_after)
+            tries.attempt += 1
+            tries.sends += 1
+            tries.waited += delay
             if isinstance(failure, APIConnectionError) and failure.ambiguous:
-                ambiguous = True
-            self._count_retry(sends, delay, cause, method, path)
+                tries.ambiguous = True
+            self._count_retry(tries.sends, delay, cause, call.method, call.path)
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    def _queue_again(self, call: _Call, tries: _Tries, answer: _Answer) -> None:
+        """Count a 429 that queues again behind the gate, or raise when the gate's wait is too long for this
+        call: a wait the server names must not pass ``max_wait``; waits it does not name add up to it."""
+        policy = call.policy
+        if answer.hints.retry_after is not None:
+            too_long = answer.hints.retry_after > policy.max_wait
+        else:
+            tries.waited += answer.gate
+            too_long = tries.waited > policy.max_wait
+        if too_long:
+            raise self._too_long(answer.response, answer.gate, policy)
+        tries.sends += 1
+        self._count_retry(tries.sends, answer.gate, "429", call.method, call.path)
+
+    def _retry_delay(
+        self, call: _Call, tries: _Tries, failure: RawResponse | APIConnectionError, retry_after: float
+    ) -> float:
+        """The wait before re-sending after ``failure``; the failure is raised instead when the call gives
+        up (attempts used, ``max_wait`` or the deadline would pass)."""
+        policy = call.policy
+        now = time.monotonic()
+        if tries.first_failure_at is None:
+            tries.first_failure_at = now
+        until_deadline = None if call.deadline_at is None else call.deadline_at - now
+        room = policy.max_wait - tries.waited
+        delay = max(
+            policy.delay(tries.attempt, now - tries.first_failure_at, self._random, until_deadline, room), retry_after
+        )
+        if (
+            tries.attempt >= policy.max_attempts
+            or tries.waited + delay > policy.max_wait
+            or (until_deadline is not None and delay >= until_deadline)
+        ):
+            if isinstance(failure, APIConnectionError):
+                try:
+                    raise failure
+                finally:
+                    failure.__context__ = None  # Python 3.10 would chain aiohttp's error (see the transport)
+            decipher_response(failure)  # raises the status's error
+        return delay
+
+    async def _send_handling_redirects(self, transport: AiohttpTransport, call: _Call, ambiguous: bool) -> _Answer:
+        """One attempt: it holds a concurrency slot, and each hop (same-origin redirects) is paid for."""
+        if call.deadline_at is None:
+            await self._slots.acquire()
+        else:
+            await self._until_deadline(self._slots.acquire(), call.deadline_at, call.request, ambiguous)
+        try:
+            hop = call.request
+            for _ in range(self.max_redirects + 1):
+                answer = await self._send_paid(transport, call, hop, ambiguous)
+                if not 300 <= answer.response.status < 400:
+                    break
+                next_hop = follow_redirect(hop, answer.response)
+                if next_hop is None:
+                    break
+                hop = next_hop
+            return answer
+        finally:
+            self._slots.release()
+
+    async def _send_paid(
+        self, transport: AiohttpTransport, call: _Call, hop: PreparedRequest, ambiguous: bool
+    ) -> _Answer:
+        """One HTTP exchange: the ceiling, a ticket of the budget, the transport, and the answer settled."""
+        deadline_at = call.deadline_at
+        if self._ceiling is not None:
+            await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
+        budget = self._budget
+        ticket = budget.try_acquire()
+        if ticket is None:  # a ticket is opaque: 0 or "" may be one
+            ticket = await self._acquire(budget, hop, deadline_at, ambiguous)
+        exchange_timeout = call.timeout
+        if deadline_at is not None:
+            left = deadline_at - time.monotonic()
+            if left <= 0:  # aiohttp reads a timeout of 0 as none at all
+                await budget.release(ticket)
+                raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
+            exchange_timeout = _within(exchange_timeout, left)
+        if call.on_sent is not None:
+            call.on_sent()
+        try:
+            response = await transport.send(hop, timeout=exchange_timeout)
+        except APIConnectionError as exc:
+            # One refused before a byte was sent (not ambiguous) was never counted: its place goes back.
+            await (budget.no_answer(ticket) if exc.ambiguous else budget.release(ticket))
+            if deadline_at is not None and time.monotonic() >= deadline_at:
+                what = "for an answer"
+                raise self._deadline_error(hop, ambiguous=exc.ambiguous or ambiguous, what=what) from None
+            raise
+        except BaseException:
+            # No answer (or cancelled mid-flight): the server may have counted it.
+            await budget.no_answer(ticket)
+            raise
+        hints = parse_rate_limit_headers(response.headers)
+        gate = await budget.answered(ticket, response.status, hints)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %d", hop.method, hop.url, response.status)
+        return _Answer(response, hints, gate)
+
+    async def _wait_for_ceiling(
+        self, ceiling: AsyncLimiter, hop: PreparedRequest, deadline_at: float | None, ambiguous: bool
+    ) -> None:
+        if not ceiling.has_capacity():
+            self._emit(WaitEvent(reason="ceiling", seconds=None))
+        acquiring = ceiling.acquire()
+        await (acquiring if deadline_at is None else self._until_deadline(acquiring, deadline_at, hop, ambiguous))
 
     def _count_retry(self, attempt: int, delay: float, cause: str, method: str, path: str) -> None:
         self._budget.count_retry()

@@ -1,6 +1,7 @@
 """The aiohttp transport: send a PreparedRequest, return a RawResponse. Nothing else lives here.
 
-It reads and inflates bodies itself, so that the body cap bounds memory and not only what is kept.
+It reads and inflates bodies itself, so that the body cap bounds memory and not only what is kept, and
+turns aiohttp's failures into the SDK's through one table (docs/design/client.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from yarl import URL
 from ._errors import APIConnectionError, APITimeoutError, ClientClosedError, InvalidResponseError, WemasyError
 from ._protocol import PreparedRequest, RawResponse
 
-__all__ = ["MAX_BODY_BYTES", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
+__all__ = ["MAX_BODY_BYTES", "READ_SIZE", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
 
 #: The most bytes read of one answer's body, after decompression: these endpoints answer in kilobytes, so
 #: anything near this is not theirs (a proxy's page, a gzip bomb), and is refused rather than held.
@@ -38,6 +39,10 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 #: past them gets a new one for its call (the oldest kept one makes room), so a service that passes a
 #: different timeout on every call holds a bounded number.
 TIMEOUT_CACHE_SIZE = 64
+
+#: Bytes asked of the socket per read on a plain-TCP connection. asyncio asks 256 KiB, above glibc's mmap
+#: threshold, so a read of a few hundred bytes can cost an mmap, page faults and an munmap.
+READ_SIZE = 64 * 1024
 
 
 class AiohttpTransport:
@@ -84,52 +89,15 @@ class AiohttpTransport:
 
     async def send(self, request: PreparedRequest, *, timeout: float | aiohttp.ClientTimeout | None) -> RawResponse:
         """One HTTP exchange; ``timeout`` in seconds (``None``: no limit) or an ``aiohttp.ClientTimeout``."""
-        # The headers that differ from the session's are worked out inside the call, so that no local of
-        # this frame holds a mapping with the token.
-        if self.session_headers is not None:
-            if timeout == self._session_timeout:
-                context = self.session.request(
-                    request.method,
-                    request.url,
-                    # the client's cached body-less requests share the session's headers object
-                    headers=None
-                    if request.headers is self.session_headers
-                    else _differences(request.headers, self.session_headers),
-                    data=request.body,
-                    allow_redirects=False,
-                    proxy=self._proxy,
-                    proxy_headers=self._proxy_headers,
-                    auto_decompress=False,
-                )
-            else:
-                context = self.session.request(
-                    request.method,
-                    request.url,
-                    headers=_differences(request.headers, self.session_headers),
-                    data=request.body,
-                    allow_redirects=False,
-                    timeout=self._client_timeout(timeout),
-                    proxy=self._proxy,
-                    proxy_headers=self._proxy_headers,
-                    auto_decompress=False,
-                )
-        else:
-            context = self.session.request(
-                request.method,
-                request.url,
-                headers=request.headers,
-                data=request.body,
-                allow_redirects=False,
-                raise_for_status=False,
-                timeout=self._client_timeout(timeout),
-                auto_decompress=False,
-            )
+        context = self._request(request, timeout)
         # aiohttp's exceptions hold the request headers, token included: each is turned into ours outside
         # its except block, so none is chained (not even as __context__), and the error keeps only text.
-        error: WemasyError
+        error: WemasyError | None
         response: aiohttp.ClientResponse | None = None
         try:
             async with context as response:
+                if self.session_headers is not None:  # a caller's session is used as it is
+                    _read_in_small_steps(response)
                 length = response.content_length
                 if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in response.headers:
                     body = await response.read()
@@ -146,28 +114,10 @@ class AiohttpTransport:
                     method=request.method,
                     url=request.url,
                 )
-        except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
-            error = APITimeoutError(
-                f"no answer within {_describe(timeout)} ({type(exc).__name__})", method=request.method, url=request.url
-            )
-        except aiohttp.ClientConnectorError as exc:
-            error = APIConnectionError(
-                f"could not connect: {exc.os_error or exc}",
-                method=request.method,
-                url=request.url,
-                ambiguous=False,
-            )
-        except aiohttp.ClientError as exc:
-            error = APIConnectionError(
-                f"connection failed: {type(exc).__name__}: {exc}", method=request.method, url=request.url
-            )
-        except RuntimeError:
-            if not self.session.closed:
+        except (asyncio.TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+            error = self._translated(exc, request, timeout)
+            if error is None:
                 raise
-            # aiohttp's "Session is closed": the client was closed while this call was under way.
-            error = ClientClosedError(
-                f"the client's session was closed while {request.method} {request.url} was under way"
-            )
         # Out of the except blocks, so nothing is chained; the locals that held aiohttp's objects (and through
         # them the request's headers) are dropped.
         del context
@@ -178,6 +128,79 @@ class AiohttpTransport:
             # Python 3.10 resumes this coroutine inside asyncio's own handling of aiohttp's exception, and
             # chains that to any raise here: cut the link.
             error.__context__ = None
+
+    def _request(
+        self, request: PreparedRequest, timeout: float | aiohttp.ClientTimeout | None
+    ) -> aiohttp.client._RequestContextManager:
+        """The session's request for ``request``, passing only what the session does not already send."""
+        # The headers that differ from the session's are worked out inside the call, so that no local of
+        # this frame holds a mapping with the token.
+        if self.session_headers is None:
+            return self.session.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+                raise_for_status=False,
+                timeout=self._client_timeout(timeout),
+                auto_decompress=False,
+            )
+        if timeout == self._session_timeout:
+            return self.session.request(
+                request.method,
+                request.url,
+                # the client's cached body-less requests share the session's headers object
+                headers=None
+                if request.headers is self.session_headers
+                else _differences(request.headers, self.session_headers),
+                data=request.body,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+                auto_decompress=False,
+            )
+        return self.session.request(
+            request.method,
+            request.url,
+            headers=_differences(request.headers, self.session_headers),
+            data=request.body,
+            allow_redirects=False,
+            timeout=self._client_timeout(timeout),
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+            auto_decompress=False,
+        )
+
+    def _translated(
+        self, exc: BaseException, request: PreparedRequest, timeout: float | aiohttp.ClientTimeout | None
+    ) -> WemasyError | None:
+        """The SDK's error for what aiohttp raised (the one table of them); None: not one of its failures."""
+        method, url = request.method, request.url
+        if isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one too
+            return APITimeoutError(
+                f"no answer within {_describe(timeout)} ({type(exc).__name__})", method=method, url=url
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return APIConnectionError(
+                f"could not connect: {exc.os_error or exc}", method=method, url=url, ambiguous=False
+            )
+        if isinstance(exc, aiohttp.ClientError):
+            return APIConnectionError(f"connection failed: {type(exc).__name__}: {exc}", method=method, url=url)
+        if self.session.closed:
+            # aiohttp's "Session is closed": the client was closed while this call was under way.
+            return ClientClosedError(f"the client's session was closed while {method} {url} was under way")
+        return None
+
+
+def _read_in_small_steps(response: aiohttp.ClientResponse) -> None:
+    """Have the response's connection read :data:`READ_SIZE` bytes at a time (from its next read on)."""
+    # The protocol, since a small answer read whole with its head has already given its connection back.
+    protocol = getattr(response, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    # Only asyncio's socket transport has max_size; TLS (a reused buffer) and uvloop's keep their own reads.
+    if transport is not None and getattr(transport, "max_size", READ_SIZE) != READ_SIZE:
+        setattr(transport, "max_size", READ_SIZE)  # noqa: B010  # not in asyncio.Transport's type
 
 
 def _differences(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str] | None:
