@@ -405,7 +405,9 @@ class Bench:
             row = fleet_row("fleet", run_fleet(self.store, split, self.time_limit), range(count), split)
             self.add(row, fleet_verdict(row, self.ideal))
             for approach, name in (("sdk", "per-process"), ("static-limiter", "static-limiter")):
-                case = run_case(approach, CALLS, LIMIT, WINDOW, count, self.time_limit)
+                case = run_case(
+                    approach, CALLS, limit=LIMIT, window=WINDOW, processes=count, time_limit=self.time_limit
+                )
                 self.add(baseline_row(name, case))
 
     def staggered(self) -> None:

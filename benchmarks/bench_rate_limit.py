@@ -123,6 +123,7 @@ async def measure(
     name: str,
     approach: Callable[[str, int, int, float], Awaitable[None]],
     scenario: str,
+    *,
     calls: int,
     limit: int,
     window: float,
@@ -203,7 +204,7 @@ async def single_process(args: argparse.Namespace) -> None:
         ("retry-gather", via_retry_gather),
     ]
     runs = [
-        await measure(name, approach, scenario, calls, limit, window)
+        await measure(name, approach, scenario, calls=calls, limit=limit, window=window)
         for scenario in ("sole", "shared")
         for name, approach in approaches
     ]
@@ -269,7 +270,7 @@ def multi_process(args: argparse.Namespace) -> None:
     began = time.monotonic()
     for approach in APPROACHES:
         for processes in args.processes:
-            case = run_case(approach, calls, limit, window, processes, time_limit)
+            case = run_case(approach, calls, limit=limit, window=window, processes=processes, time_limit=time_limit)
             state = "" if case.complete else " (stopped)"
             print(f"  {approach} x{processes}: {case.makespan:.1f} s{state}", file=sys.stderr, flush=True)
             cases.append(case)

@@ -371,79 +371,24 @@ def run_workers(
     (it must end by itself, within ``time_limit``); the run waits for it before asking the emulator for
     its figures.
     """
-    context = multiprocessing.get_context("spawn")
-    children: list[multiprocessing.context.SpawnProcess] = []
-    pipes: list[multiprocessing.connection.Connection] = []
-    acting: threading.Thread | None = None
-    problems: list[BaseException] = []
     with emulator_with_stats_in_subprocess(limit=limit, window_seconds=window, log_requests=log_requests) as (
         base_url,
         server,
     ):
         if urllib.parse.urlsplit(base_url).hostname != "127.0.0.1":
             raise RuntimeError(f"the emulator is not on 127.0.0.1: {base_url}")
-        go = context.Event()
+        spawned = _Spawned(go=multiprocessing.get_context("spawn").Event())
         try:
-            for approach, job in workers:
-                job = attrs.evolve(job, base_url=base_url)
-                receiver, sender = context.Pipe(duplex=False)
-                child = context.Process(target=work, args=(approach, job, go, sender), daemon=True)
-                child.start()
-                sender.close()  # the child holds the only sending end: its death reads as EOF
-                children.append(child)
-                pipes.append(receiver)
-            ready_by = time.monotonic() + READY_TIMEOUT
-            for (approach, _), child, pipe in zip(workers, children, pipes, strict=True):
-                if not pipe.poll(max(0.0, ready_by - time.monotonic())):
-                    raise RuntimeError(f"a {approach} worker was not ready within {READY_TIMEOUT:g} s")
-                try:
-                    pipe.recv()
-                except EOFError:
-                    raise RuntimeError(f"a {approach} worker died before the release: {child.exitcode}") from None
-
+            spawned.start(workers, base_url)
             started = time.monotonic()
-            go.set()
-            if during is not None:
-                released = Released(started, tuple(child.pid or 0 for child in children), base_url)
-
-                def act(hook: Callable[[Released], None] = during) -> None:
-                    try:
-                        hook(released)
-                    except BaseException as exc:  # raised again in the parent's thread, below
-                        problems.append(exc)
-
-                acting = threading.Thread(target=act, daemon=True)
-                acting.start()
-            reports: dict[int, WorkerReport] = {}
-            exits: dict[int, str] = {}
-            waiting = {pipe: i for i, pipe in enumerate(pipes)}
-            give_up = started + time_limit + GRACE
-            while waiting and time.monotonic() < give_up:
-                for ready in multiprocessing.connection.wait(list(waiting), max(0.0, give_up - time.monotonic())):
-                    assert isinstance(ready, multiprocessing.connection.Connection)
-                    i = waiting.pop(ready)
-                    try:
-                        reports[i] = ready.recv()
-                    except EOFError:
-                        children[i].join(5)
-                        exits[i] = f"exit code {children[i].exitcode}"
+            spawned.go.set()
+            acting = _Acting.start(during, Released(started, spawned.pids(), base_url))
+            reports, exits = spawned.collect(give_up=started + time_limit + GRACE)
             ended = time.monotonic()
-            for i in waiting.values():
-                exits[i] = "terminated"
-            if acting is not None:
-                acting.join(max(0.0, started + time_limit + GRACE - time.monotonic()))
-                if acting.is_alive():
-                    raise RuntimeError("what acted on the workers did not end within the time limit")
-            if problems:
-                raise problems[0]
+            acting.finish(by=started + time_limit + GRACE)
             stats = server()
         finally:
-            for child, pipe in zip(children, pipes, strict=True):
-                if child.is_alive():
-                    child.terminate()
-                child.join(10)
-                pipe.close()
-
+            spawned.stop()
     return Run(
         started=started,
         ended=ended,
@@ -453,7 +398,97 @@ def run_workers(
     )
 
 
-def run_case(approach: str, calls: int, limit: int, window: float, processes: int, time_limit: float) -> Case:
+@attrs.define
+class _Spawned:
+    """The worker processes of one run and the pipes they report on."""
+
+    go: multiprocessing.synchronize.Event
+    children: list[multiprocessing.context.SpawnProcess] = attrs.field(factory=list)
+    pipes: list[multiprocessing.connection.Connection] = attrs.field(factory=list)
+
+    def start(self, workers: Sequence[tuple[str, Job]], base_url: str) -> None:
+        """Spawn every worker and wait until each says it is ready."""
+        context = multiprocessing.get_context("spawn")
+        for approach, job in workers:
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(
+                target=work, args=(approach, attrs.evolve(job, base_url=base_url), self.go, sender), daemon=True
+            )
+            child.start()
+            sender.close()  # the child holds the only sending end: its death reads as EOF
+            self.children.append(child)
+            self.pipes.append(receiver)
+        ready_by = time.monotonic() + READY_TIMEOUT
+        for (approach, _), child, pipe in zip(workers, self.children, self.pipes, strict=True):
+            if not pipe.poll(max(0.0, ready_by - time.monotonic())):
+                raise RuntimeError(f"a {approach} worker was not ready within {READY_TIMEOUT:g} s")
+            try:
+                pipe.recv()
+            except EOFError:
+                raise RuntimeError(f"a {approach} worker died before the release: {child.exitcode}") from None
+
+    def pids(self) -> tuple[int, ...]:
+        return tuple(child.pid or 0 for child in self.children)
+
+    def collect(self, *, give_up: float) -> tuple[dict[int, WorkerReport], dict[int, str]]:
+        """Each worker's report, by index, and why the others sent none (by ``give_up`` at the latest)."""
+        reports: dict[int, WorkerReport] = {}
+        exits: dict[int, str] = {}
+        waiting = {pipe: i for i, pipe in enumerate(self.pipes)}
+        while waiting and time.monotonic() < give_up:
+            for ready in multiprocessing.connection.wait(list(waiting), max(0.0, give_up - time.monotonic())):
+                assert isinstance(ready, multiprocessing.connection.Connection)
+                i = waiting.pop(ready)
+                try:
+                    reports[i] = ready.recv()
+                except EOFError:
+                    self.children[i].join(5)
+                    exits[i] = f"exit code {self.children[i].exitcode}"
+        for i in waiting.values():
+            exits[i] = "terminated"
+        return reports, exits
+
+    def stop(self) -> None:
+        for child, pipe in zip(self.children, self.pipes, strict=True):
+            if child.is_alive():
+                child.terminate()
+            child.join(10)
+            pipe.close()
+
+
+@attrs.define
+class _Acting:
+    """What acts on the workers while they run (``run_workers(during=...)``), in a thread of its own."""
+
+    thread: threading.Thread | None = None
+    problems: list[BaseException] = attrs.field(factory=list)
+
+    @classmethod
+    def start(cls, during: Callable[[Released], None] | None, released: Released) -> _Acting:
+        acting = cls()
+        if during is None:
+            return acting
+
+        def act() -> None:
+            try:
+                during(released)
+            except BaseException as exc:  # raised again in the parent's thread, by finish()
+                acting.problems.append(exc)
+
+        acting.thread = threading.Thread(target=act, daemon=True)
+        acting.thread.start()
+        return acting
+
+    def finish(self, *, by: float) -> None:
+        if self.thread is not None:
+            self.thread.join(max(0.0, by - time.monotonic()))
+            if self.thread.is_alive():
+                raise RuntimeError("what acted on the workers did not end within the time limit")
+        if self.problems:
+            raise self.problems[0]
+
+
+def run_case(approach: str, calls: int, *, limit: int, window: float, processes: int, time_limit: float) -> Case:
     """Run one approach in ``processes`` spawned workers against a fresh emulator process."""
     split = shares(calls, processes)
     jobs = [(approach, Job("", share, limit, window, processes, time_limit)) for share in split]

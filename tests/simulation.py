@@ -64,7 +64,7 @@ class Faults:
     limit_changes: tuple[tuple[float, int], ...] = ()
 
 
-def simulate(  # noqa: PLR0913, RUF100 -- keyword-only knobs of one scenario, each named at the call
+def simulate(
     *,
     limit: int,
     window: float,
@@ -97,7 +97,7 @@ _Event = tuple[float, int, str, int, Ticket | None, object]
 class _Simulation:
     """The clients, the server and the events still to come; :meth:`run` plays them in time order."""
 
-    def __init__(  # noqa: PLR0913, RUF100 -- simulate()'s keyword-only scenario, passed on once
+    def __init__(
         self,
         *,
         limit: int,

@@ -404,7 +404,7 @@ def test_a_sole_client_never_meets_a_429_and_fills_each_window(
     faults_until=st.floats(0.0, 10.0),
     limit_changes=st.lists(st.tuples(st.floats(0.0, 10.0), st.integers(1, 10)), max_size=3),
 )
-def test_with_drops_timeouts_and_limit_changes_no_wait_is_endless_and_every_call_completes(  # noqa: PLR0913, PLR0917, RUF100 -- one argument per @given strategy
+def test_with_drops_timeouts_and_limit_changes_no_wait_is_endless_and_every_call_completes(
     limit: int,
     window: float,
     requests: int,

@@ -174,7 +174,7 @@ class WemasyClient:
             says. (A session you pass keeps its own settings.)
     """
 
-    def __init__(  # noqa: PLR0913, RUF100 -- every option after the token is keyword-only, each with a default
+    def __init__(  # noqa: PLR0913 -- every option after the token is keyword-only, each with a default
         self,
         token: str | None = None,
         *,

@@ -99,7 +99,7 @@ class RedisBudget:
         on_event: called with a :class:`BudgetEvent` when the budget leaves Redis and when it comes back.
     """
 
-    def __init__(  # noqa: PLR0913, RUF100 -- the options after the token are keyword-only, each with a default
+    def __init__(  # noqa: PLR0913 -- the options after the token are keyword-only, each with a default
         self,
         redis_url: str,
         base_url: str,

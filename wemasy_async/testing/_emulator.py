@@ -205,7 +205,7 @@ class WemasyEmulator:
             model a server whose clock is wrong.
     """
 
-    def __init__(  # noqa: PLR0913, RUF100  (keyword-only options, each a knob of the emulated server)
+    def __init__(  # noqa: PLR0913  (keyword-only options, each a knob of the emulated server)
         self,
         *,
         limit: int = 60,
