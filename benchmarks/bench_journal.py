@@ -82,12 +82,30 @@ def main() -> None:
         print(json.dumps(run_client(args.url, args.ids, args.chunk_size, args.journal)))
         return
 
+    rounds, sizes = run_rounds(args)
+    table = report(args, rounds, sizes)
+    print(table)
+    if not args.no_record:
+        late = f" --round-trip-ms {args.round_trip_ms:g}" if args.round_trip_ms else ""
+        record(
+            "journal-round-trip" if late else "journal",
+            f"## Journal: a million order ids with and without it{', over a network' if late else ''}\n\n"
+            f"`python benchmarks/bench_journal.py --ids {args.ids} --chunk-size {args.chunk_size} --runs {args.runs}"
+            f"{late}` ({machine()})\n\n{table}\n",
+        )
+
+
+Rounds = dict[str, list[dict[str, object]]]
+
+
+def run_rounds(args: argparse.Namespace) -> tuple[Rounds, list[int]]:
+    """Each round: the client with no journal, with one, and the resume on it; and the journal's sizes."""
     server = {
         "limit": 1_000_000_000,
         "max_ids_per_request": args.chunk_size,
         "delay_seconds": args.round_trip_ms / 1000,
     }
-    rounds: dict[str, list[dict[str, object]]] = {"plain": [], "journal": [], "resume": []}
+    rounds: Rounds = {"plain": [], "journal": [], "resume": []}
     sizes = []
     for _ in range(args.runs):
         # A fresh emulator for each, so both push new orders; the resume goes to the journal's emulator (its
@@ -100,6 +118,11 @@ def main() -> None:
                 rounds["journal"].append(client_process(base_url, args.ids, args.chunk_size, journal))
                 sizes.append(sum(p.stat().st_size for p in Path(directory).iterdir()))
                 rounds["resume"].append(client_process(base_url, args.ids, args.chunk_size, journal))
+    return rounds, sizes
+
+
+def report(args: argparse.Namespace, rounds: Rounds, sizes: list[int]) -> str:
+    """The table of the rounds' medians, the journal's cost and every round's figures."""
 
     def median(name: str, key: str) -> float:
         return statistics.median(float(f[key]) for f in rounds[name])  # type: ignore[arg-type]
@@ -143,16 +166,7 @@ def main() -> None:
         )
         + ".",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_record:
-        late = f" --round-trip-ms {args.round_trip_ms:g}" if args.round_trip_ms else ""
-        record(
-            "journal-round-trip" if late else "journal",
-            f"## Journal: a million order ids with and without it{', over a network' if late else ''}\n\n"
-            f"`python benchmarks/bench_journal.py --ids {args.ids} --chunk-size {args.chunk_size} --runs {args.runs}"
-            f"{late}` ({machine()})\n\n{table}\n",
-        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.helpers import FullDisk, assert_every_id_accounted_once, push_journal
 from wemasy_async import JournalError, PushResult, UsageError, WemasyClient, read_journal
 from wemasy_async._journal._codec import _SCHEMA, _ids_blob
 from wemasy_async._journal._store import _load
+from wemasy_async._journal._writer import JournalDisk
 from wemasy_async.cli import main as cli_main
 from wemasy_async.testing import WemasyEmulator
 from wemasy_async.testing._emulator import RequestRecord
@@ -660,6 +662,44 @@ async def test_mixed_details_come_back_as_the_server_gave_them(
     assert again.summary == first.summary
 
 
+class StallingDisk(JournalDisk):
+    """The event loop's first write "takes" a second by the journal's clock; then the disk stalls for the
+    journal's thread until ``disk_is_back`` is set. Records who wrote, write by write, and sets
+    ``all_waiting`` once the 4 workers each wait for an outcome during the stall."""
+
+    def __init__(self) -> None:
+        self.loop_thread = threading.get_ident()
+        self.disk_is_back, self.stalling = threading.Event(), threading.Event()
+        self.writers: list[str] = []
+        self.written = 0  # outcomes whose write has returned
+        self.waiting = 0
+        self.all_waiting = asyncio.Event()
+        self.now, self.step = 0.0, 0.0
+
+    def clock(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def write(self, conn: Any, rows: list[Any]) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self.writers.append("loop")
+            if not self.stalling.is_set():
+                self.step = 1.0
+                self.stalling.set()
+        else:
+            self.writers.append("thread")
+            if self.stalling.is_set():
+                self.disk_is_back.wait()
+        super().write(conn, rows)
+        self.written += sum(row.header is not None for row in rows)
+
+    def awaited(self, seq: int) -> None:
+        if self.stalling.is_set():
+            self.waiting += 1
+            if self.waiting == 4:
+                self.all_waiting.set()
+
+
 @pytest.mark.wemasy_emulator(**FAST)
 async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_waits_for_its_outcome(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -669,49 +709,10 @@ async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_wait
     clock) hands the writing back to the thread. While the disk then stalls, each of the 4 workers has one
     chunk whose outcome is not committed and sends nothing more (a kill would send again no more than the
     chunks in flight), and the loop is not held up. Once the disk is back, the batch completes."""
-    import threading
+    from wemasy_async._journal._writer import QUICK_WRITES_TO_HAND_BACK
 
-    from wemasy_async._journal._writer import QUICK_WRITES_TO_HAND_BACK, JournalDisk
-
-    loop_thread = threading.get_ident()
-    disk_is_back, stalling = threading.Event(), threading.Event()
-    writers: list[str] = []  # who wrote, write by write
-    written = 0  # outcomes whose write has returned
-    waiting = 0
-    all_waiting = asyncio.Event()
-
-    class SlowDisk(JournalDisk):
-        """The loop's first write "takes" a second by the journal's clock; then the disk stalls for the
-        journal's thread until the test lets it go."""
-
-        now, step = 0.0, 0.0
-
-        def clock(self) -> float:
-            self.now += self.step
-            return self.now
-
-        def write(self, conn: Any, rows: list[Any]) -> None:
-            nonlocal written
-            if threading.get_ident() == loop_thread:
-                writers.append("loop")
-                if not stalling.is_set():
-                    self.step = 1.0
-                    stalling.set()
-            else:
-                writers.append("thread")
-                if stalling.is_set():
-                    disk_is_back.wait()
-            super().write(conn, rows)
-            written += sum(row.header is not None for row in rows)
-
-        def awaited(self, seq: int) -> None:
-            nonlocal waiting
-            if stalling.is_set():
-                waiting += 1
-                if waiting == 4:
-                    all_waiting.set()
-
-    push_journals_on(monkeypatch, SlowDisk())
+    disk = StallingDisk()
+    push_journals_on(monkeypatch, disk)
     ids = list(range(1, 2001))
     async with client.sendcloud.iter_push_shipments(
         ids, chunk_size=10, max_concurrency=4, journal=tmp_path / "push.sqlite"
@@ -726,20 +727,21 @@ async def test_the_loop_writes_only_while_the_disk_is_quick_and_each_worker_wait
                     ran_on.set()
 
         reader = asyncio.ensure_future(drain())
-        stalled = asyncio.ensure_future(all_waiting.wait())
+        stalled = asyncio.ensure_future(disk.all_waiting.wait())
         too_far = asyncio.ensure_future(ran_on.wait())
         try:
             await asyncio.wait([too_far, stalled], return_when=asyncio.FIRST_COMPLETED)
+            writers = disk.writers
             assert stalled.done(), f"the batch ran on while what it did was not committed ({writers})"
             assert writers[:QUICK_WRITES_TO_HAND_BACK] == ["thread"] * QUICK_WRITES_TO_HAND_BACK
             assert writers.count("loop") == 1  # the slow one: then the thread took over
             # Every chunk sent has its outcome committed, but one a worker, each held in the stalled write.
-            assert len(pushes(wemasy_emulator)) == written + 4
+            assert len(pushes(wemasy_emulator)) == disk.written + 4
         finally:
-            disk_is_back.set()  # before the stream closes: closing waits for the journal's writes
+            disk.disk_is_back.set()  # before the stream closes: closing waits for the journal's writes
             stalled.cancel()
             too_far.cancel()
         await reader
-    assert writers.count("loop") == 1
+    assert disk.writers.count("loop") == 1
     assert_every_id_accounted_once(stream.result(), ids, wemasy_emulator)
     assert read_journal(tmp_path / "push.sqlite").accepted == 2000

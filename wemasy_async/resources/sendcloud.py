@@ -17,7 +17,7 @@ from .._batching import (
     prepare_order_ids,
 )
 from .._converter import structure_response
-from .._errors import UsageError
+from .._errors import UsageError, WemasyError
 from .._journal import JournalPath, open_journal
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
@@ -88,14 +88,11 @@ class SendcloudResource:
         A push is safe to repeat: the server reports an already-queued order as skipped. If a request was
         re-sent after a failure that may have reached the server, ``result.ambiguous_retry`` is True.
 
-        ``journal="push.sqlite"`` records each chunk's outcome in that file as it arrives; if the process
-        dies, the same call again sends only what the journal does not show as answered (ids never sent,
-        in flight at the crash, failed; rejected ones too with ``retry_rejected=True``) and returns the
-        whole batch's result. A journal of another batch (other ids, base URL, token or ``create_label``),
-        one another process is writing, or a damaged file raises :class:`JournalError` before any request.
-        A journal that cannot be written while the batch runs (a full disk) does not stop it, nor hide its
-        outcome: the result (also the one a raised error carries) names the failure in ``journal_error``,
-        and it is logged as a warning; only the journal lags (a resume sends its latest chunks again).
+        ``journal="push.sqlite"`` records each chunk's outcome as it arrives; after a crash the same call
+        sends only what the journal does not show as answered (rejected ids too with ``retry_rejected``) and
+        returns the whole batch's result. A journal of another batch, one another process is writing, or a
+        damaged file raises :class:`JournalError` before any request; one that cannot be written while the
+        batch runs stops neither it nor its result: ``result.journal_error`` says why (docs/design/journal.md).
 
         >>> result = await client.sendcloud.push_shipments(range(1001, 3001), create_label=True)
         >>> result.summary.new_orders, len(result.rejected), result.failed_order_ids
@@ -125,14 +122,7 @@ class SendcloudResource:
         if not stream.total:
             result = attrs.evolve(result, message="no order ids given")
         if stream.stopped_by is not None:
-            # A 401 or 403 (or a closed client, or a server out of reach) would fail every request alike:
-            # the batch stopped there. The error is raised as itself, so `except AuthenticationError`
-            # works, and carries what the batch did.
-            error = stream.stopped_by
-            error.result = result
-            if result.journal_error and sys.version_info >= (3, 11):  # beside the error, in its traceback
-                error.add_note(f"and the journal: {result.journal_error}")
-            raise error
+            raise _stopped(stream.stopped_by, result)
         return result.raise_for_failures() if strict else result
 
     def iter_push_shipments(  # noqa: PLR0913 (the public call's options, every one keyword-only)
@@ -208,3 +198,13 @@ class SendcloudResource:
                 retry_rejected=retry_rejected,
             ),
         )
+
+
+def _stopped(error: WemasyError, result: PushResult) -> WemasyError:
+    """The error that stopped a batch (a 401 or 403, a closed client, a server out of reach: each would fail
+    every request alike), carrying what the batch did; raised as itself, so ``except AuthenticationError``
+    works."""
+    error.result = result
+    if result.journal_error and sys.version_info >= (3, 11):  # beside the error, in its traceback
+        error.add_note(f"and the journal: {result.journal_error}")
+    return error
