@@ -741,3 +741,12 @@ def test_serve_accepts_the_tokens_it_is_given_and_forbids_others() -> None:
         process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+@pytest.mark.parametrize("module", ["wemasy_async", "wemasy_async.cli"])
+def test_the_command_runs_as_a_module(module: str) -> None:
+    """``python -m wemasy_async`` and ``python -m wemasy_async.cli`` are the command, as before the CLI was a
+    package."""
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wemasy-async ")

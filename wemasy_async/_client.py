@@ -14,7 +14,7 @@ import random
 import time
 import urllib.request
 from asyncio import _get_running_loop
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
 
@@ -430,7 +430,7 @@ class WemasyClient:
         if self._on_event is not None:
             self._on_event(event)
 
-    async def _send(
+    def _send(
         self,
         method: str,
         path: str,
@@ -440,14 +440,15 @@ class WemasyClient:
         deadline_at: float | None = None,
         retry: RetryPolicy | None = None,
         on_sent: Callable[[], None] | None = None,
-    ) -> Exchange:
+    ) -> Coroutine[Any, Any, Exchange]:
         """Send one call with retries (``retry``: another policy than the client's, for this call); the
         final answer is returned, not yet deciphered. ``on_sent()`` is called as each attempt is handed to
         the transport: from then on the server may have it (a batch counts its ids in doubt if it stops).
 
         The layers, outermost first: :meth:`_send_handling_retries` (backoff, and a 429 queueing again),
         :meth:`_send_handling_redirects` (one attempt: a concurrency slot, same-origin hops) and
-        :meth:`_send_paid` (one HTTP exchange paid for from the budget).
+        :meth:`_send_paid` (one HTTP exchange paid for from the budget). Not a coroutine itself but the
+        outermost layer's, which the caller awaits: every await of an I/O wait passes each frame of the chain.
         """
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         request = self._prepared.get((method, path)) if json_body is None else None
@@ -462,7 +463,7 @@ class WemasyClient:
             self.retry if retry is None else retry,
             on_sent,
         )
-        return await self._send_handling_retries(transport, call)
+        return self._send_handling_retries(transport, call)
 
     def _prepare(self, transport: AiohttpTransport, method: str, path: str, json_body: Any) -> PreparedRequest:
         """The request of a call; one without a body is kept, as it is the same every time."""

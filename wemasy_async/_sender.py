@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
 from ._protocol import RawResponse
@@ -38,7 +38,7 @@ class Sender(Protocol):
         """
         ...
 
-    async def _send(
+    def _send(
         self,
         method: str,
         path: str,
@@ -48,4 +48,4 @@ class Sender(Protocol):
         deadline_at: float | None = None,
         retry: RetryPolicy | None = None,
         on_sent: Callable[[], None] | None = None,
-    ) -> Exchange: ...
+    ) -> Coroutine[Any, Any, Exchange]: ...

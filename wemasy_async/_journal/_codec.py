@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import cattrs
+
 from .._converter import record_converter
 from .._errors import UsageError
 from .._models import PushDetails, PushResult
@@ -199,7 +201,10 @@ class OutcomeHeader(NamedTuple):
 
     @classmethod
     def load(cls, text: str) -> "OutcomeHeader":
-        return record_converter.structure(json.loads(text), cls)
+        try:
+            return record_converter.structure(json.loads(text), cls)
+        except cattrs.BaseValidationError as error:  # said in a line, not as cattrs' tree of types
+            raise ValueError(f"an outcome header of the wrong shape ({cattrs.transform_error(error)[0]})") from None
 
     def dump(self) -> str:
         return _COMPACT.encode(self)  # a NamedTuple is a JSON array

@@ -149,7 +149,10 @@ def _in_flight_at_a_kill(rows: list[ChunkRow]) -> list[ChunkRow]:
             seq, position, count = map(int, entry.split(":"))
             if (row.run, seq) not in recorded:
                 recorded.add((row.run, seq))
-                found.append(ChunkRow(seq, row.run, position, count, None, row.finished_at or 0.0))
+                found.append(
+                    # a chunk named in a later run's header: its start is when that outcome was written
+                    ChunkRow(seq, row.run, position, length=count, ids=None, started_at=row.finished_at or 0.0)
+                )
     return found
 
 

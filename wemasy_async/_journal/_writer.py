@@ -64,7 +64,7 @@ class _UnderWay(NamedTuple):
     at: float
 
     def row(self, seq: int, run: int) -> ChunkRow:
-        return ChunkRow(seq, run, self.position, len(self.chunk), self.ids, self.at)
+        return ChunkRow(seq, run, self.position, length=len(self.chunk), ids=self.ids, started_at=self.at)
 
 
 class JournalDisk:

@@ -1,6 +1,6 @@
 """The budget as the client sees it: the :class:`Budget` protocol every backend implements, and its events.
 
-Nothing here knows a backend; the client and every backend import it, and it imports only the errors.
+Nothing here knows a backend; the client and every backend import it, and it imports no backend.
 """
 
 from __future__ import annotations

@@ -84,7 +84,3 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a port in use, a --failed-out that cannot be written
         print(f"wemasy-async: {error}", file=sys.stderr)
         return EXIT_USAGE
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
