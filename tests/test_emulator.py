@@ -294,3 +294,16 @@ async def test_a_restart_refuses_connections_then_serves_with_its_state(http: ai
         assert headers["X-RateLimit-Remaining"] == "3"
         assert emulator.queued == [1]
         assert emulator.restarts == 1
+
+
+async def test_injected_error_pages_are_laravels_500_and_503_and_are_counted(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """SERVER_ERROR answers Laravel's 500 and SERVICE_UNAVAILABLE its 503 (maintenance), each in Laravel's
+    JSON error shape and counted by the throttle (the rate-limit headers go with it)."""
+    wemasy_emulator.inject(Fault.SERVER_ERROR, Fault.SERVICE_UNAVAILABLE)
+    answers = [await call(http, wemasy_emulator) for _ in range(2)]
+    assert [status for status, _, _ in answers] == [500, 503]
+    assert [body["message"] for _, _, body in answers] == ["Server Error", "Service Unavailable"]
+    assert all("X-RateLimit-Remaining" in headers for _, headers, _ in answers)
+    assert [r.counted for r in wemasy_emulator.requests] == [True, True]

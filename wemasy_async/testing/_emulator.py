@@ -746,18 +746,20 @@ def _canned(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse
     return web.json_response(canned.json, status=canned.status, headers=headers)
 
 
-def _server_error(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
-    """``Fault.SERVER_ERROR``: Laravel's 500, counted by the throttle."""
-    if exchange.fault is not Fault.SERVER_ERROR:
-        return None
-    return emulator._app_answer(exchange, _Reply(500, emulator._error(500, "Server Error")))
+#: The faults answered as Laravel's own error pages, counted by the throttle: 500 (an exception), 503 (maintenance).
+_ERROR_PAGES: dict[Fault, tuple[int, str]] = {
+    Fault.SERVER_ERROR: (500, "Server Error"),
+    Fault.SERVICE_UNAVAILABLE: (503, "Service Unavailable"),
+}
 
 
-def _service_unavailable(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
-    """``Fault.SERVICE_UNAVAILABLE``: a 503, as in maintenance mode."""
-    if exchange.fault is not Fault.SERVICE_UNAVAILABLE:
+def _error_page(emulator: WemasyEmulator, exchange: _Exchange) -> web.StreamResponse | None:
+    """``Fault.SERVER_ERROR`` and ``Fault.SERVICE_UNAVAILABLE``: the app's error page for the fault."""
+    page = _ERROR_PAGES.get(exchange.fault) if isinstance(exchange.fault, Fault) else None
+    if page is None:
         return None
-    return emulator._app_answer(exchange, _Reply(503, emulator._error(503, "Service Unavailable")))
+    status, message = page
+    return emulator._app_answer(exchange, _Reply(status, emulator._error(status, message)))
 
 
 def _status_route(emulator: WemasyEmulator, exchange: _Exchange) -> _Reply | None:
@@ -805,8 +807,7 @@ _AFTER_THE_THROTTLE: tuple[tuple[str, _Handler], ...] = (
     ("unauthenticated", _unauthenticated),
     ("forbidden", _forbidden),
     ("canned response", _canned),
-    ("server error", _server_error),
-    ("service unavailable", _service_unavailable),
+    ("error pages (500, 503)", _error_page),
 )
 
 #: The app's routes, in order; no match is a 404. ``Fault.DROP_AFTER_PROCESSING`` applies after them.
