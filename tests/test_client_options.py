@@ -562,3 +562,20 @@ def test_wemasy_log_switches_the_librarys_log_on_for_a_client_in_code() -> None:
         timeout=120,
     )
     assert quiet.stderr == ""
+
+
+async def test_a_client_s_options_set_after_a_call_apply_to_its_next_calls(wemasy_emulator: WemasyEmulator) -> None:
+    """The client keeps each body-less call it has made for reuse; setting its ``retry`` (or ``timeout``)
+    afterwards still governs the next call, and a copy's options stay its own."""
+    async with make_client(wemasy_emulator, retry=RetryPolicy(max_attempts=3, backoff_base=0)) as client:
+        copy = client.with_options(max_retries=0)
+        await client.sendcloud.status()
+        await copy.sendcloud.status()
+        wemasy_emulator.inject(*[Fault.SERVER_ERROR] * 5)
+        with pytest.raises(ServerError):
+            await copy.sendcloud.status()
+        assert len(wemasy_emulator.requests) == 3  # the copy sent once, as its own options say
+        client.retry = NO_RETRIES
+        with pytest.raises(ServerError):
+            await client.sendcloud.status()
+        assert len(wemasy_emulator.requests) == 4  # once: the policy set after the first call

@@ -43,6 +43,7 @@ from ._protocol import (
     decipher_response,
     encode_json_body,
     follow_redirect,
+    new_record,
     normalize_base_url,
     parse_rate_limit_headers,
     request_url,
@@ -51,7 +52,7 @@ from ._protocol import (
 )
 from ._retry import NO_RETRIES, RetryPolicy
 from ._sender import Deadline, Exchange
-from ._transport import AiohttpTransport
+from ._transport import AiohttpTransport, small_reads_connector
 from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
 from .budgets import RETRY_AFTER_ROUNDING, Budget, RateLimitView, RetryEvent, SchedulerEvent, WaitEvent, budget_for
 from .resources.sendcloud import SendcloudResource
@@ -239,6 +240,8 @@ class WemasyClient:
         self._is_copy = False
         self._transport_cache: AiohttpTransport | None = None
         self._prepared: dict[tuple[str, str], PreparedRequest] = {}
+        #: The calls with no body and the client's own options, by (method, path); a copy has its own.
+        self._plain_calls: dict[tuple[str, str], _Call] = {}
         #: This client (or copy) was closed; the session's owner closing sets ``_conn.closed`` for all.
         self._closed = False
         self.sendcloud = SendcloudResource(self)
@@ -270,6 +273,7 @@ class WemasyClient:
         copy._owns_budget = False
         copy._is_copy = True
         copy._closed = False
+        copy._plain_calls = {}
         if timeout is not NOT_GIVEN:
             copy.timeout = checked_timeout(timeout)
         if deadline is not NOT_GIVEN:
@@ -348,6 +352,7 @@ class WemasyClient:
                     del session_headers["Authorization"]
                 timeout = self.timeout
                 conn.session = aiohttp.ClientSession(
+                    connector=small_reads_connector(),
                     headers=session_headers,
                     timeout=timeout
                     if isinstance(timeout, aiohttp.ClientTimeout)
@@ -446,11 +451,18 @@ class WemasyClient:
         the transport: from then on the server may have it (a batch counts its ids in doubt if it stops).
 
         The layers, outermost first: :meth:`_send_handling_retries` (backoff, and a 429 queueing again),
-        :meth:`_send_handling_redirects` (one attempt: a concurrency slot, same-origin hops) and
-        :meth:`_send_paid` (one HTTP exchange paid for from the budget). Not a coroutine itself but the
-        outermost layer's, which the caller awaits: every await of an I/O wait passes each frame of the chain.
+        :meth:`_send_handling_redirects` (same-origin hops, entered only after a 3xx) and :meth:`_send_paid`
+        (one HTTP exchange: a concurrency slot, a ticket of the budget, the answer settled). Not a coroutine
+        itself but the outermost layer's, which the caller awaits: every resume at an I/O wait passes each
+        frame of the chain, so the common path has only the two frames it needs.
         """
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
+        plain = json_body is None and timeout is NOT_GIVEN and deadline_at is None and retry is None
+        if plain and on_sent is None:
+            # A call with no body and the client's own options is the same every time: it is kept.
+            call = self._plain_calls.get((method, path))
+            if call is not None and call.policy is self.retry and call.timeout is self.timeout:
+                return self._send_handling_retries(transport, call)
         request = self._prepared.get((method, path)) if json_body is None else None
         if request is None:
             request = self._prepare(transport, method, path, json_body)
@@ -463,6 +475,8 @@ class WemasyClient:
             self.retry if retry is None else retry,
             on_sent,
         )
+        if plain and on_sent is None and len(self._plain_calls) < 64:
+            self._plain_calls[(method, path)] = call
         return self._send_handling_retries(transport, call)
 
     def _prepare(self, transport: AiohttpTransport, method: str, path: str, json_body: Any) -> PreparedRequest:
@@ -480,12 +494,15 @@ class WemasyClient:
     async def _send_handling_retries(self, transport: AiohttpTransport, call: _Call) -> Exchange:
         """Attempts until one is answered for good. A 429 is the budget's business: its gate holds every
         caller until the window has surely ended, and the throttled request queues again using no attempt."""
-        tries = _Tries()
+        tries: _Tries | None = None  # made at the first failure: most calls have none
         policy = call.policy
         while True:
+            ambiguous = tries is not None and tries.ambiguous
             failure: RawResponse | APIConnectionError
             try:
-                answer = await self._send_handling_redirects(transport, call, tries.ambiguous)
+                answer = await self._send_paid(transport, call, call.request, ambiguous)
+                if 300 <= answer.response.status < 400 and self.max_redirects:
+                    answer = await self._send_handling_redirects(transport, call, answer, ambiguous)
             except DeadlineExceededError:
                 raise
             except APIConnectionError as exc:
@@ -493,12 +510,13 @@ class WemasyClient:
             else:
                 status = answer.response.status
                 if status < 300 or not policy.retries_status(status):
-                    return Exchange(answer.response, tries.ambiguous)
+                    return new_record(Exchange, (answer.response, ambiguous))
                 failure, cause = answer.response, str(status)
                 if status == 429 and policy.wait_on_rate_limit:
-                    self._queue_again(call, tries, answer)
+                    self._queue_again(call, tries := tries or _Tries(), answer)
                     continue
                 retry_after = answer.hints.retry_after or 0.0
+            tries = tries or _Tries()
             delay = self._retry_delay(call, tries, failure, retry_after)
             tries.attempt += 1
             tries.sends += 1
@@ -550,64 +568,87 @@ class WemasyClient:
             decipher_response(failure)  # raises the status's error
         return delay
 
-    async def _send_handling_redirects(self, transport: AiohttpTransport, call: _Call, ambiguous: bool) -> _Answer:
-        """One attempt: it holds a concurrency slot, and each hop (same-origin redirects) is paid for."""
-        if call.deadline_at is None:
-            await self._slots.acquire()
-        else:
-            await self._until_deadline(self._slots.acquire(), call.deadline_at, call.request, ambiguous)
-        try:
-            hop = call.request
-            for _ in range(self.max_redirects + 1):
-                answer = await self._send_paid(transport, call, hop, ambiguous)
-                if not 300 <= answer.response.status < 400:
-                    break
-                next_hop = follow_redirect(hop, answer.response)
-                if next_hop is None:
-                    break
-                hop = next_hop
-            return answer
-        finally:
-            self._slots.release()
+    async def _send_handling_redirects(
+        self, transport: AiohttpTransport, call: _Call, answer: _Answer, ambiguous: bool
+    ) -> _Answer:
+        """After a 3xx ``answer``: same-origin redirects, up to ``max_redirects`` hops, each one paid for."""
+        hop = call.request
+        for _ in range(self.max_redirects):
+            next_hop = follow_redirect(hop, answer.response)
+            if next_hop is None:
+                break
+            hop = next_hop
+            answer = await self._send_paid(transport, call, hop, ambiguous)
+            if not 300 <= answer.response.status < 400:
+                break
+        return answer
 
     async def _send_paid(
         self, transport: AiohttpTransport, call: _Call, hop: PreparedRequest, ambiguous: bool
     ) -> _Answer:
-        """One HTTP exchange: the ceiling, a ticket of the budget, the transport, and the answer settled."""
+        """One HTTP exchange: a concurrency slot, the ceiling, a ticket of the budget, the transport, and the
+        answer settled."""
         deadline_at = call.deadline_at
-        if self._ceiling is not None:
-            await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
-        budget = self._budget
-        ticket = budget.try_acquire()
-        if ticket is None:  # a ticket is opaque: 0 or "" may be one
-            ticket = await self._acquire(budget, hop, deadline_at, ambiguous)
-        exchange_timeout = call.timeout
-        if deadline_at is not None:
-            left = deadline_at - time.monotonic()
-            if left <= 0:  # aiohttp reads a timeout of 0 as none at all
-                await budget.release(ticket)
-                raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
-            exchange_timeout = _within(exchange_timeout, left)
-        if call.on_sent is not None:
-            call.on_sent()
+        slots = self._slots
+        if deadline_at is None:
+            await slots.acquire()
+        else:
+            await self._until_deadline(slots.acquire(), deadline_at, hop, ambiguous)
         try:
-            response = await transport.send(hop, timeout=exchange_timeout)
-        except APIConnectionError as exc:
-            # One refused before a byte was sent (not ambiguous) was never counted: its place goes back.
-            await (budget.no_answer(ticket) if exc.ambiguous else budget.release(ticket))
-            if deadline_at is not None and time.monotonic() >= deadline_at:
-                what = "for an answer"
-                raise self._deadline_error(hop, ambiguous=exc.ambiguous or ambiguous, what=what) from None
-            raise
-        except BaseException:
-            # No answer (or cancelled mid-flight): the server may have counted it.
-            await budget.no_answer(ticket)
-            raise
-        hints = parse_rate_limit_headers(response.headers)
-        gate = await budget.answered(ticket, response.status, hints)
+            if self._ceiling is not None:
+                await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
+            budget = self._budget
+            ticket = budget.try_acquire()
+            if ticket is None:  # a ticket is opaque: 0 or "" may be one
+                ticket = await self._acquire(budget, hop, deadline_at, ambiguous)
+            exchange_timeout = call.timeout
+            if deadline_at is not None:
+                left = deadline_at - time.monotonic()
+                if left <= 0:  # aiohttp reads a timeout of 0 as none at all
+                    await budget.release(ticket)
+                    raise self._deadline_error(hop, ambiguous=ambiguous, what="to send")
+                exchange_timeout = _within(exchange_timeout, left)
+            if call.on_sent is not None:
+                call.on_sent()
+            try:
+                response = await transport.send(hop, timeout=exchange_timeout)
+            except BaseException as exc:
+                error = await self._unanswered(
+                    budget, ticket, exc, hop=hop, deadline_at=deadline_at, ambiguous=ambiguous
+                )
+                if error is exc:
+                    raise
+                raise error from None
+            hints = parse_rate_limit_headers(response.headers)
+            gate = await budget.answered(ticket, response.status, hints)
+        finally:
+            slots.release()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d", hop.method, hop.url, response.status)
-        return _Answer(response, hints, gate)
+        return new_record(_Answer, (response, hints, gate))
+
+    @classmethod
+    async def _unanswered(
+        cls,
+        budget: Budget[Any],
+        ticket: Any,
+        exc: BaseException,
+        *,
+        hop: PreparedRequest,
+        deadline_at: float | None,
+        ambiguous: bool,
+    ) -> BaseException:
+        """Settle the ticket of an exchange that got no answer (``exc`` was raised), and say what the caller
+        raises: ``exc`` itself, or the deadline's error when the deadline passed waiting for the answer."""
+        if not isinstance(exc, APIConnectionError):
+            # No answer (or cancelled mid-flight): the server may have counted it.
+            await budget.no_answer(ticket)
+            return exc
+        # One refused before a byte was sent (not ambiguous) was never counted: its place goes back.
+        await (budget.no_answer(ticket) if exc.ambiguous else budget.release(ticket))
+        if deadline_at is not None and time.monotonic() >= deadline_at:
+            return cls._deadline_error(hop, ambiguous=exc.ambiguous or ambiguous, what="for an answer")
+        return exc
 
     async def _wait_for_ceiling(
         self, ceiling: AsyncLimiter, hop: PreparedRequest, deadline_at: float | None, ambiguous: bool

@@ -90,6 +90,11 @@ def ci_headers(headers: Mapping[str, str]) -> CIMultiDictProxy[str]:
     return headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers))
 
 
+#: Makes a ``NamedTuple`` record from a tuple of all its fields, in order, without the ``__new__`` that
+#: ``typing.NamedTuple`` writes in Python (a frame a record): for the few records made on every request.
+new_record = tuple.__new__
+
+
 class RawResponse(NamedTuple):
     """What came back: status, headers and the body bytes, with the request it answers.
 
@@ -375,7 +380,7 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
     if (counts[0] or 0) < 0 or (counts[1] or 0) < 0:
         counts = (_count(limit), _count(remaining))
     if retry_after_header is None and reset is None:
-        return RateLimitHeaders(*counts)
+        return new_record(RateLimitHeaders, (*counts, None))
     server_now = parse_http_date(get("Date"))
     if server_now is None:
         server_now = time.time() if now is None else now

@@ -7,16 +7,18 @@ turns aiohttp's failures into the SDK's through one table (docs/design/client.md
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
 from collections.abc import Mapping
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from ._errors import APIConnectionError, APITimeoutError, ClientClosedError, InvalidResponseError, WemasyError
-from ._protocol import PreparedRequest, RawResponse
+from ._protocol import PreparedRequest, RawResponse, new_record
 
-__all__ = ["MAX_BODY_BYTES", "READ_SIZE", "TIMEOUT_CACHE_SIZE", "AiohttpTransport"]
+__all__ = ["MAX_BODY_BYTES", "READ_SIZE", "TIMEOUT_CACHE_SIZE", "AiohttpTransport", "small_reads_connector"]
 
 #: The most bytes read of one answer's body, after decompression: these endpoints answer in kilobytes, so
 #: anything near this is not theirs (a proxy's page, a gzip bomb), and is refused rather than held.
@@ -96,8 +98,6 @@ class AiohttpTransport:
         response: aiohttp.ClientResponse | None = None
         try:
             async with context as response:
-                if self.session_headers is not None:  # a caller's session is used as it is
-                    _read_in_small_steps(response)
                 length = response.content_length
                 if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in response.headers:
                     body = await response.read()
@@ -107,13 +107,7 @@ class AiohttpTransport:
                     except InvalidResponseError:
                         response.close()  # the rest is not read: the connection is dropped, not drained
                         raise
-                return RawResponse(
-                    status=response.status,
-                    headers=response.headers,
-                    body=body,
-                    method=request.method,
-                    url=request.url,
-                )
+                return new_record(RawResponse, (response.status, response.headers, body, request.method, request.url))
         except (asyncio.TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
             error = self._translated(exc, request, timeout)
             if error is None:
@@ -193,14 +187,26 @@ class AiohttpTransport:
         return None
 
 
-def _read_in_small_steps(response: aiohttp.ClientResponse) -> None:
-    """Have the response's connection read :data:`READ_SIZE` bytes at a time (from its next read on)."""
-    # The protocol, since a small answer read whole with its head has already given its connection back.
-    protocol = getattr(response, "_protocol", None)
-    transport = getattr(protocol, "transport", None)
-    # Only asyncio's socket transport has max_size; TLS (a reused buffer) and uvloop's keep their own reads.
-    if transport is not None and getattr(transport, "max_size", READ_SIZE) != READ_SIZE:
-        setattr(transport, "max_size", READ_SIZE)  # noqa: B010  # not in asyncio.Transport's type
+class _SmallReads(ResponseHandler):
+    """aiohttp's protocol of a connection, which has the socket read :data:`READ_SIZE` bytes at a time."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Only asyncio's socket transport has max_size; TLS (a reused buffer) and uvloop's keep their own reads.
+        if isinstance(getattr(transport, "max_size", None), int):
+            setattr(transport, "max_size", READ_SIZE)  # noqa: B010  # not in asyncio.Transport's type
+
+
+def small_reads_connector() -> aiohttp.TCPConnector:
+    """The connector of a session the client makes: aiohttp's, with connections that read :data:`READ_SIZE`
+    bytes at a time, set once as each connection is made (nothing is done per request). An aiohttp whose
+    connector makes its protocols another way keeps its own reads (only a cost in page faults)."""
+    connector = aiohttp.TCPConnector()
+    factory = getattr(connector, "_factory", None)
+    if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
+        # (mypy holds partial invariant; a _SmallReads is a ResponseHandler)
+        connector._factory = functools.partial(_SmallReads, *factory.args, **factory.keywords)  # type: ignore[assignment]
+    return connector
 
 
 def _differences(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str] | None:
