@@ -803,7 +803,7 @@ def test_the_places_of_a_result_as_the_cli_lists_them() -> None:
         in_doubt=(7,),
     )
     places = places_json(result)
-    assert list(places) == ["rejected", "failed", "not_sent", "in_doubt", "unreported"]
+    assert list(places) == ["rejected", "failed", "unreported", "in_doubt", "not_sent"]
     assert places["rejected"] == [{"order_id": 2, "message": "The selected order_ids.1 is invalid."}]
     assert places["failed"] == [{"order_ids": [3, 4], "error": str(result.failed[0].error)}]
     assert (places["not_sent"], places["in_doubt"], places["unreported"]) == ([6], [7], [5])

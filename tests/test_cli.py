@@ -750,3 +750,30 @@ def test_the_command_runs_as_a_module(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wemasy-async ")
+
+
+def test_the_human_summary_tells_every_place_an_id_ended_in() -> None:
+    """Without --json the push's summary names each place that holds ids, the unreported ones too (an
+    answer that named none of them is told, not left out)."""
+    from wemasy_async import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary, ServerError
+    from wemasy_async.cli._output import print_push_result
+
+    result = PushResult(
+        summary=PushSummary(1, 1, 0, 0, 1),
+        details=PushDetails(new_orders=("1",)),
+        rejected=(OrderRejection(2, "The selected order_ids.1 is invalid."),),
+        failed=(ChunkFailure((3, 4), ServerError("boom", status_code=500, body=None, raw_text="", headers=None)),),
+        unreported=(5,),
+        in_doubt=(6, 7),
+        not_sent=(8, 9, 10),
+    )
+    out = io.StringIO()
+    print_push_result(result, out)
+    lines = out.getvalue().splitlines()
+    assert lines[1:] == [
+        "rejected 2: The selected order_ids.1 is invalid.",
+        "failed 2 ids: HTTP 500: boom",
+        "unreported: 1 ids (answered, but named by none of new, retry or skipped)",
+        "in doubt: 2 ids (under way when the push stopped)",
+        "not sent: 3 ids (the push stopped first)",
+    ]

@@ -6,16 +6,19 @@ still reachable. Unknown fields are ignored, never an error.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import attrs
 
 from ._errors import WemasyError
 
 __all__ = [
+    "UNACCEPTED",
     "ChunkFailure",
     "OrderRejection",
+    "Place",
     "PushDetails",
     "PushFailedError",
     "PushResult",
@@ -113,6 +116,27 @@ class ChunkFailure:
     error: BaseException = attrs.field(eq=False)
 
 
+class Place(NamedTuple):
+    """A place where an id of a batch may end other than accepted (see :data:`UNACCEPTED`)."""
+
+    #: The attribute of :class:`PushResult` and of a journal's summary, and the key of the CLI's JSON.
+    name: str
+    #: How messages name it.
+    words: str
+    #: A resumed push sends its ids again (``rejected`` only with ``retry_rejected``).
+    resent: bool
+
+
+#: Every place an id may end in but accepted, listed once, in the order results and messages give them.
+UNACCEPTED: Final = (
+    Place("rejected", "rejected", resent=False),
+    Place("failed", "failed", resent=True),
+    Place("unreported", "unreported", resent=True),
+    Place("in_doubt", "in doubt", resent=True),
+    Place("not_sent", "not sent", resent=True),
+)
+
+
 @attrs.frozen
 class PushResult:
     """The answer to ``POST .../orders/sendcloud/shipments/push``.
@@ -161,17 +185,26 @@ class PushResult:
         """Every id of every failed request: the ids to push again later."""
         return tuple(order_id for failure in self.failed for order_id in failure.order_ids)
 
+    def ids_in(self, place: str) -> tuple[int, ...]:
+        """The ids in one place of :data:`UNACCEPTED` (by its name: ``"rejected"``, ``"in_doubt"``...)."""
+        if place == "rejected":
+            return tuple(rejection.order_id for rejection in self.rejected)
+        if place == "failed":
+            return self.failed_order_ids
+        ids: tuple[int, ...] = getattr(self, place)
+        return ids
+
     @property
     def ok(self) -> bool:
         """True when every id was accepted: none rejected, failed, unreported, in doubt or unsent."""
-        return not (self.rejected or self.failed or self.unreported or self.in_doubt or self.not_sent)
+        return not any(getattr(self, place.name) for place in UNACCEPTED)
 
     @property
     def retry_order_ids(self) -> tuple[int, ...]:
-        """The ids to push again later: those of failed requests, those an answer did not name, those in
-        doubt, and those never sent (pushing an id the server queued already is safe: it comes back
-        skipped)."""
-        return self.failed_order_ids + self.unreported + self.in_doubt + self.not_sent
+        """The ids to push again later: those of every place a resumed push sends again (failed requests,
+        ids an answer did not name, in doubt, never sent); pushing an id the server queued already is safe:
+        it comes back skipped."""
+        return tuple(itertools.chain.from_iterable(self.ids_in(p.name) for p in UNACCEPTED if p.resent))
 
     def raise_for_failures(self) -> PushResult:
         """Raise :class:`PushFailedError` (which carries this result) unless every id was accepted;
@@ -187,17 +220,6 @@ class PushFailedError(WemasyError):
 
     def __init__(self, result: PushResult) -> None:
         self.result = result
-        failed = len(result.failed_order_ids)
-        others = [
-            f"{len(ids)} {name}"
-            for name, ids in (
-                ("unreported", result.unreported),
-                ("in doubt", result.in_doubt),
-                ("not sent", result.not_sent),
-            )
-            if ids
-        ]
-        super().__init__(
-            f"{len(result.rejected)} order ids rejected and {failed} failed{''.join(', ' + o for o in others)} "
-            f"of a push ({result.summary.total_orders} accepted by the server)"
-        )
+        counts = [(len(result.ids_in(place.name)), place.words) for place in UNACCEPTED]
+        told = ", ".join(f"{count} {words}" for count, words in counts if count)
+        super().__init__(f"order ids of a push: {told} ({result.summary.total_orders} accepted by the server)")

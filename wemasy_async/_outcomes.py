@@ -1,18 +1,20 @@
-"""Where the ids of a batch end, listed once: a chunk's accumulator, a journal's counts, the CLI's JSON.
+"""Where the ids of a batch end: a chunk's accumulator, a journal's counts, results merged, the CLI's JSON.
 
-Every distinct id ends in one place: accepted (new, retry or skipped, as the server reported it),
-``rejected``, ``failed``, ``unreported``, ``not_sent`` or ``in_doubt``; duplicates stand beside them.
+Every distinct id ends in one place: accepted (new, retry or skipped, as the server reported it), or one of
+:data:`UNACCEPTED` (``rejected``, ``failed``, ``unreported``, ``in_doubt``, ``not_sent``), which is the one
+list of them; duplicates stand beside them.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import attrs
 
-from ._models import ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary
+from ._models import UNACCEPTED, ChunkFailure, OrderRejection, PushDetails, PushResult, PushSummary
 
 __all__ = ["OutcomeCounts", "Outcomes", "merge_results", "places_json"]
 
@@ -49,7 +51,8 @@ class Outcomes:
 
 @attrs.define
 class OutcomeCounts:
-    """How many distinct ids are in each place (a journal's summary counts them, not lists them)."""
+    """How many distinct ids are in each place (a journal's summary counts them, not lists them): accepted
+    (and its three kinds), then each of :data:`UNACCEPTED`."""
 
     accepted: int = 0
     new: int = 0
@@ -63,18 +66,22 @@ class OutcomeCounts:
 
 
 def places_json(result: PushResult) -> dict[str, list[Any]]:
-    """The places of a result's unaccepted ids as the CLI's JSON lists them, in its order (name -> entries)."""
-    return {
-        "rejected": [{"order_id": r.order_id, "message": r.message} for r in result.rejected],
-        "failed": [{"order_ids": list(f.order_ids), "error": str(f.error)} for f in result.failed],
-        "not_sent": list(result.not_sent),
-        "in_doubt": list(result.in_doubt),
-        "unreported": list(result.unreported),
-    }
+    """The places of a result's unaccepted ids as the CLI's JSON lists them (name -> entries), in the
+    order of :data:`UNACCEPTED`."""
+    return {place.name: [_json_entry(entry) for entry in getattr(result, place.name)] for place in UNACCEPTED}
 
 
-def _chained(results: Sequence[PushResult], place: Callable[[PushResult], Sequence[T]]) -> tuple[T, ...]:
-    return tuple(itertools.chain.from_iterable(map(place, results)))
+def _json_entry(entry: object) -> object:
+    """An entry of a place as the CLI's JSON gives it: an id as it is; a rejection or a failure as an object."""
+    if isinstance(entry, OrderRejection):
+        return {"order_id": entry.order_id, "message": entry.message}
+    if isinstance(entry, ChunkFailure):
+        return {"order_ids": list(entry.order_ids), "error": str(entry.error)}
+    return entry
+
+
+def _chained(results: Sequence[PushResult], place: str) -> tuple[Any, ...]:
+    return tuple(itertools.chain.from_iterable(map(operator.attrgetter(place), results)))
 
 
 def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = ()) -> PushResult:
@@ -83,8 +90,8 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
     details = [r.details for r in results]
     requests = sum(r.requests for r in results)
     accepted = sum(s.total_orders for s in summaries)
-    rejected = _chained(results, lambda r: r.rejected)
-    failed = _chained(results, lambda r: r.failed)
+    places = {place.name: _chained(results, place.name) for place in UNACCEPTED}
+    rejected, failed = places["rejected"], places["failed"]
     return PushResult(
         summary=PushSummary(
             total_orders=accepted,
@@ -106,12 +113,8 @@ def merge_results(results: Sequence[PushResult], *, duplicates: Sequence[int] = 
         total_chunks=sum(r.total_chunks for r in results),
         labels_will_be_created=next((r.labels_will_be_created for r in results if r.labels_will_be_created), ""),
         ambiguous_retry=any(r.ambiguous_retry for r in results),
-        rejected=rejected,
-        failed=failed,
+        **places,
         duplicates=tuple(duplicates),
-        unreported=_chained(results, lambda r: r.unreported),
-        not_sent=_chained(results, lambda r: r.not_sent),
-        in_doubt=_chained(results, lambda r: r.in_doubt),
         requests=requests,
         journal_error=next((r.journal_error for r in results if r.journal_error), None),
         # A batch's result does not keep every response (a million ids: 2,000 of them); a single response's

@@ -12,7 +12,7 @@ import cattrs
 
 from .._converter import record_converter
 from .._errors import UsageError
-from .._models import PushDetails, PushResult
+from .._models import UNACCEPTED, PushDetails, PushResult
 
 #: The journal's layout; a file of another format is refused (an older SDK does not guess at a newer one).
 JOURNAL_FORMAT = 2
@@ -209,9 +209,18 @@ class OutcomeHeader(NamedTuple):
     def dump(self) -> str:
         return _COMPACT.encode(self)  # a NamedTuple is a JSON array
 
+    def ids_in(self, place: str) -> list[int]:
+        """The chunk's ids in one place of :data:`UNACCEPTED`, by its name."""
+        if place == "rejected":
+            return [rejection.order_id for rejection in self.rejected]
+        if place == "failed":
+            return [order_id for failure in self.failed for order_id in failure.order_ids]
+        ids: list[int] = getattr(self, place)
+        return ids
+
     def unanswered(self) -> list[int]:
-        """The chunk's ids with no answer that stands for good: failed, unreported, not sent, in doubt."""
-        return [i for f in self.failed for i in f.order_ids] + self.unreported + self.not_sent + self.in_doubt
+        """The chunk's ids with no answer that stands for good: those of every place a resume sends again."""
+        return [order_id for place in UNACCEPTED if place.resent for order_id in self.ids_in(place.name)]
 
 
 class OutcomeColumns(NamedTuple):

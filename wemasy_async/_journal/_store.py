@@ -15,7 +15,7 @@ import attrs
 import cattrs
 
 from .._errors import UsageError
-from .._models import OrderRejection, PushResult, PushSummary
+from .._models import UNACCEPTED, OrderRejection, PushResult, PushSummary
 from .._outcomes import OutcomeCounts
 from .._version import __version__
 from ._codec import (
@@ -77,7 +77,7 @@ class JournalSummary:
     @property
     def to_send(self) -> int:
         """Ids a resumed push would send (without ``retry_rejected``)."""
-        return self.failed + self.unreported + self.in_doubt + self.not_sent
+        return sum(getattr(self, place.name) for place in UNACCEPTED if place.resent)
 
     @property
     def complete(self) -> bool:
@@ -193,10 +193,9 @@ def _count_outcome(
 ) -> list[OrderRejection]:
     """Count a chunk's outcome into ``state``; return its rejections that stand."""
     counts = state.counts
-    counts.failed += len(later.standing(i for f in header.failed for i in f.order_ids))
-    counts.unreported += len(later.standing(header.unreported))
-    counts.not_sent += len(later.standing(header.not_sent))
-    counts.in_doubt += len(later.standing(header.in_doubt))
+    for place in UNACCEPTED:
+        if place.resent:  # those a later run sent again stand no more
+            setattr(counts, place.name, getattr(counts, place.name) + len(later.standing(header.ids_in(place.name))))
     kept = [OrderRejection(r.order_id, r.message) for r in header.rejected if r.order_id not in later.ids]
     if retried:  # to be sent again: the answer a retry got, if any, was not recorded
         counts.in_doubt += len(kept)

@@ -13,7 +13,7 @@ from typing import Any, Final, TextIO
 
 from .._client import BASE_URL_ENV_VAR, REDIS_URL_ENV_VAR
 from .._journal import JournalSummary
-from .._models import PushResult
+from .._models import UNACCEPTED, PushResult
 from .._outcomes import places_json
 from .._protocol import TOKEN_ENV_VAR
 
@@ -71,10 +71,19 @@ def print_push_result(result: PushResult, out: TextIO) -> None:
         print(f"rejected {rejection.order_id}: {rejection.message}", file=out)
     for failure in result.failed:
         print(f"failed {len(failure.order_ids)} ids: {cli_message(str(failure.error))}", file=out)
-    if result.in_doubt:
-        print(f"in doubt: {len(result.in_doubt)} ids (under way when the push stopped)", file=out)
-    if result.not_sent:
-        print(f"not sent: {len(result.not_sent)} ids (the push stopped first)", file=out)
+    for place in UNACCEPTED:
+        ids = getattr(result, place.name)
+        if place.name in _PUSH_NOTES and ids:
+            print(f"{place.words}: {len(ids)} ids ({_PUSH_NOTES[place.name]})", file=out)
+
+
+#: The places a push's result tells by their count (rejections and failures are told one by one), and why
+#: their ids are there.
+_PUSH_NOTES = {
+    "unreported": "answered, but named by none of new, retry or skipped",
+    "in_doubt": "under way when the push stopped",
+    "not_sent": "the push stopped first",
+}
 
 
 def _hidden(value: Any) -> Any:
@@ -93,6 +102,10 @@ def redact_integration(raw: Mapping[str, Any]) -> dict[str, Any]:
     return redacted
 
 
+#: What a journal summary's line of a place adds to its count.
+_SUMMARY_NOTES = {"in_doubt": " (sent, no answer recorded: in flight when the push stopped)"}
+
+
 def print_journal_summary(summary: JournalSummary, out: TextIO) -> None:
     def when(at: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
@@ -107,10 +120,10 @@ def print_journal_summary(summary: JournalSummary, out: TextIO) -> None:
         f"in {summary.requests} requests",
         file=out,
     )
-    print(f"rejected {summary.rejected}", file=out)
-    print(f"failed {summary.failed}" + (f", unreported {summary.unreported}" if summary.unreported else ""), file=out)
-    print(f"in doubt {summary.in_doubt} (sent, no answer recorded: in flight when the push stopped)", file=out)
-    print(f"not sent {summary.not_sent}", file=out)
+    for place in UNACCEPTED:
+        count = getattr(summary, place.name)
+        if count or place.name != "unreported":  # rarely any: said only when there are
+            print(f"{place.words} {count}{_SUMMARY_NOTES.get(place.name, '')}", file=out)
     last = "finished" if summary.last_run_finished else "did not finish (killed, or still running)"
     print(f"runs {summary.runs}; the last (pid {summary.last_pid}) {last}", file=out)
     print(f"created {when(summary.created_at)}, updated {when(summary.updated_at)}", file=out)
