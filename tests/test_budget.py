@@ -23,13 +23,13 @@ def counting(budget: RateLimitBudget) -> list[int]:
     state = budget.state
     try_acquire, peek = state.try_acquire, state.peek
 
-    def counted_try(now: float) -> object:
+    def counted_try(now: float, bulk: bool = False) -> object:
         calls[0] += 1
-        return try_acquire(now)
+        return try_acquire(now, bulk)
 
-    def counted_peek(now: float) -> object:
+    def counted_peek(now: float, bulk: bool = False) -> object:
         calls[0] += 1
-        return peek(now)
+        return peek(now, bulk)
 
     state.try_acquire = counted_try  # type: ignore[method-assign,assignment]
     state.peek = counted_peek  # type: ignore[method-assign,assignment]
@@ -145,11 +145,11 @@ async def test_a_first_waiter_whose_loop_closed_during_a_timed_wait_does_not_hol
     assert probe is not None
     await budget.answered(probe, 200, RateLimitHeaders(1, 0))  # spent until 1.0
     await waiter_whose_loop_closes(budget)
-    dead = budget._queue[0]
+    dead = budget._queue.first()
     mine = asyncio.create_task(budget.acquire())
     await asyncio.sleep(0)  # it runs up to its wait
     assert len(budget._queue) == 1
-    assert budget._queue[0] is not dead  # the caller whose loop is gone was dropped, not waited behind
+    assert budget._queue.first() is not dead  # the caller whose loop is gone was dropped, not waited behind
     clock.now = 1.0  # the window ends; the timer for it runs in real time, so wake the waiter now
     with budget._lock:
         budget._wake_all()

@@ -285,9 +285,10 @@ def test_progress_on_a_wider_terminal_uses_its_width(env: WemasyEmulator) -> Non
 @pytest.mark.wemasy_emulator(limit=2, window_seconds=3)
 def test_progress_counts_down_a_wait_for_the_window(wemasy_emulator: WemasyEmulator) -> None:
     """When the window's budget is spent, the bar counts down the wait for the next window, second by
-    second, and the countdown is gone once the wait is over."""
+    second, and the countdown is gone once the wait is over. (An interactive push: a bulk one would take
+    the window's last slot near its end, and count that wait down.)"""
     argv = ["push", "1-3", "--chunk-size", "1", "--concurrency", "1", "--window-seconds", "3"]
-    argv += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    argv += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN, "--priority", "interactive"]
     code, _, written = run_in_terminal(argv, columns=80)
     assert code == EXIT_OK
     lines = terminal_lines(written)

@@ -54,7 +54,17 @@ from ._retry import NO_RETRIES, RetryPolicy
 from ._sender import Deadline, Exchange
 from ._transport import AiohttpTransport, small_reads_connector
 from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
-from .budgets import RETRY_AFTER_ROUNDING, Budget, RateLimitView, RetryEvent, SchedulerEvent, WaitEvent, budget_for
+from .budgets import (
+    RETRY_AFTER_ROUNDING,
+    Budget,
+    Priority,
+    RateLimitView,
+    RetryEvent,
+    SchedulerEvent,
+    WaitEvent,
+    budget_for,
+    checked_priority,
+)
 from .resources.sendcloud import SendcloudResource
 
 __all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_timeout"]
@@ -96,6 +106,7 @@ class _Call(NamedTuple):
     deadline_at: float | None
     policy: RetryPolicy
     on_sent: Callable[[], None] | None
+    priority: Priority
 
 
 class _Answer(NamedTuple):
@@ -221,6 +232,7 @@ class WemasyClient:
         if rate_ceiling is not None:
             self._ceiling = AsyncLimiter(*_checked_ceiling(rate_ceiling))
         self._on_event = on_event
+        self._priority: Priority | None = None
         redis_url = redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV_VAR) or None
         chosen = budget_for(
             self.base_url,
@@ -256,11 +268,17 @@ class WemasyClient:
         deadline: Deadline = NOT_GIVEN,
         retry: RetryPolicy | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
+        priority: Priority | NotGiven | None = NOT_GIVEN,
     ) -> WemasyClient:
         """A light copy of this client with other defaults for its calls; what is not given stays as it is.
 
         >>> patient = client.with_options(timeout=120, max_retries=10)
         >>> await patient.sendcloud.push_shipments(ids)
+
+        ``priority`` is the class of the copy's calls for the token's budget: ``"interactive"`` calls are
+        served before ``"bulk"`` ones, and bulk work leaves free the slots interactive calls have been using
+        lately. ``None`` (the default) leaves it to each call: interactive, but bulk for a push of more than
+        one chunk.
 
         The copy shares everything else with this client: the session, the token's rate-limit budget, the
         ``max_concurrency`` slots and ``rate_ceiling``, so calls through either count against the same
@@ -281,8 +299,15 @@ class WemasyClient:
         if retry is not NOT_GIVEN or max_retries is not NOT_GIVEN:
             given = None if retry is NOT_GIVEN else (RetryPolicy() if retry is None else retry)
             copy.retry = _retry_policy(self.retry, given, None if max_retries is NOT_GIVEN else max_retries)
+        if priority is not NOT_GIVEN:
+            copy._priority = checked_priority(priority)
         copy.sendcloud = SendcloudResource(copy)
         return copy
+
+    @property
+    def priority(self) -> Priority | None:
+        """The class of this client's calls for the budget (see :meth:`with_options`); None: each call's own."""
+        return self._priority
 
     @property
     def rate_limit(self) -> RateLimitView:
@@ -445,10 +470,12 @@ class WemasyClient:
         deadline_at: float | None = None,
         retry: RetryPolicy | None = None,
         on_sent: Callable[[], None] | None = None,
+        priority: Priority | None = None,
     ) -> Coroutine[Any, Any, Exchange]:
         """Send one call with retries (``retry``: another policy than the client's, for this call); the
         final answer is returned, not yet deciphered. ``on_sent()`` is called as each attempt is handed to
         the transport: from then on the server may have it (a batch counts its ids in doubt if it stops).
+        ``priority`` is the call's class for the budget (None: the client's, else interactive).
 
         The layers, outermost first: :meth:`_send_handling_retries` (backoff, and a 429 queueing again),
         :meth:`_send_handling_redirects` (same-origin hops, entered only after a 3xx) and :meth:`_send_paid`
@@ -458,7 +485,7 @@ class WemasyClient:
         """
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         plain = json_body is None and timeout is NOT_GIVEN and deadline_at is None and retry is None
-        if plain and on_sent is None:
+        if plain and on_sent is None and priority is None:
             # A call with no body and the client's own options is the same every time: it is kept.
             call = self._plain_calls.get((method, path))
             if call is not None and call.policy is self.retry and call.timeout is self.timeout:
@@ -474,8 +501,9 @@ class WemasyClient:
             deadline_at,
             self.retry if retry is None else retry,
             on_sent,
+            priority or self._priority or "interactive",
         )
-        if plain and on_sent is None and len(self._plain_calls) < 64:
+        if plain and on_sent is None and priority is None and len(self._plain_calls) < 64:
             self._plain_calls[(method, path)] = call
         return self._send_handling_retries(transport, call)
 
@@ -598,9 +626,9 @@ class WemasyClient:
             if self._ceiling is not None:
                 await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
             budget = self._budget
-            ticket = budget.try_acquire()
+            ticket = budget.try_acquire(call.priority)
             if ticket is None:  # a ticket is opaque: 0 or "" may be one
-                ticket = await self._acquire(budget, hop, deadline_at, ambiguous)
+                ticket = await self._acquire(budget, call, hop, ambiguous)
             exchange_timeout = call.timeout
             if deadline_at is not None:
                 left = deadline_at - time.monotonic()
@@ -663,15 +691,15 @@ class WemasyClient:
         logger.debug("retrying %s %s (attempt %d) after %s in %.3f s", method, path, attempt, cause, delay)
         self._emit(RetryEvent(attempt=attempt, delay=delay, cause=cause, method=method, path=path))
 
-    async def _acquire(
-        self, budget: Budget[Any], hop: PreparedRequest, deadline_at: float | None, ambiguous: bool
-    ) -> Any:
+    async def _acquire(self, budget: Budget[Any], call: _Call, hop: PreparedRequest, ambiguous: bool) -> Any:
         """Wait for the budget, within the call's deadline and the retry policy's longest wait."""
         try:
             # A gate stays closed up to a second past the wait the server named (its Retry-After is rounded
             # down): that second is the budget's margin, not part of the wait the caller accepts.
             max_gate_wait = self.retry.max_wait + RETRY_AFTER_ROUNDING
-            return await budget.acquire(self._on_event, max_gate_wait=max_gate_wait, deadline=deadline_at)
+            return await budget.acquire(
+                self._on_event, max_gate_wait=max_gate_wait, deadline=call.deadline_at, priority=call.priority
+            )
         except TimeoutError:
             raise self._deadline_error(hop, ambiguous=ambiguous, what="for the rate-limit budget") from None
         except RateLimitError as error:

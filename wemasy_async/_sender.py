@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Protocol
 from ._protocol import RawResponse
 from ._retry import RetryPolicy
 from ._types import NotGiven, Timeout
+from .budgets import Priority
 
 __all__ = ["Deadline", "Exchange", "Sender"]
 
@@ -30,6 +31,11 @@ class Sender(Protocol):
     #: How failed calls are retried.
     retry: RetryPolicy
 
+    @property
+    def priority(self) -> Priority | None:
+        """The class of the sender's calls for the budget (None: each call's own)."""
+        ...
+
     def deadline_at(self, deadline: Deadline) -> float | None:
         """The ``time.monotonic()`` time by which a call given ``deadline`` must end (None: no limit).
 
@@ -48,4 +54,5 @@ class Sender(Protocol):
         deadline_at: float | None = None,
         retry: RetryPolicy | None = None,
         on_sent: Callable[[], None] | None = None,
+        priority: Priority | None = None,
     ) -> Coroutine[Any, Any, Exchange]: ...

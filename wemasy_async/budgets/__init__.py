@@ -6,14 +6,17 @@ Shaped as ``limits.storage``: ``base`` (the protocol and its events), ``_window`
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from .._errors import ConfigurationError
+from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget, forget_shared_budgets, shared_budget
-from ._window import RETRY_AFTER_ROUNDING, RateLimitStats, RateLimitView, Ticket, Wait, WindowState
+from ._window import RETRY_AFTER_ROUNDING, Priority, RateLimitStats, RateLimitView, Ticket, Wait, WindowState
 from .base import Budget, BudgetEvent, RetryEvent, SchedulerEvent, WaitEvent, gate_closed_error
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "Budget",
     "BudgetChoice",
     "BudgetEvent",
+    "Priority",
     "RateLimitBudget",
     "RateLimitStats",
     "RateLimitView",
@@ -31,10 +35,18 @@ __all__ = [
     "WaitEvent",
     "WindowState",
     "budget_for",
+    "checked_priority",
     "forget_shared_budgets",
     "gate_closed_error",
     "shared_budget",
 ]
+
+
+def checked_priority(priority: object) -> Priority | None:
+    """``priority`` if it names a class of calls (or is None: each call's own), else a ConfigurationError."""
+    if priority is None or priority in ("interactive", "bulk"):
+        return priority
+    raise ConfigurationError(f"priority must be 'interactive', 'bulk' or None, got {priority!r}")
 
 
 @attrs.frozen
@@ -62,7 +74,7 @@ def budget_for(
     """
     local = shared_budget(base_url, token, window_seconds=window_seconds)
     if budget is not None:
-        return BudgetChoice(budget, owned=False)
+        return BudgetChoice(budget if _takes_priority(budget) else _OneClass(budget), owned=False)
     if redis_url is None:
         return BudgetChoice(local, owned=False)
     fleet = _redis_budget(
@@ -75,6 +87,54 @@ def budget_for(
         on_event=on_event,
     )
     return BudgetChoice(fleet, owned=True)
+
+
+def _takes_priority(budget: Budget[Any]) -> bool:
+    """Whether a caller's budget knows the classes of calls (one written before them takes no priority)."""
+    try:
+        return all(
+            "priority" in inspect.signature(method).parameters for method in (budget.try_acquire, budget.acquire)
+        )
+    except (TypeError, ValueError):  # no signature to read: assume the protocol as it is
+        return True
+
+
+class _OneClass:
+    """A caller's budget written before the classes of calls, used as it is: every call in one class."""
+
+    def __init__(self, budget: Budget[Any]) -> None:
+        self._budget = budget
+
+    def try_acquire(self, priority: Priority = "interactive") -> Any:
+        return self._budget.try_acquire()  # the protocol of before, without priority
+
+    async def acquire(
+        self,
+        on_wait: Callable[[WaitEvent], None] | None = None,
+        *,
+        max_gate_wait: float = math.inf,
+        deadline: float | None = None,
+        priority: Priority = "interactive",
+    ) -> Any:
+        return await self._budget.acquire(on_wait, max_gate_wait=max_gate_wait, deadline=deadline)
+
+    async def release(self, ticket: Any) -> None:
+        await self._budget.release(ticket)
+
+    async def no_answer(self, ticket: Any) -> None:
+        await self._budget.no_answer(ticket)
+
+    async def answered(self, ticket: Any, status: int, hints: RateLimitHeaders) -> float:
+        return await self._budget.answered(ticket, status, hints)
+
+    def count_retry(self) -> None:
+        self._budget.count_retry()
+
+    def view(self) -> RateLimitView:
+        return self._budget.view()
+
+    async def aclose(self) -> None:
+        await self._budget.aclose()
 
 
 def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> Budget[Any]:

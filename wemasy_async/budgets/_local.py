@@ -13,13 +13,13 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 
 from .._protocol import RateLimitHeaders
-from ._window import RateLimitView, Ticket, Wait, WindowState
-from .base import WaitEvent, gate_closed_error
+from ._window import Priority, RateLimitView, Ticket, Wait, WindowState
+from .base import WaitEvent, gate_closed_error, report_wait
 
 __all__ = ["RateLimitBudget", "forget_shared_budgets", "shared_budget"]
 
@@ -29,9 +29,44 @@ logger = logging.getLogger("wemasy_async")
 @attrs.define(eq=False)
 class _Waiter:
     loop: asyncio.AbstractEventLoop
+    bulk: bool = False
     future: asyncio.Future[None] | None = None
     #: A ticket handed to this waiter while it waited (see :meth:`RateLimitBudget._hand_out`).
     ticket: Ticket | None = None
+
+
+class _Line:
+    """The waiters in the order they are served: every interactive one before any bulk one, and first
+    come, first served within each class."""
+
+    __slots__ = ("bulk", "interactive")
+
+    def __init__(self) -> None:
+        self.interactive: deque[_Waiter] = deque()
+        self.bulk: deque[_Waiter] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.interactive or self.bulk)
+
+    def __len__(self) -> int:
+        return len(self.interactive) + len(self.bulk)
+
+    def __iter__(self) -> Iterator[_Waiter]:
+        yield from self.interactive
+        yield from self.bulk
+
+    def first(self) -> _Waiter:
+        return self.interactive[0] if self.interactive else self.bulk[0]
+
+    def popleft(self) -> _Waiter:
+        return self.interactive.popleft() if self.interactive else self.bulk.popleft()
+
+    def append(self, waiter: _Waiter) -> None:
+        (self.bulk if waiter.bulk else self.interactive).append(waiter)
+
+    def remove(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of the line; ValueError if it is not in it."""
+        (self.bulk if waiter.bulk else self.interactive).remove(waiter)
 
 
 @attrs.frozen
@@ -52,7 +87,7 @@ class RateLimitBudget:
         self.state = WindowState(window_seconds)
         self._clock = clock
         self._lock = threading.Lock()
-        self._queue: deque[_Waiter] = deque()
+        self._queue = _Line()
         self._mismatch_told = False
 
     def __repr__(self) -> str:
@@ -69,12 +104,16 @@ class RateLimitBudget:
         with self._lock:
             self.state.window_seconds = value
 
-    def try_acquire(self) -> Ticket | None:
+    def try_acquire(self, priority: Priority = "interactive") -> Ticket | None:
         """A ticket if one is free right now and nobody waits before us (the common case, kept cheap)."""
+        bulk = priority == "bulk"
         with self._lock:
-            if self._queue:
+            queue = self._queue
+            if queue.interactive or (bulk and queue.bulk):
+                if not bulk:
+                    self.state.asked(self._clock())
                 return None
-            decision = self.state.try_acquire(self._clock())
+            decision = self.state.try_acquire(self._clock(), bulk, asking=True)
         return decision if isinstance(decision, Ticket) else None
 
     async def acquire(
@@ -83,33 +122,42 @@ class RateLimitBudget:
         *,
         max_gate_wait: float = math.inf,
         deadline: float | None = None,
+        priority: Priority = "interactive",
     ) -> Ticket:
         """Wait in turn until a request may be sent; the ticket must then be settled exactly once.
 
         ``deadline`` is a time on the budget's clock (``time.monotonic()`` unless another was given).
         """
-        waiter = _Waiter(asyncio.get_running_loop())
+        waiter = _Waiter(asyncio.get_running_loop(), bulk=priority == "bulk")
         waited_since: float | None = None
         last_reason = ""
         try:
             while True:
                 with self._lock:
                     now = self._clock()
+                    if waited_since is None and not waiter.bulk:
+                        self.state.asked(now)
                     turn = self._take_turn(waiter, now, max_gate_wait, deadline)
                     if isinstance(turn, Ticket):
                         if waited_since is not None:
-                            self.state.stats.waited_seconds += now - waited_since
+                            self._count_wait(waiter, now - waited_since)
                         return turn
                 if waited_since is None:
                     waited_since = now
                 if turn.reason != last_reason:
                     last_reason = turn.reason
-                    self._report_wait(turn.reason, turn.seconds, on_wait)
+                    self._report_wait(turn.reason, turn.seconds, priority, on_wait)
                 await asyncio.wait((turn.future,), timeout=turn.timeout)
         finally:
             if waiter.future is not None:
                 with self._lock:
                     self._leave(waiter)
+
+    def _count_wait(self, waiter: _Waiter, seconds: float) -> None:
+        stats = self.state.stats
+        stats.waited_seconds += seconds
+        if not waiter.bulk:
+            stats.interactive_waited_seconds += seconds
 
     def _take_turn(self, waiter: _Waiter, now: float, max_gate_wait: float, deadline: float | None) -> Ticket | _Pause:
         """One round of :meth:`acquire`, with the lock held: a ticket, or the wait before the next round."""
@@ -117,10 +165,10 @@ class RateLimitBudget:
             ticket, waiter.ticket, waiter.future = waiter.ticket, None, None
             return ticket
         queue = self._queue
-        while queue and queue[0] is not waiter and queue[0].loop.is_closed():
+        while queue and queue.first() is not waiter and queue.first().loop.is_closed():
             queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
-        first = not queue or queue[0] is waiter
-        decision = self.state.try_acquire(now) if first else self.state.peek(now)
+        first = not queue or queue.first() is waiter
+        decision = self.state.try_acquire(now, waiter.bulk) if first else self.state.peek(now, waiter.bulk)
         if isinstance(decision, Ticket):
             if queue:
                 queue.popleft()
@@ -167,7 +215,7 @@ class RateLimitBudget:
             self.state.release(ticket)
             self._hand_out()
             return
-        was_first = bool(self._queue) and self._queue[0] is waiter
+        was_first = bool(self._queue) and self._queue.first() is waiter
         try:
             self._queue.remove(waiter)
         except ValueError:
@@ -180,13 +228,10 @@ class RateLimitBudget:
             self._wake_first()
 
     @staticmethod
-    def _report_wait(reason: str, seconds: float | None, on_wait: Callable[[WaitEvent], None] | None) -> None:
-        if seconds is None:
-            logger.debug("rate limit: waiting (%s)", reason)
-        else:
-            logger.debug("rate limit: waiting %.3f s (%s)", seconds, reason)
-        if on_wait is not None:
-            on_wait(WaitEvent(reason=reason, seconds=seconds))
+    def _report_wait(
+        reason: str, seconds: float | None, priority: Priority, on_wait: Callable[[WaitEvent], None] | None
+    ) -> None:
+        report_wait(WaitEvent(reason=reason, seconds=seconds, priority=priority), on_wait)
 
     def _wake(self, waiter: _Waiter, current: asyncio.AbstractEventLoop | None) -> bool:
         future = waiter.future
@@ -208,7 +253,7 @@ class RateLimitBudget:
         if not queue:
             return
         current = _running_loop()
-        while queue and not self._wake(queue[0], current):
+        while queue and not self._wake(queue.first(), current):
             queue.popleft().future = None
 
     def _hand_out(self) -> None:
@@ -222,7 +267,7 @@ class RateLimitBudget:
         current = _running_loop()
         now = self._clock()
         while queue:
-            decision = self.state.try_acquire(now)
+            decision = self.state.try_acquire(now, queue.first().bulk)
             if not isinstance(decision, Ticket):
                 break
             waiter = queue.popleft()

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget
-from ._window import RateLimitView, Ticket
+from ._window import Priority, RateLimitView, Ticket
 from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error
 
 __all__ = ["LUA_SOURCE", "RedisBudget", "redis_keys"]
@@ -227,7 +227,7 @@ class RedisBudget:
 
     # --- the Budget interface --------------------------------------------------------------------
 
-    def try_acquire(self) -> FleetTicket | None:
+    def try_acquire(self, priority: Priority = "interactive") -> FleetTicket | None:
         """Always None: a ticket from Redis takes a round trip (see :meth:`acquire`)."""
         return None
 
@@ -237,6 +237,7 @@ class RedisBudget:
         *,
         max_gate_wait: float = math.inf,
         deadline: float | None = None,
+        priority: Priority = "interactive",
     ) -> FleetTicket:
         """Wait for a ticket from the fleet's budget (in turn with this process's other callers)."""
         if self._turn is None:
@@ -251,7 +252,9 @@ class RedisBudget:
                 self._went_away(error)
                 ticket = None
             if ticket is None:
-                local = await self._local.acquire(on_wait, max_gate_wait=max_gate_wait, deadline=deadline)
+                local = await self._local.acquire(
+                    on_wait, max_gate_wait=max_gate_wait, deadline=deadline, priority=priority
+                )
                 ticket = FleetTicket(local=local)
         finally:
             self._set_first_until(None)

@@ -7,17 +7,36 @@ Lua port is checked against it decision by decision. The design: docs/design/rat
 from __future__ import annotations
 
 import math
+from collections import deque
+from typing import Literal
 
 import attrs
 
 from .._protocol import RateLimitHeaders
 
-__all__ = ["RETRY_AFTER_ROUNDING", "RateLimitStats", "RateLimitView", "Ticket", "Wait", "WindowState"]
+__all__ = [
+    "RETRY_AFTER_ROUNDING",
+    "Priority",
+    "RateLimitStats",
+    "RateLimitView",
+    "Ticket",
+    "Wait",
+    "WindowState",
+]
+
+#: The class of a call: ``interactive`` (a person or a request handler waits on it; served first) or
+#: ``bulk`` (a batch: leaves the slots interactive calls have been using free, and borrows them only when
+#: they would go unused, near the window's end).
+Priority = Literal["interactive", "bulk"]
 
 #: A 429 that says "retry now" still waits this long, so a late clock cannot spin.
 MIN_THROTTLE_WAIT = 0.05
 #: ``Retry-After`` and ``X-RateLimit-Reset`` are whole seconds rounded down: the window may last this much longer.
 RETRY_AFTER_ROUNDING = 1.0
+#: How many past windows the interactive demand is remembered for (its peak sets the reserve).
+RECENT_WINDOWS = 3
+#: Bulk work borrows the reserve in the last this much of a window (as a fraction of it).
+LEND_FRACTION = 0.1
 
 
 @attrs.define(eq=False)
@@ -27,6 +46,7 @@ class Ticket:
     epoch: int
     #: Counted answers of this epoch received before the grant (see docs/design/rate-limit.md).
     answers_before: int
+    bulk: bool = False
     settled: bool = False
 
 
@@ -45,14 +65,16 @@ class Wait:
 class RateLimitStats:
     """Counters of one budget since the process started using it."""
 
-    #: Requests granted and sent.
+    #: Requests granted and sent, and of them the interactive ones (the rest are bulk).
     sent: int = 0
+    interactive_sent: int = 0
     #: 429 answers.
     throttled: int = 0
     #: Requests re-sent after a 429, a 5xx or a failed connection.
     retried: int = 0
-    #: Seconds callers spent waiting for the budget, added over callers.
+    #: Seconds callers spent waiting for the budget, added over callers, and the interactive ones' part.
     waited_seconds: float = 0.0
+    interactive_waited_seconds: float = 0.0
 
 
 @attrs.frozen
@@ -75,6 +97,12 @@ class RateLimitView:
     throttled: int
     retried: int
     waited_seconds: float
+    #: Slots of this window that bulk work leaves to interactive calls and other clients (it borrows them in
+    #: the window's last tenth).
+    reserved: int = 0
+    #: Of ``sent`` and ``waited_seconds``, the interactive calls' part (the rest is bulk work's).
+    interactive_sent: int = 0
+    interactive_waited_seconds: float = 0.0
 
 
 class WindowState:
@@ -109,14 +137,19 @@ class WindowState:
         self._unclear_epoch = -2  # the last epoch in which a request went unanswered or uncounted
         self._first_sent = -math.inf  # when this epoch's first request of ours was sent
         self._carried_in = 0  # requests in flight when this epoch began (sent in an earlier one)
+        self._asked = 0  # interactive calls that asked for a ticket in this window
+        self._asked_recent: deque[int] = deque(maxlen=RECENT_WINDOWS)  # ...in each of the last windows
         #: What showed the server's window to differ from ``window_seconds`` (first sign only), or None.
         self.mismatch: str | None = None
 
     # --- asking ----------------------------------------------------------------------------------
 
-    def try_acquire(self, now: float) -> Ticket | Wait:
-        """A ticket to send now, or how long to wait before asking again."""
-        decision = self.peek(now)
+    def try_acquire(self, now: float, bulk: bool = False, *, asking: bool = False) -> Ticket | Wait:
+        """A ticket to send now, or how long to wait before asking again. ``asking``: an interactive call's
+        first try, counted in the window's demand (see :meth:`asked`) whatever the answer."""
+        decision = self.peek(now, bulk)
+        if asking and not bulk:
+            self._asked += 1
         if decision is not None:
             return decision
         if not self._sent:
@@ -125,9 +158,18 @@ class WindowState:
         self._sent += 1
         self._in_flight += 1
         self.stats.sent += 1
-        return Ticket(self._epoch, self._answers)
+        if not bulk:
+            self.stats.interactive_sent += 1
+        return Ticket(self._epoch, self._answers, bulk)
 
-    def peek(self, now: float) -> Wait | None:
+    def asked(self, now: float) -> None:
+        """An interactive call asks for a ticket: the peak of this demand over recent windows is the reserve
+        bulk work leaves free. Counted as a call first tries and again if it then queues: an overcount only
+        has bulk work borrow a few more slots late in the window."""
+        self._roll(now)
+        self._asked += 1
+
+    def peek(self, now: float, bulk: bool = False) -> Wait | None:
         """What :meth:`try_acquire` would answer, without taking a ticket: a wait, or None (one is free)."""
         if now < self.gate_until:
             return Wait(self.gate_until, "gate")
@@ -140,7 +182,30 @@ class WindowState:
         free = limit - self._granted - self._others
         if free <= 0:
             return self._spent(now)
+        if bulk and free <= self.reserved(limit):
+            wait = self._until_lent(now)
+            if wait is not None:
+                return wait
         return self._held_for_others(free)
+
+    def reserved(self, limit: int) -> int:
+        """The slots of this window that bulk work leaves free, at most half the limit: for interactive calls
+        the peak of their demand in recent windows (at least one) less what asked in this one, and for other
+        clients their use in the last window less what they have used in this one."""
+        half = limit // 2
+        interactive = max(1, *self._asked_recent) if self._asked_recent else 1
+        others = min(half, self._others_before or 0)
+        return min(half, max(0, interactive - self._asked) + max(0, others - self._others_learned))
+
+    def _until_lent(self, now: float) -> Wait | None:
+        """Only reserved slots are free, for bulk work: it borrows them in the window's last tenth, when they
+        would otherwise go unused (None: now), and waits until then."""
+        end = self._window_end
+        if end is None:
+            # Not dated yet: an answer will date it; with none in flight none can, and the request opens it.
+            return Wait(None, "reserve") if self._in_flight else None
+        lend_at = end - LEND_FRACTION * self.window_seconds
+        return Wait(lend_at, "reserve") if now < lend_at else None
 
     def _spent(self, now: float) -> Wait | None:
         """The window is spent: wait for its end, or an answer that dates it; None if it has just ended."""
@@ -184,6 +249,8 @@ class WindowState:
 
     def _new_epoch(self, *, window_end: float | None, carried: int, others: int) -> None:
         self._epoch += 1
+        self._asked_recent.append(self._asked)
+        self._asked = 0
         if self._answers:
             if not self._others_learned and self._epoch > self._expected_from:
                 self._others_expected = 0  # a window without the others: no need to expect them any more
@@ -217,6 +284,8 @@ class WindowState:
         ticket.settled = True
         self._in_flight -= 1
         self.stats.sent -= 1
+        if not ticket.bulk:
+            self.stats.interactive_sent -= 1
         if ticket.epoch == self._epoch:
             self._sent -= 1
             if self._granted > 0:
@@ -334,4 +403,7 @@ class WindowState:
             throttled=self.stats.throttled,
             retried=self.stats.retried,
             waited_seconds=self.stats.waited_seconds,
+            reserved=self.reserved(self.limit) if self.limit is not None else 0,
+            interactive_sent=self.stats.interactive_sent,
+            interactive_waited_seconds=self.stats.interactive_waited_seconds,
         )

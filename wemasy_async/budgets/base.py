@@ -5,6 +5,7 @@ Nothing here knows a backend; the client and every backend import it, and it imp
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Protocol, TypeVar, runtime_checkable
@@ -13,9 +14,19 @@ import attrs
 
 from .._errors import RateLimitError
 from .._protocol import RateLimitHeaders
-from ._window import RateLimitView
+from ._window import Priority, RateLimitView
 
-__all__ = ["Budget", "BudgetEvent", "RetryEvent", "SchedulerEvent", "WaitEvent", "gate_closed_error"]
+__all__ = [
+    "Budget",
+    "BudgetEvent",
+    "RetryEvent",
+    "SchedulerEvent",
+    "WaitEvent",
+    "gate_closed_error",
+    "report_wait",
+]
+
+logger = logging.getLogger("wemasy_async")
 
 TicketT = TypeVar("TicketT")
 
@@ -26,13 +37,15 @@ class WaitEvent:
 
     ``reason`` is ``window`` (budget spent until the window ends), ``gate`` (a 429 closed it),
     ``probe`` (requests are out learning the limit or the window's count), ``shared`` (another client
-    uses the token, so the window's last slots go one at a time), ``queue`` (earlier calls wait first)
-    or ``ceiling`` (the client's own ceiling). ``seconds`` is the expected wait, or None when it ends
-    with an answer.
+    uses the token, so the window's last slots go one at a time), ``reserve`` (a bulk call: the slots
+    left are kept for interactive calls and other clients until near the window's end), ``queue``
+    (earlier calls wait first) or ``ceiling`` (the client's own ceiling). ``seconds`` is the expected
+    wait, or None when it ends with an answer. ``priority`` is the waiting call's class.
     """
 
     reason: str
     seconds: float | None
+    priority: Priority = "interactive"
 
 
 @attrs.frozen
@@ -79,9 +92,12 @@ class Budget(Protocol[TicketT]):
       the caller's ``max_gate_wait``; raise :class:`TimeoutError` when no ticket can be had before the
       caller's ``deadline`` (at once if the wait is known to end after it).
     * Give up a waiter's place when its ``acquire`` is cancelled.
+    * Serve ``interactive`` callers before ``bulk`` ones (first come, first served within a class), and
+      have bulk work leave free, in each window, the slots interactive calls have been using lately (and
+      other clients' use, as the server's counts show it), borrowing them only near the window's end.
     """
 
-    def try_acquire(self) -> TicketT | None:
+    def try_acquire(self, priority: Priority = "interactive") -> TicketT | None:
         """A ticket if one is free right now without waiting or I/O (a budget that needs I/O returns None)."""
         ...
 
@@ -91,6 +107,7 @@ class Budget(Protocol[TicketT]):
         *,
         max_gate_wait: float = math.inf,
         deadline: float | None = None,
+        priority: Priority = "interactive",
     ) -> TicketT:
         """Wait for a ticket. ``deadline`` is a ``time.monotonic()`` time."""
         ...
@@ -116,3 +133,18 @@ def gate_closed_error(seconds: float, max_gate_wait: float) -> RateLimitError:
     """The error for a call that will not wait behind a gate a 429 closed for ``seconds``."""
     message = f"The rate limit's gate is closed for {seconds:.0f} s after a 429, longer than this call waits."
     return RateLimitError(message, retry_after=seconds, status_code=429, body=None, raw_text="", headers=None)
+
+
+def report_wait(event: WaitEvent, on_wait: Callable[[WaitEvent], None] | None) -> None:
+    """Log a wait for the budget (debug; a bulk call held back for the reserve at info) and tell ``on_wait``."""
+    level = logging.INFO if event.reason == "reserve" else logging.DEBUG
+    if logger.isEnabledFor(level):
+        waiting = "until an answer" if event.seconds is None else f"{event.seconds:.3f} s"
+        if event.reason == "reserve":
+            logger.info(
+                "rate limit: a batch yields %s, keeping this window's last slots for interactive calls", waiting
+            )
+        else:
+            logger.debug("rate limit: waiting %s (%s, %s)", waiting, event.reason, event.priority)
+    if on_wait is not None:
+        on_wait(event)

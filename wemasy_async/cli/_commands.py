@@ -145,6 +145,7 @@ def _open_push(args: argparse.Namespace, client: WemasyClient) -> PushStream:
         max_concurrency=args.concurrency,
         journal=getattr(args, "journal", None),
         retry_rejected=getattr(args, "retry_rejected", False),
+        priority=getattr(args, "priority", None),
     )
     if stream.total == 0:
         source = "standard input" if args.file == "-" else args.file or "the arguments"

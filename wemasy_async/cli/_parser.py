@@ -188,6 +188,12 @@ def _add_push(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "not answered (default: none)",
     )
     push.add_argument("--retry-rejected", action="store_true", help="with --journal: send its rejected ids again")
+    push.add_argument(
+        "--priority",
+        choices=("interactive", "bulk"),
+        help="the push's class for the token's budget: bulk waits behind interactive calls (a web service's) and "
+        "leaves them the slots they use (default: bulk for more than one chunk, else interactive)",
+    )
 
 
 def _add_journal(commands: _Commands) -> None:

@@ -27,6 +27,14 @@ class _Bar(tqdm):  # type: ignore[misc]
     monitor_interval = 0  # no monitor thread: the bar is refreshed on each chunk and each second of a wait
 
 
+#: The waits the bar counts down, and how it names them.
+_WAIT_TEXTS = {
+    "window": "for the rate-limit window",
+    "gate": "after a 429 (rate limited)",
+    "reserve": "for slots kept for interactive calls",
+}
+
+
 class PushProgress:
     """A progress bar on ``stream`` (stderr) when it is a terminal; nothing at all otherwise.
 
@@ -65,13 +73,14 @@ class PushProgress:
             self.bar.update(done - self.bar.n)
 
     def on_event(self, event: SchedulerEvent) -> None:
-        """The client's ``on_event``: a wait for the window (or after a 429) starts a countdown."""
-        if not isinstance(event, WaitEvent) or event.seconds is None or event.reason not in ("window", "gate"):
+        """The client's ``on_event``: a wait for the window, after a 429, or while the window's last slots are
+        kept for interactive calls starts a countdown."""
+        if not isinstance(event, WaitEvent) or event.seconds is None or event.reason not in _WAIT_TEXTS:
             return
         until = self.clock() + event.seconds
         if self._wait_until is None or until > self._wait_until:
             self._wait_until = until
-            self._wait_text = "for the rate-limit window" if event.reason == "window" else "after a 429 (rate limited)"
+            self._wait_text = _WAIT_TEXTS[event.reason]
         if self._waiting is not None:
             self._waiting.set()
         self.refresh_wait()

@@ -17,12 +17,13 @@ from .._batching import (
     prepare_order_ids,
 )
 from .._converter import structure_response
-from .._errors import UsageError, WemasyError
+from .._errors import ConfigurationError, UsageError, WemasyError
 from .._journal import JournalPath, open_journal
 from .._models import PushResult, SendcloudIntegration
 from .._protocol import decipher_response
 from .._sender import Deadline, Sender
 from .._types import NOT_GIVEN, Timeout, checked_timeout
+from ..budgets import Priority, checked_priority
 
 __all__ = ["PUSH_PATH", "STATUS_PATH", "SendcloudResource"]
 
@@ -63,6 +64,7 @@ class SendcloudResource:
         deadline: Deadline = NOT_GIVEN,
         journal: JournalPath | None = None,
         retry_rejected: bool = False,
+        priority: Priority | None = None,
     ) -> PushResult:
         """Validate the orders and queue them for SendCloud shipments (labels too if ``create_label``).
 
@@ -94,6 +96,12 @@ class SendcloudResource:
         damaged file raises :class:`JournalError` before any request; one that cannot be written while the
         batch runs stops neither it nor its result: ``result.journal_error`` says why (docs/design/journal.md).
 
+        ``priority`` is the class of the push's requests for the token's budget: by default (None) the
+        client's (see ``with_options``), else ``"bulk"`` for a push of more than one chunk and
+        ``"interactive"`` for one that fits in one. Bulk requests wait behind interactive calls (a web
+        request's ``status()``) and leave them the slots they have been using lately, borrowing those only
+        near the window's end, so a batch never holds a web call up for most of a window.
+
         >>> result = await client.sendcloud.push_shipments(range(1001, 3001), create_label=True)
         >>> result.summary.new_orders, len(result.rejected), result.failed_order_ids
         (1998, 2, ())
@@ -108,6 +116,7 @@ class SendcloudResource:
             deadline=deadline,
             journal=journal,
             retry_rejected=retry_rejected,
+            priority=priority,
         )
         try:
             async with stream:
@@ -137,6 +146,7 @@ class SendcloudResource:
         deadline: Deadline = NOT_GIVEN,
         journal: JournalPath | None = None,
         retry_rejected: bool = False,
+        priority: Priority | None = None,
     ) -> PushStream:
         """Like :meth:`push_shipments`, but yields each chunk's result as it completes, so a batch script
         can show progress and a web service can stop early. The ids are checked here, before any request.
@@ -155,6 +165,12 @@ class SendcloudResource:
             raise UsageError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+        try:
+            chosen = checked_priority(priority) or self._client.priority
+        except ConfigurationError as error:
+            raise UsageError(str(error)) from None
+        if chosen is None:
+            chosen = "bulk" if len(ids) > chunk_size else "interactive"
 
         deadline_at = self._client.deadline_at(deadline)
         # A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about
@@ -174,6 +190,7 @@ class SendcloudResource:
                 deadline_at=deadline_at,
                 retry=None if retry else probe,
                 on_sent=on_sent,
+                priority=chosen,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)

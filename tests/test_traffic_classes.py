@@ -1,0 +1,184 @@
+"""Traffic classes in the pure state machine: bulk work leaves the reserve, borrows it late, and the reserve
+follows interactive demand and other clients' use. Driven by hand with a number for a clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.budget_helpers import Caller, FakeClock, take, within
+from tests.conftest import TOKEN
+from wemasy_async import RateLimitBudget, WaitEvent, WemasyClient
+from wemasy_async._protocol import RateLimitHeaders
+from wemasy_async.budgets import Ticket, Wait, WindowState
+from wemasy_async.budgets._window import LEND_FRACTION, RECENT_WINDOWS
+from wemasy_async.testing import WemasyEmulator
+
+W = 60.0
+LIMIT = 10
+
+
+def opened(limit: int = LIMIT, at: float = 0.0) -> tuple[WindowState, float]:
+    """A budget whose first request (interactive) was answered at ``at`` + 0.1: the limit is known and the
+    window dated; nothing in flight. Returns it and the window's estimated end."""
+    budget = WindowState(W)
+    first = budget.try_acquire(at)
+    assert isinstance(first, Ticket)
+    budget.answered(first, at + 0.1, 200, RateLimitHeaders(limit, limit - 1))
+    return budget, at + 0.1 + W
+
+
+class Server:
+    """The server's count of the current window, as the answers report it."""
+
+    def __init__(self, used: int = 1) -> None:
+        self.used = used
+
+    def serve(self, budget: WindowState, now: float, *, bulk: bool, most: int = 10_000) -> int:
+        """Take tickets at ``now`` (at most ``most``), each answered at once; how many were granted."""
+        granted = 0
+        while granted < most and isinstance(decision := budget.try_acquire(now, bulk, asking=not bulk), Ticket):
+            self.used += 1
+            budget.answered(decision, now, 200, RateLimitHeaders(LIMIT, LIMIT - self.used))
+            granted += 1
+        return granted
+
+    def new_window(self) -> None:
+        self.used = 0
+
+
+def test_bulk_leaves_a_slot_that_an_interactive_call_then_takes() -> None:
+    """With no interactive demand seen yet, bulk work still leaves one slot of the window free; it waits
+    (reason ``reserve``) until the window's last tenth; an interactive call gets the slot at once."""
+    budget, end = opened()
+    assert Server().serve(budget, 1.0, bulk=True) == LIMIT - 1 - 1  # the first request, and the reserve
+    wait = budget.try_acquire(1.0, bulk=True)
+    assert wait == Wait(end - LEND_FRACTION * W, "reserve")
+    assert isinstance(budget.try_acquire(1.0, asking=True), Ticket)  # the interactive call: served
+    assert isinstance(budget.try_acquire(1.0, asking=True), Wait)  # and the window is spent
+
+
+def test_bulk_borrows_the_reserve_in_the_windows_last_tenth() -> None:
+    """Reserved slots no interactive call took go to bulk work near the window's end, so a batch alone
+    spends the whole window."""
+    budget, end = opened()
+    assert Server().serve(budget, 1.0, bulk=True) == LIMIT - 2
+    lend_at = end - LEND_FRACTION * W
+    assert isinstance(budget.try_acquire(lend_at - 0.01, bulk=True), Wait)
+    assert isinstance(budget.try_acquire(lend_at, bulk=True), Ticket)
+    assert budget.try_acquire(lend_at, bulk=True) == Wait(end, "window")
+
+
+def test_the_reserve_is_the_peak_of_recent_interactive_demand_capped_at_half_the_limit() -> None:
+    """Interactive calls asked 4 times in a window: the next windows keep 4 slots from bulk work; 8 asks
+    keep half the limit (5); windows without interactive calls bring it back to one."""
+    budget, end = opened()
+    for _ in range(4):
+        budget.asked(1.0)
+    assert budget.view(1.0).reserved == 0  # 4 asked in this window already: their slots were theirs
+    server, now = Server(), end + 0.1  # the next window
+    server.new_window()
+    assert server.serve(budget, now, bulk=True) == LIMIT - 4
+    assert budget.view(now).reserved == 4
+
+    budget, end = opened()
+    for _ in range(8):
+        budget.asked(1.0)
+    server, now = Server(), end + 0.1
+    server.new_window()
+    assert server.serve(budget, now, bulk=True) == LIMIT - LIMIT // 2
+    for _ in range(RECENT_WINDOWS):  # windows of bulk work only, each ending as the next begins
+        now += W + 0.1
+        server.new_window()
+        server.serve(budget, now, bulk=True)
+    assert budget.view(now).reserved == 1
+
+
+def test_an_interactive_call_that_asked_counts_once_it_is_served_in_the_same_window() -> None:
+    """An interactive call served from the reserve uses it up: bulk work is not held back twice for it."""
+    budget, _end = opened()
+    server = Server()
+    assert server.serve(budget, 1.0, bulk=False, most=1) == 1
+    assert budget.view(1.0).reserved == 0
+    assert server.serve(budget, 1.0, bulk=True) == LIMIT - 2
+
+
+def test_bulk_leaves_other_clients_the_slots_they_used_in_the_last_window() -> None:
+    """Answers showed another client (another process, no shared store) using 3 requests of a window: in
+    the next window bulk work leaves those 3 free, and the one for interactive calls."""
+    budget, end = opened()
+    server = Server(used=1 + 3)  # 3 requests of someone else's were counted after our first
+    server.serve(budget, 1.0, bulk=True)
+    server, now = Server(), end + 0.1
+    server.new_window()
+    assert server.serve(budget, now, bulk=True) == LIMIT - 3 - 1
+    assert budget.view(now).reserved == 3 + 1
+
+
+def test_interactive_calls_are_never_held_for_the_reserve() -> None:
+    """The reserve binds bulk work only: interactive calls take every slot of the window."""
+    budget, _end = opened()
+    assert Server().serve(budget, 1.0, bulk=False) == LIMIT - 1
+
+
+# --- the budget and the client ---------------------------------------------------------------------------
+
+
+async def test_interactive_waiters_are_served_before_bulk_waiters_that_came_first() -> None:
+    """Two bulk callers and then an interactive one wait for the window's first answer; as answers free
+    slots, the interactive caller is served first, then the bulk ones in the order they came."""
+    budget = RateLimitBudget(W, clock=FakeClock(1000.0))
+    probe = await take(budget)
+    served: asyncio.Queue[tuple[str, Ticket]] = asyncio.Queue()
+
+    async def caller(name: str, waiting: Caller) -> None:
+        served.put_nowait((name, await waiting.task))
+
+    callers = {"bulk 1": Caller(budget, priority="bulk"), "bulk 2": Caller(budget, priority="bulk")}
+    callers["interactive"] = Caller(budget)
+    for waiting in callers.values():
+        await waiting.reported()
+    tasks = [asyncio.ensure_future(caller(name, waiting)) for name, waiting in callers.items()]
+    remaining = 99
+    await budget.answered(probe, 200, RateLimitHeaders(100, remaining))
+    order: list[str] = []
+    while len(order) < len(callers):
+        name, ticket = await within(served.get())
+        order.append(name)
+        remaining -= 1
+        await budget.answered(ticket, 200, RateLimitHeaders(100, remaining))
+    await asyncio.gather(*tasks)
+    assert order == ["interactive", "bulk 1", "bulk 2"]
+
+
+@pytest.mark.wemasy_emulator(limit=LIMIT, window_seconds=W)
+async def test_a_web_call_is_served_at_once_while_a_batch_waits_for_the_window(
+    wemasy_emulator: WemasyEmulator,
+) -> None:
+    """A batch needs more than the window on the same client; once it waits, a status() call is still
+    answered at once (from the slot the batch left), without waiting for the window, and it is counted
+    as interactive."""
+    holding = asyncio.Event()
+    events: list[WaitEvent] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, WaitEvent):
+            events.append(event)
+            if event.priority == "bulk" and event.reason == "reserve":
+                holding.set()
+
+    base_url = wemasy_emulator.base_url
+    async with WemasyClient(token=TOKEN, base_url=base_url, window_seconds=W, on_event=on_event) as client:
+        batch = asyncio.ensure_future(client.sendcloud.push_shipments(range(1, 31), chunk_size=1, max_concurrency=4))
+        await within(holding.wait())
+        integration = await within(client.sendcloud.status())
+        assert integration.active is not None
+        assert not batch.done()  # the batch still waits: the window is long
+        assert [e for e in events if e.priority == "interactive"] == []
+        view = client.rate_limit
+        assert (view.interactive_sent, view.interactive_waited_seconds) == (1, 0.0)
+        assert view.sent == LIMIT - 1 + 1
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
