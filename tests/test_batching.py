@@ -705,7 +705,9 @@ async def test_a_server_maximum_of_0_fails_the_piece_instead_of_looping() -> Non
     """ "must not have more than 0 items": no size goes through, so the ids fail, after one request."""
     sent: list[list[int]] = []
 
-    async def push_once(ids: list[int], /, *, retry: bool = True, on_sent: Sent = None) -> PushResult:
+    async def push_once(
+        ids: list[int], /, *, retry: bool = True, on_sent: Sent = None, final: bool = False
+    ) -> PushResult:
         sent.append(ids)
         raise _fake_422("The order_ids field must not have more than 0 items.")
 
@@ -718,7 +720,9 @@ async def test_a_probe_without_an_answer_does_not_stop_the_batch() -> None:
     """A bisection probe is sent once: a dropped one fails its half, not the whole batch."""
     batch = BatchState(last_chunk_ok=True)
 
-    async def push_once(ids: list[int], /, *, retry: bool = True, on_sent: Sent = None) -> PushResult:
+    async def push_once(
+        ids: list[int], /, *, retry: bool = True, on_sent: Sent = None, final: bool = False
+    ) -> PushResult:
         if retry:
             raise ServerError("boom", status_code=500, body=None, raw_text="", headers=None)
         raise APIConnectionError("reset", method="POST", url="u")
@@ -733,7 +737,9 @@ async def test_a_stream_left_mid_chunk_keeps_what_the_chunk_already_learned() ->
     is in doubt."""
     started = asyncio.Event()
 
-    async def push_once(ids: list[int], /, *, retry: bool = True, on_sent: Sent = None) -> PushResult:
+    async def push_once(
+        ids: list[int], /, *, retry: bool = True, on_sent: Sent = None, final: bool = False
+    ) -> PushResult:
         if 1 in ids:
             raise ValidationError(
                 "bad", errors={"order_ids.0": ("gone",)}, status_code=422, body=None, raw_text="", headers=None
@@ -758,7 +764,9 @@ async def test_a_stream_left_counts_in_doubt_only_what_was_written_to_the_wire()
     both_waiting = asyncio.Event()
     waiting = 0
 
-    async def push_once(ids: list[int], /, *, retry: bool = True, on_sent: Sent = None) -> PushResult:
+    async def push_once(
+        ids: list[int], /, *, retry: bool = True, on_sent: Sent = None, final: bool = False
+    ) -> PushResult:
         nonlocal waiting
         if ids[0] == 1 and on_sent is not None:
             on_sent()  # chunk [1, 2] is written; chunk [3, 4] waits for the budget
@@ -779,7 +787,9 @@ async def test_a_stream_left_counts_in_doubt_only_what_was_written_to_the_wire()
 async def test_a_bug_in_a_chunk_loses_none_of_its_ids() -> None:
     """An unexpected exception is raised to the reader, and the chunk's ids end in doubt, not nowhere."""
 
-    async def push_once(ids: list[int], /, *, retry: bool = True, on_sent: Sent = None) -> PushResult:
+    async def push_once(
+        ids: list[int], /, *, retry: bool = True, on_sent: Sent = None, final: bool = False
+    ) -> PushResult:
         raise KeyError("bug")
 
     stream = PushStream([1, 2], [], push_once, chunk_size=1, max_concurrency=1, progress=None)

@@ -218,7 +218,7 @@ async def main(path):
     ids = list(range(1, 51))
     chunk_one_sent = asyncio.Event()
 
-    async def push_once(chunk, *, retry=True, on_sent=None):
+    async def push_once(chunk, *, retry=True, on_sent=None, final=False):
         first = chunk[0]
         if first == 1:  # answered once chunk 11-20 is on the wire
             await chunk_one_sent.wait()

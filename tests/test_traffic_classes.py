@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.budget_helpers import Caller, FakeClock, take, within
 from tests.conftest import TOKEN
+from tests.simulation import Outcome, simulate
 from wemasy_async import RateLimitBudget, WaitEvent, WemasyClient
 from wemasy_async._protocol import RateLimitHeaders
 from wemasy_async.budgets import Ticket, Wait, WindowState
@@ -104,16 +107,22 @@ def test_an_interactive_call_that_asked_counts_once_it_is_served_in_the_same_win
     assert server.serve(budget, 1.0, bulk=True) == LIMIT - 2
 
 
-def test_bulk_leaves_other_clients_the_slots_they_used_in_the_last_window() -> None:
-    """Answers showed another client (another process, no shared store) using 3 requests of a window: in
-    the next window bulk work leaves those 3 free, and the one for interactive calls."""
+def test_bulk_leaves_other_clients_more_than_they_used_in_the_last_window() -> None:
+    """Answers showed another client (another process, no shared store) using 2 requests of a window: in
+    the next window bulk work leaves it twice that (its use was what the reserve let it have, so room to
+    grow), and the one slot for interactive calls; a client that used 3 gets half the limit at most."""
     budget, end = opened()
-    server = Server(used=1 + 3)  # 3 requests of someone else's were counted after our first
-    server.serve(budget, 1.0, bulk=True)
+    Server(used=1 + 2).serve(budget, 1.0, bulk=True)  # 2 requests of someone else's counted after our first
     server, now = Server(), end + 0.1
     server.new_window()
-    assert server.serve(budget, now, bulk=True) == LIMIT - 3 - 1
-    assert budget.view(now).reserved == 3 + 1
+    assert server.serve(budget, now, bulk=True) == LIMIT - 2 * 2 - 1
+    assert budget.view(now).reserved == 2 * 2 + 1
+
+    budget, end = opened()
+    Server(used=1 + 3).serve(budget, 1.0, bulk=True)
+    server, now = Server(), end + 0.1
+    server.new_window()
+    assert server.serve(budget, now, bulk=True) == LIMIT - LIMIT // 2
 
 
 def test_interactive_calls_are_never_held_for_the_reserve() -> None:
@@ -182,3 +191,147 @@ async def test_a_web_call_is_served_at_once_while_a_batch_waits_for_the_window(
         batch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await batch
+
+
+# --- simulated against Laravel's throttle --------------------------------------------------------------
+
+
+def _arrivals(start: float, gaps: list[float], window: float, limit: int) -> list[float]:
+    """Interactive calls at ``start`` and then after each gap, spaced so that no window holds more than
+    half the limit of them (more than that cannot all be served within a window, by any rule)."""
+    least = window / max(1, limit // 2)
+    times, at = [], start
+    for gap in gaps:
+        times.append(at)
+        at += least * (1 + gap)
+    return times
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    limit=st.integers(2, 12),
+    window=st.sampled_from([2.0, 4.0]),
+    batch=st.integers(1, 80),
+    concurrency=st.integers(1, 16),
+    latency=st.floats(0.001, 0.05),
+    jitter=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+    start=st.floats(0.0, 2.0),
+    gaps=st.lists(st.floats(0.0, 1.0), max_size=20),
+)
+def test_in_one_process_every_interactive_call_is_served_within_a_window_of_asking(
+    limit: int,
+    window: float,
+    batch: int,
+    concurrency: int,
+    latency: float,
+    jitter: float,
+    seed: int,
+    start: float,
+    gaps: list[float],
+) -> None:
+    """A batch and interactive calls arriving at any times share one process's budget: no 429, nothing
+    stalls, and every interactive call is granted within one window of asking (plus round trips)."""
+    arrivals = _arrivals(start, gaps, window, limit)
+    outcome = simulate(
+        limit=limit,
+        window=window,
+        calls=[batch],
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+        bulk=[True],
+        arrivals=[arrivals],
+    )
+    assert not outcome.stalled
+    assert sum(outcome.throttled.values()) == 0
+    served = outcome.clients[0].served
+    assert len(served) == len(arrivals)
+    rt = latency * (1 + jitter)
+    assert max((granted - arrived for arrived, granted, _ in served), default=0.0) <= window + 2 * rt + 1e-9
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    limit=st.integers(1, 12),
+    window=st.sampled_from([1.0, 2.0, 60.0]),
+    requests=st.integers(1, 80),
+    concurrency=st.integers(1, 16),
+    latency=st.floats(0.001, 0.05),
+    jitter=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_batch_alone_ends_when_it_would_without_classes(
+    limit: int, window: float, requests: int, concurrency: int, latency: float, jitter: float, seed: int
+) -> None:
+    """Sent as bulk, a batch alone spends every window as it did before classes (it borrows the reserve
+    near each window's end, and its last call goes as interactive): no 429, and the same makespan."""
+
+    def run(bulk: list[bool] | None) -> Outcome:
+        calls = [requests]
+        return simulate(
+            limit=limit,
+            window=window,
+            calls=calls,
+            concurrency=concurrency,
+            latency=latency,
+            jitter=jitter,
+            seed=seed,
+            bulk=bulk,
+        )
+
+    before, bulk = run(None), run([True])
+    assert not bulk.stalled
+    assert sum(bulk.throttled.values()) == 0
+    assert bulk.requests == before.requests
+    rt = latency * (1 + jitter)
+    assert bulk.makespan <= before.makespan * 1.01 + 2 * rt
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    limit=st.integers(2, 12),
+    window=st.sampled_from([2.0, 4.0]),
+    batch=st.integers(1, 80),
+    concurrency=st.integers(1, 16),
+    latency=st.floats(0.001, 0.05),
+    jitter=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+    start=st.floats(0.0, 2.0),
+    gaps=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=20),
+)
+def test_without_a_shared_store_a_web_process_beside_a_batch_gets_its_calls_through(
+    limit: int,
+    window: float,
+    batch: int,
+    concurrency: int,
+    latency: float,
+    jitter: float,
+    seed: int,
+    start: float,
+    gaps: list[float],
+) -> None:
+    """A batch process and a web process on one token, each with its own budget: the batch leaves the
+    web's use (as the server's counts show it) free, so every web call is served, none waits behind the
+    whole batch, and no process meets more than one 429 in a window (and the web none while it is alone
+    in asking)."""
+    arrivals = _arrivals(start, gaps, window, limit)
+    outcome = simulate(
+        limit=limit,
+        window=window,
+        calls=[batch, 0],
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+        bulk=[True, False],
+        arrivals=[[], arrivals],
+    )
+    assert not outcome.stalled
+    served = outcome.clients[1].served
+    assert len(served) == len(arrivals)
+    # Each process reads the window from its own answers, and the web's, opened by the batch before its
+    # first request, ends earlier than it can tell: a web call may wait past one window, never three.
+    assert max(granted - arrived for arrived, granted, _ in served) <= 3 * window
+    assert max(outcome.throttled.values(), default=0) <= 2

@@ -64,10 +64,17 @@ Progress = Callable[[int, int], None]
 
 class PushOnce(Protocol):
     """Push these ids in one request (with the client's retries, or once when ``retry`` is False), calling
-    ``on_sent()`` as each attempt is written to the wire."""
+    ``on_sent()`` as each attempt is written to the wire. ``final``: the ids are of the batch's last chunk
+    (no later chunk of the batch will want the window's slots)."""
 
     def __call__(
-        self, ids: list[int], /, *, retry: bool = True, on_sent: Callable[[], None] | None = None
+        self,
+        ids: list[int],
+        /,
+        *,
+        retry: bool = True,
+        on_sent: Callable[[], None] | None = None,
+        final: bool = False,
     ) -> Awaitable[PushResult]: ...
 
 
@@ -243,9 +250,11 @@ async def push_chunk(
     partial: dict[int, PushResult] | None = None,
     index: int = 0,
     on_sent: Callable[[], None] | None = None,
+    final: bool = False,
 ) -> PushResult:
     """Push one chunk, re-sending around rejected ids and splitting on size errors; never raises a
-    WemasyError: whatever fails ends in the result's ``failed``, with its ids.
+    WemasyError: whatever fails ends in the result's ``failed``, with its ids. ``final``: the batch's last
+    chunk (each of its requests is pushed with ``final=True``).
 
     ``batch`` is what the chunks of a batch share: the server's maximum ids per request as learned
     (requests larger than it are split before they are sent; a size error teaches it), and the batch-wide
@@ -255,6 +264,8 @@ async def push_chunk(
     of the chunk is written to the wire."""
     batch = batch if batch is not None else BatchState()
     outcomes = Outcomes()
+    if final:
+        push_once = functools.partial(push_once, final=True)
     try:
         return await _push_pieces([_Piece(0, ids)], push_once, batch, outcomes, on_sent)
     except asyncio.CancelledError:
@@ -493,6 +504,7 @@ class _Feed:
 async def _work(feed: _Feed) -> None:
     journal = feed.journal
     for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
+        final = feed.exhausted  # read before any await: this chunk is the batch's last
         index = next(feed.index)
         feed.in_flight[index] = chunk
         try:
@@ -503,6 +515,7 @@ async def _work(feed: _Feed) -> None:
                 partial=feed.partial,
                 index=index,
                 on_sent=None if journal is None else functools.partial(feed.sending, index),
+                final=final,
             )
         except asyncio.CancelledError:
             raise

@@ -191,10 +191,12 @@ class WindowState:
     def reserved(self, limit: int) -> int:
         """The slots of this window that bulk work leaves free, at most half the limit: for interactive calls
         the peak of their demand in recent windows (at least one) less what asked in this one, and for other
-        clients their use in the last window less what they have used in this one."""
+        clients one more than their use in the last window, less what they have used in this one."""
         half = limit // 2
         interactive = max(1, *self._asked_recent) if self._asked_recent else 1
-        others = min(half, self._others_before or 0)
+        # One more than the others used: their use is what the reserve let them have, so it could not show
+        # that they wanted more; with the one more it grows a slot a window until it meets their demand.
+        others = max(self._others_before + 1, 2 * self._others_before) if self._others_before else 0
         return min(half, max(0, interactive - self._asked) + max(0, others - self._others_learned))
 
     def _until_lent(self, now: float) -> Wait | None:
@@ -205,7 +207,12 @@ class WindowState:
             # Not dated yet: an answer will date it; with none in flight none can, and the request opens it.
             return Wait(None, "reserve") if self._in_flight else None
         lend_at = end - LEND_FRACTION * self.window_seconds
-        return Wait(lend_at, "reserve") if now < lend_at else None
+        if now < lend_at:
+            return Wait(lend_at, "reserve")
+        if self._in_flight and (self._others_before or self._others_learned):
+            # Other clients may have used those slots unseen: borrowed one at a time, each answer's count first.
+            return Wait(None, "shared")
+        return None
 
     def _spent(self, now: float) -> Wait | None:
         """The window is spent: wait for its end, or an answer that dates it; None if it has just ended."""
