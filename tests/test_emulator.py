@@ -307,3 +307,17 @@ async def test_injected_error_pages_are_laravels_500_and_503_and_are_counted(
     assert [body["message"] for _, _, body in answers] == ["Server Error", "Service Unavailable"]
     assert all("X-RateLimit-Remaining" in headers for _, headers, _ in answers)
     assert [r.counted for r in wemasy_emulator.requests] == [True, True]
+
+
+@pytest.mark.wemasy_emulator(max_ids_per_request=None, seconds_per_id=0.0001, seconds_per_id_pair=0.00000005)
+async def test_a_push_takes_the_time_its_ids_take_to_validate(
+    http: aiohttp.ClientSession, wemasy_emulator: WemasyEmulator
+) -> None:
+    """A push of n ids is answered no sooner than ``seconds_per_id * n + seconds_per_id_pair * n * n``
+    after it arrives (what validating them takes the app); with no maximum, 3,000 ids are taken in one."""
+    ids = list(range(1, 3001))
+    started = time.monotonic()
+    status, _, data = await call(http, wemasy_emulator, PUSH, body={"create_label": False, "order_ids": ids})
+    assert time.monotonic() - started >= 0.0001 * 3000 + 0.00000005 * 3000 * 3000
+    assert status == 200
+    assert data["summary"]["total_orders"] == 3000
