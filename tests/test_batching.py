@@ -34,6 +34,7 @@ from wemasy_async import (
     read_journal,
 )
 from wemasy_async._batching import BatchState, PushStream, merge_results, prepare_order_ids, push_chunk
+from wemasy_async._chunk_size import Sizing
 from wemasy_async._journal._writer import DISK
 from wemasy_async._outcomes import places_json
 from wemasy_async.testing import CannedResponse, Fault, WemasyEmulator
@@ -750,7 +751,7 @@ async def test_a_stream_left_mid_chunk_keeps_what_the_chunk_already_learned() ->
         await asyncio.Event().wait()  # under way until the stream is left
         raise AssertionError("unreachable")
 
-    stream = PushStream([1, 2, 3, 4], [], push_once, chunk_size=4, max_concurrency=1, progress=None)
+    stream = PushStream([1, 2, 3, 4], [], push_once, sizing=Sizing(ceiling=4), max_concurrency=1, progress=None)
     await started.wait()
     await stream.aclose()
     result = stream.result()
@@ -776,7 +777,7 @@ async def test_a_stream_left_counts_in_doubt_only_what_was_written_to_the_wire()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    stream = PushStream([1, 2, 3, 4, 5, 6], [], push_once, chunk_size=2, max_concurrency=2, progress=None)
+    stream = PushStream([1, 2, 3, 4, 5, 6], [], push_once, sizing=Sizing(ceiling=2), max_concurrency=2, progress=None)
     await both_waiting.wait()
     await stream.aclose()
     result = stream.result()
@@ -792,7 +793,7 @@ async def test_a_bug_in_a_chunk_loses_none_of_its_ids() -> None:
     ) -> PushResult:
         raise KeyError("bug")
 
-    stream = PushStream([1, 2], [], push_once, chunk_size=1, max_concurrency=1, progress=None)
+    stream = PushStream([1, 2], [], push_once, sizing=Sizing(ceiling=1), max_concurrency=1, progress=None)
     with pytest.raises(KeyError):
         async for _ in stream:
             pass

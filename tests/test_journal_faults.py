@@ -213,6 +213,7 @@ import asyncio, sys
 from pathlib import Path
 from tests.helpers import accepted, open_new
 from wemasy_async._batching import PushStream
+from wemasy_async._chunk_size import Sizing
 
 async def main(path):
     ids = list(range(1, 51))
@@ -233,7 +234,8 @@ async def main(path):
         await asyncio.Event().wait()  # 21-30 and 31-40: still waiting for the budget
 
     journal = open_new(path, ids)
-    stream = PushStream(ids, [], push_once, chunk_size=10, max_concurrency=4, progress=None, journal=journal)
+    sizing = Sizing(ceiling=10)
+    stream = PushStream(ids, [], push_once, sizing=sizing, max_concurrency=4, progress=None, journal=journal)
     async for _ in stream:
         pass
 

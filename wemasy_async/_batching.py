@@ -1,7 +1,9 @@
 """Batch pushes: validate and de-duplicate the ids, send chunks concurrently, account for every id, merge.
 
 Every distinct id ends in one place (see :mod:`._outcomes`). A 422 naming indices rejects those ids and
-re-sends the rest; a 422 about the list, or a 413, teaches the batch the server's maximum ids per request.
+re-sends the rest; a 422 about the list, or a 413, teaches the token's chunk sizer the server's maximum ids
+per request, and each answer's time teaches it whether a larger request would still be quick (see
+:mod:`._chunk_size`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import itertools
 import logging
 import operator
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import attrs
 
+from ._chunk_size import FIRST_CHUNK_SIZE, Sizing
 from ._errors import (
     APIConnectionError,
     APIResponseError,
@@ -49,10 +53,9 @@ __all__ = [
 
 logger = logging.getLogger("wemasy_async")
 
-#: Ids per push request. 500 ids make a ~4 KB body; at Wemasy's 60 requests a minute that is 30,000 ids
-#: a minute, and a 422 for one unknown id costs one re-sent request of at most 499. If the server takes
-#: fewer per request, its 422 or 413 splits the request and the SDK carries on.
-DEFAULT_CHUNK_SIZE = 500
+#: Where the learned size of a push request starts (the fixed default of before). 500 ids make a ~4 KB body,
+#: and a 422 for one unknown id costs one re-sent request of at most 499.
+DEFAULT_CHUNK_SIZE = FIRST_CHUNK_SIZE
 #: Push requests of one batch in flight at once (the token's budget paces them anyway).
 DEFAULT_CHUNK_CONCURRENCY = 4
 
@@ -161,29 +164,16 @@ def _unreported(sent: Sequence[int], result: PushResult) -> list[int]:
 _MOST_ITEMS = re.compile(r"(?:more than|at most|maximum of)\s+(\d+)\s+items", re.IGNORECASE)
 
 
-@attrs.define
-class SizeLimit:
-    """The most ids the server takes in one request, as a batch learns it (shared by its chunks)."""
-
-    #: Ids per request not to exceed (None while nothing says the server has a maximum).
-    most: int | None = None
-
-    def learn(self, error: ValidationError | PayloadTooLargeError, size: int) -> bool:
-        """A request of ``size`` ids was too large: the server's own number if its message names one
-        (Laravel's ``max`` rule: "must not have more than 300 items"), else half of what failed. False when
-        that leaves nothing to send (a maximum of 0): the request cannot go in any size."""
-        found = (
-            [int(n) for m in error.errors.get("order_ids", ()) for n in _MOST_ITEMS.findall(m)]
-            if isinstance(error, ValidationError)
-            else []
-        )
-        # Never as many as failed, whatever the message says: each size error makes requests smaller.
-        most = min(min(found) if found else size // 2, size - 1)
-        if most < 1:
-            return False
-        if self.most is None or most < self.most:
-            self.most = most
-        return True
+def server_maximum(error: ValidationError | PayloadTooLargeError, size: int) -> int:
+    """The most ids the server takes, after a request of ``size`` ids was refused as too large: its own
+    number if its message names one (Laravel's ``max`` rule: "must not have more than 300 items"), else
+    half of what failed; never as many as failed, whatever the message says (0: it takes none)."""
+    found = (
+        [int(n) for m in error.errors.get("order_ids", ()) for n in _MOST_ITEMS.findall(m)]
+        if isinstance(error, ValidationError)
+        else []
+    )
+    return max(0, min(min(found) if found else size // 2, size - 1))
 
 
 #: Errors that would fail every request of a batch alike: the batch sends nothing more after the first (a
@@ -193,9 +183,10 @@ BATCH_WIDE_ERRORS = (AuthenticationError, PermissionDeniedError, ClientClosedErr
 
 @attrs.define
 class BatchState:
-    """What the chunks of one batch share: the server's learned maximum, and the error that stopped it."""
+    """What the chunks of one batch share: the token's chunk sizer (the size to cut at, the server's learned
+    maximum), and the error that stopped the batch."""
 
-    size_limit: SizeLimit = attrs.field(factory=SizeLimit)
+    sizing: Sizing = attrs.field(factory=Sizing)
     #: The batch-wide error after which nothing more is sent: a 401 or 403, a closed client, or a server
     #: that could not be reached through a request's retries while no other request got an answer.
     stopped_by: WemasyError | None = None
@@ -287,7 +278,7 @@ async def _push_pieces(
         if batch.stopped_by is not None:
             outcomes.not_sent.append((piece.offset, piece.ids))
             continue
-        most = batch.size_limit.most
+        most = batch.sizing.sizer.most
         if most is not None and len(piece.ids) > most:
             # Later parts go first onto the stack, so they are sent in input order.
             pieces += [
@@ -312,7 +303,7 @@ async def _push_piece(
     """Send one piece and put its ids where its answer says: accepted, or rejected, failed, re-sent in parts."""
     answers_before, successes_before = batch.answers, batch.successes
     try:
-        result = await _send(piece, pieces, push_once, outcomes, on_sent)
+        result = await _send(piece, pieces, push_once, outcomes, on_sent=on_sent, batch=batch)
     except ServerError as error:
         batch.answers += 1
         _after_server_error(piece, error, pieces, batch, outcomes, healthy=batch.successes > successes_before)
@@ -344,20 +335,29 @@ async def _send(
     pieces: list[_Piece],
     push_once: PushOnce,
     outcomes: Outcomes,
+    *,
     on_sent: Callable[[], None] | None,
+    batch: BatchState,
 ) -> PushResult:
     """One request for the piece. Left while it was under way: in doubt if it was written to the wire (the
-    server may have queued it), else not sent (it was still waiting for the budget); nor the pieces not begun."""
+    server may have queued it), else not sent (it was still waiting for the budget); nor the pieces not begun.
+    The time its answer took, from its (last) sending, is told to the chunk sizer when the server took its
+    size: answered, or refusing only some of its ids."""
     sent = False
+    sent_at = 0.0
 
     def written() -> None:
-        nonlocal sent
-        sent = True
+        nonlocal sent, sent_at
+        sent, sent_at = True, time.monotonic()
         if on_sent is not None:
             on_sent()
 
     try:
-        return await push_once(piece.ids, retry=not piece.probe, on_sent=written)
+        result = await push_once(piece.ids, retry=not piece.probe, on_sent=written)
+    except ValidationError as error:
+        if error.index_errors():  # only ids refused: the request's size was taken
+            _answered(batch, piece, sent_at)
+        raise
     except asyncio.CancelledError:
         outcomes.not_sent.extend((p.offset, p.ids) for p in pieces)
         pieces.clear()
@@ -366,6 +366,14 @@ async def _send(
         else:
             outcomes.not_sent.append((piece.offset, piece.ids))
         raise
+    _answered(batch, piece, sent_at)
+    return result
+
+
+def _answered(batch: BatchState, piece: _Piece, sent_at: float) -> None:
+    """The server took a request of the piece's size, answering ``sent_at`` seconds ago: the sizer learns."""
+    sizing = batch.sizing
+    sizing.sizer.answered(len(piece.ids), time.monotonic() - sent_at, bound=sizing.answer_bound)
 
 
 def _after_server_error(
@@ -401,7 +409,8 @@ def _after_refusal(
         rest = [order_id for i, order_id in enumerate(piece.ids) if i not in named]
         if rest:
             pieces.append(_Piece(piece.offset, rest, piece.probe))
-    elif len(piece.ids) > 1 and _too_large(error) and batch.size_limit.learn(error, len(piece.ids)):
+    elif len(piece.ids) > 1 and _too_large(error) and (most := server_maximum(error, len(piece.ids))) > 0:
+        batch.sizing.sizer.too_large(most)
         pieces.append(piece)  # sent again in parts the size the server takes
     else:
         outcomes.failed.append((piece.offset, _failure(piece.ids, error)))
@@ -444,7 +453,6 @@ class _Feed:
     def __init__(
         self,
         ids: list[int],
-        chunk_size: int,
         push_once: PushOnce,
         batch: BatchState,
         journal: BatchJournal | None = None,
@@ -458,10 +466,15 @@ class _Feed:
         #: been and each of them has been read.
         self.produced = 0
         self.exhausted = not ids
-        self.chunks = self._chunks(ids, chunk_size)
+        self.chunks = self._chunks(ids)
         self.index = itertools.count()
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
+        #: The index of the chunk cut as a probe of a larger size, until it has ended (see ChunkSizer.cut);
+        #: the workers wait for it to end before they cut another chunk.
+        self.probe: int | None = None
+        self.probe_ended = asyncio.Event()
+        self.probe_ended.set()
         #: Chunks being pushed now, by index: if the batch is left, their ids are in doubt.
         self.in_flight: dict[int, list[int]] = {}
         #: What chunks cancelled under way had done (see push_chunk), by index.
@@ -486,12 +499,16 @@ class _Feed:
             self.journal.started(index, self.starts[index], chunk)
         return self.journal.finished(index, result)
 
-    def _chunks(self, ids: list[int], chunk_size: int) -> Iterator[list[int]]:
-        # Once the batch has learned the server's maximum ids per request, later chunks are cut at that size
-        # (a server taking 300: chunks of 300, not 300 + 200 for each 500).
-        size_limit, start, end = self.batch.size_limit, 0, len(ids)
+    def _chunks(self, ids: list[int]) -> Iterator[list[int]]:
+        # Each chunk is cut at the size the token's sizer says as it is cut, so what it learns from earlier
+        # answers (a larger size the server takes quickly; its maximum, so a server taking 300 gets chunks
+        # of 300, not 300 + 200 for each 500) applies to the rest.
+        batch, start, end = self.batch, 0, len(ids)
         while start < end:
-            size = chunk_size if size_limit.most is None else min(chunk_size, size_limit.most)
+            size, probe = batch.sizing.cut()
+            if probe:
+                self.probe = self.produced  # the index this chunk gets (see _work)
+                self.probe_ended.clear()
             chunk = ids[start : start + size]
             if self.journal is not None:
                 self.starts.append(start)
@@ -503,20 +520,18 @@ class _Feed:
 
 async def _work(feed: _Feed) -> None:
     journal = feed.journal
-    for chunk in feed.chunks:  # shared by the workers: next() never awaits, so each chunk goes once
+    while True:
+        while feed.probe is not None:  # a larger size is being tried: its answer says what to cut next
+            await feed.probe_ended.wait()
+        # The chunks are shared by the workers: next() never awaits, so each chunk goes once.
+        chunk = next(feed.chunks, None)
+        if chunk is None:
+            return
         final = feed.exhausted  # read before any await: this chunk is the batch's last
         index = next(feed.index)
         feed.in_flight[index] = chunk
         try:
-            outcome: PushResult | BaseException = await push_chunk(
-                chunk,
-                feed.push_once,
-                feed.batch,
-                partial=feed.partial,
-                index=index,
-                on_sent=None if journal is None else functools.partial(feed.sending, index),
-                final=final,
-            )
+            outcome: PushResult | BaseException = await _push_cut(feed, index, chunk, final)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug, not an API failure: hand it to the reader
@@ -530,6 +545,26 @@ async def _work(feed: _Feed) -> None:
                 # The outcome is committed before this worker takes another chunk: after a kill, no more
                 # chunks go again than were in flight, one a worker.
                 await committed
+
+
+async def _push_cut(feed: _Feed, index: int, chunk: list[int], final: bool) -> PushResult:
+    """Push the chunk ``index`` of the feed; when it was a probe of a larger size, another may go after it."""
+    journal = feed.journal
+    try:
+        return await push_chunk(
+            chunk,
+            feed.push_once,
+            feed.batch,
+            partial=feed.partial,
+            index=index,
+            on_sent=None if journal is None else functools.partial(feed.sending, index),
+            final=final,
+        )
+    finally:
+        if feed.probe == index:
+            feed.probe = None
+            feed.batch.sizing.sizer.probe_done()
+            feed.probe_ended.set()
 
 
 class PushStream:
@@ -550,7 +585,7 @@ class PushStream:
         duplicates: list[int],
         push_once: PushOnce,
         *,
-        chunk_size: int,
+        sizing: Sizing,
         max_concurrency: int,
         progress: Progress | None,
         stop_when_unreachable: bool = True,
@@ -565,13 +600,17 @@ class PushStream:
         if journal is not None:
             ids = journal.pending
             self.done = self.total - len(ids)
-        # Chunks the batch starts with (more once it learns a lower server maximum).
-        count = -(-len(ids) // chunk_size)
+        # Chunks the batch starts with (fewer once its size grows, more once it learns a lower maximum).
+        count = -(-len(ids) // sizing.peek())
         #: A batch of one chunk keeps its response's JSON in the result's ``raw``.
         self._single = count == 1
         self._progress = progress
-        batch = BatchState(stop_when_unreachable=stop_when_unreachable, bisect_budget=max(64, count // 10))
-        self._feed = _Feed(ids, chunk_size, push_once, batch, journal)
+        batch = BatchState(
+            sizing=sizing,
+            stop_when_unreachable=stop_when_unreachable,
+            bisect_budget=max(64, count // 10),
+        )
+        self._feed = _Feed(ids, push_once, batch, journal)
         self._results: list[tuple[int, PushResult]] = []
         self._left: list[tuple[int, PushResult]] = []  # chunks in doubt or unsent when the stream closed
         self._closed = False

@@ -23,6 +23,7 @@ import attrs
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
+from ._chunk_size import shared_chunk_sizer
 from ._errors import (
     APIConnectionError,
     ClientClosedError,
@@ -245,6 +246,8 @@ class WemasyClient:
         )
         self._budget: Budget[Any] = chosen.budget
         self._owns_budget = chosen.owned
+        #: What the token's pushes have learned of the server's request sizes (shared in the process).
+        self.chunk_sizer = shared_chunk_sizer(self.base_url, self._token)
         self._random = random.Random()
         self._conn = _Connection(session)
         if session is None and trust_env:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
+import aiohttp
+
+from ._chunk_size import ChunkSizer
 from ._protocol import RawResponse
 from ._retry import RetryPolicy
 from ._types import NotGiven, Timeout
@@ -30,6 +33,11 @@ class Sender(Protocol):
 
     #: How failed calls are retried.
     retry: RetryPolicy
+
+    #: The token's chunk sizer: what its pushes have learned of the server's request sizes.
+    chunk_sizer: ChunkSizer
+    #: The timeout of each HTTP exchange, unless a call gives its own.
+    timeout: float | aiohttp.ClientTimeout | None
 
     @property
     def priority(self) -> Priority | None:

@@ -150,7 +150,7 @@ def _open_push(args: argparse.Namespace, client: WemasyClient) -> PushStream:
     if stream.total == 0:
         source = "standard input" if args.file == "-" else args.file or "the arguments"
         raise UsageError(f"no order ids in {source}: nothing to push")
-    logger.debug("pushing %d ids in chunks of %d", stream.total, args.chunk_size)
+    logger.debug("pushing %d ids in chunks of %s", stream.total, args.chunk_size or "a learned size")
     return stream
 
 

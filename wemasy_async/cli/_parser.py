@@ -170,7 +170,13 @@ def _add_push(commands: _Commands, common: argparse.ArgumentParser) -> None:
         help=f"push more than {max_ids_without_yes():,} ids (in a range or in all) without refusing",
     )
     push.add_argument("--create-label", action="store_true", help="also create shipping labels")
-    push.add_argument("--chunk-size", type=_COUNT, metavar="N", default=DEFAULT_CHUNK_SIZE, help="ids per request")
+    push.add_argument(
+        "--chunk-size",
+        type=_COUNT,
+        metavar="N",
+        help=f"ids per request, at most (default: learned, from {DEFAULT_CHUNK_SIZE} up to what the server takes "
+        "quickly)",
+    )
     push.add_argument(
         "--concurrency", type=_COUNT, metavar="N", default=DEFAULT_CHUNK_CONCURRENCY, help="requests at once"
     )

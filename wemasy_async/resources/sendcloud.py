@@ -6,16 +6,17 @@ import asyncio
 import sys
 from collections.abc import Callable, Iterable
 
+import aiohttp
 import attrs
 
 from .._batching import (
     DEFAULT_CHUNK_CONCURRENCY,
-    DEFAULT_CHUNK_SIZE,
     Progress,
     PushStream,
     check_create_label,
     prepare_order_ids,
 )
+from .._chunk_size import CHUNK_SECONDS, Sizing
 from .._converter import structure_response
 from .._errors import ConfigurationError, UsageError, WemasyError
 from .._journal import JournalPath, open_journal
@@ -56,7 +57,7 @@ class SendcloudResource:
         order_ids: Iterable[int],
         *,
         create_label: bool = False,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         max_concurrency: int = DEFAULT_CHUNK_CONCURRENCY,
         progress: Progress | None = None,
         strict: bool = False,
@@ -71,7 +72,7 @@ class SendcloudResource:
         ``order_ids`` may be any iterable (a list, a range, a generator of a million). Every id must be a
         positive int; a bad one raises :class:`InvalidOrderIdError` naming it and its position, before any
         request is sent. Repeated ids are pushed once and listed in ``result.duplicates``. The ids go in
-        chunks of ``chunk_size``, ``max_concurrency`` at a time, through the token's shared rate-limit
+        chunks, ``max_concurrency`` at a time, through the token's shared rate-limit
         budget; the merged result sums the chunks' summaries and concatenates their details in input
         order. Every distinct id ends in exactly one place: the server's details (new, retry or skipped),
         ``result.rejected`` (with the server's validation message), ``result.failed`` (with the ids and
@@ -140,7 +141,7 @@ class SendcloudResource:
         order_ids: Iterable[int],
         *,
         create_label: bool = False,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         max_concurrency: int = DEFAULT_CHUNK_CONCURRENCY,
         progress: Progress | None = None,
         timeout: Timeout = NOT_GIVEN,
@@ -162,23 +163,26 @@ class SendcloudResource:
         """
         ids, duplicates = prepare_order_ids(order_ids)
         label = check_create_label(create_label)
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise UsageError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if chunk_size is not None and (
+            not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+        ):
+            raise UsageError(f"chunk_size must be a positive int or None (learned), got {chunk_size!r}")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise UsageError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
         try:
             chosen = checked_priority(priority) or self._client.priority
         except ConfigurationError as error:
             raise UsageError(str(error)) from None
-        if chosen is None:
-            chosen = "bulk" if len(ids) > chunk_size else "interactive"
+        if timeout is not NOT_GIVEN:
+            checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
         deadline_at = self._client.deadline_at(deadline)
+        sizing = Sizing(self._client.chunk_sizer, chunk_size, _answer_bound(self._client.timeout, timeout))
+        if chosen is None:
+            chosen = "bulk" if len(ids) > sizing.peek() else "interactive"
         # A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about
         # the ids: the probe waits for the budget and goes again, as the client's other calls do.
         probe = attrs.evolve(self._client.retry, max_attempts=1)
-        if timeout is not NOT_GIVEN:
-            checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
         async def push_once(
             chunk: list[int], *, retry: bool = True, on_sent: Callable[[], None] | None = None, final: bool = False
@@ -203,7 +207,7 @@ class SendcloudResource:
             ids,
             duplicates,
             push_once,
-            chunk_size=chunk_size,
+            sizing=sizing,
             max_concurrency=max_concurrency,
             progress=progress,
             # A request that is not retried says little about the server when it fails once.
@@ -213,11 +217,23 @@ class SendcloudResource:
                 journal,
                 ids,
                 self._client,
-                chunk_size=chunk_size,
+                chunk_size=sizing.peek(),
                 create_label=label,
                 retry_rejected=retry_rejected,
             ),
         )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _answer_bound(client_timeout: float | aiohttp.ClientTimeout | None, timeout: Timeout) -> float:
+    """The longest answer a learned chunk size may grow on: a few seconds, and well inside the call's
+    timeout (a quarter of it), so that a larger request never runs into it."""
+    chosen = client_timeout if timeout is NOT_GIVEN else timeout
+    total = chosen.total if isinstance(chosen, aiohttp.ClientTimeout) else chosen
+    return CHUNK_SECONDS if total is None else min(CHUNK_SECONDS, total / 4)
 
 
 def _stopped(error: WemasyError, result: PushResult) -> WemasyError:

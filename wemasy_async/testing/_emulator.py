@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, TypeAlias
 import attrs
 from aiohttp import web
 
+from .._chunk_size import forget_chunk_sizers
 from ..budgets import forget_shared_budgets
 from ._throttle import FixedWindowThrottle, ThrottleDecision
 
@@ -375,6 +376,7 @@ class WemasyEmulator:
         if self._base_url is not None:
             # A later server on the same port is another server: budgets learned here must not carry over.
             forget_shared_budgets(self._base_url)
+            forget_chunk_sizers(self._base_url)
 
     async def _close_in_thread(self) -> None:
         await self.close()

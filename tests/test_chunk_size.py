@@ -1,0 +1,117 @@
+"""A push's chunk size, learned per token: it grows while the server takes whole chunks quickly, stops at the
+maximum the server names and never probes past it again, and shrinks when answers slow down."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TOKEN
+from tests.helpers import assert_every_id_accounted_once
+from wemasy_async import WemasyClient
+from wemasy_async._chunk_size import FIRST_CHUNK_SIZE, LARGEST_CHUNK_SIZE, ChunkSizer
+from wemasy_async.testing import WemasyEmulator
+
+# --- the sizer, step by step -------------------------------------------------------------------------------
+
+
+def test_a_quick_whole_answer_of_the_current_size_doubles_it() -> None:
+    sizer = ChunkSizer()
+    assert sizer.peek(None) == FIRST_CHUNK_SIZE
+    sizer.answered(FIRST_CHUNK_SIZE, 0.05)
+    assert sizer.peek(None) == 2 * FIRST_CHUNK_SIZE
+    sizer.answered(FIRST_CHUNK_SIZE, 0.05)  # an answer of a chunk cut before the growth: no second step
+    assert sizer.peek(None) == 2 * FIRST_CHUNK_SIZE
+
+
+def test_growth_stops_where_a_doubled_request_could_pass_the_bound() -> None:
+    """Validation may be quadratic in the ids: a doubled request may take four times as long, so the size
+    grows only while four times the last answer's time is within the bound; past the bound it halves."""
+    sizer = ChunkSizer(size=1000)
+    sizer.answered(1000, 1.3, bound=5.0)  # 5.2 s expected for 2000: stays
+    assert sizer.peek(None) == 1000
+    sizer.answered(1000, 6.0, bound=5.0)
+    assert sizer.peek(None) == 500
+
+
+def test_a_maximum_the_server_named_is_never_passed() -> None:
+    sizer = ChunkSizer(size=2000)
+    sizer.too_large(1500)
+    assert sizer.peek(None) == 1500
+    sizer.answered(1500, 0.01)
+    assert sizer.peek(None) == 1500  # quick, but the server takes no more
+    sizer.too_large(3000)  # a larger number said later does not raise it
+    assert sizer.most == 1500
+
+
+def test_a_fixed_chunk_size_is_a_ceiling_within_the_learned_maximum() -> None:
+    sizer = ChunkSizer()
+    assert sizer.peek(50) == 50
+    sizer.too_large(30)
+    assert sizer.peek(50) == 30
+
+
+def test_the_size_grows_no_larger_than_the_largest_chunk() -> None:
+    sizer = ChunkSizer(size=LARGEST_CHUNK_SIZE)
+    sizer.answered(LARGEST_CHUNK_SIZE, 0.01)
+    assert sizer.peek(None) == LARGEST_CHUNK_SIZE
+
+
+# --- against the emulator ----------------------------------------------------------------------------------
+
+
+def pushes(emulator: WemasyEmulator) -> list[int]:
+    """The number of ids of each push request the emulator received, in order."""
+    return [len(r.order_ids) for r in emulator.requests if r.order_ids]
+
+
+def refused_for_size(emulator: WemasyEmulator, maximum: int) -> int:
+    return sum(1 for r in emulator.requests if r.order_ids and r.status == 422 and len(r.order_ids) > maximum)
+
+
+@pytest.mark.parametrize("maximum", [1000, 4000])
+async def test_a_batch_spends_about_as_few_requests_as_the_servers_maximum_allows(maximum: int) -> None:
+    """40,000 ids with the defaults, to a server taking at most ``maximum`` a request (quickly): at most
+    1.15 x the fewest requests + 4, every id in one place, and a second batch of the same token never
+    sends a request past the maximum it learned."""
+    ids = list(range(1, 40_001))
+    async with WemasyEmulator(limit=10_000, max_ids_per_request=maximum) as emulator:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
+            result = await client.sendcloud.push_shipments(ids)
+            assert_every_id_accounted_once(result, ids, emulator)
+            assert result.ok
+            fewest = -(-len(ids) // maximum)
+            assert len(pushes(emulator)) <= 1.15 * fewest + 4
+            refused = refused_for_size(emulator, maximum)
+            assert refused <= 1  # one probe past the maximum taught it
+            await client.sendcloud.push_shipments(range(50_001, 60_001))
+            assert refused_for_size(emulator, maximum) == refused
+            assert max(pushes(emulator)[-3:]) <= maximum
+
+
+async def test_a_server_that_slows_down_stops_the_growth() -> None:
+    """No maximum, but validation takes 0.2 ms an id: with a 2 s timeout (an answer bound of 0.5 s) the
+    size stops growing before a request could take longer than the bound; every id is accounted for."""
+    ids = list(range(1, 30_001))
+    async with WemasyEmulator(limit=10_000, max_ids_per_request=None, seconds_per_id=0.0002) as emulator:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, timeout=2.0) as client:
+            result = await client.sendcloud.push_shipments(ids)
+    assert_every_id_accounted_once(result, ids, emulator)
+    assert result.ok
+    # 0.2 ms an id: 2,000 ids take 0.4 s, four times that passes 0.5 s, so 4,000 is the most ever sent.
+    assert max(pushes(emulator)) <= 4000
+    assert len(pushes(emulator)) < -(-len(ids) // FIRST_CHUNK_SIZE)  # and it did grow past the start
+
+
+def test_one_probe_of_a_larger_size_at_a_time() -> None:
+    """A size the server has not taken yet is cut once (a probe); until it has ended, chunks go at the
+    largest size the server took; a fixed chunk size is never a probe."""
+    sizer = ChunkSizer()
+    assert sizer.cut(None) == (FIRST_CHUNK_SIZE, True)
+    # Another batch of the token meanwhile (this one waits for the probe's answer: see _work): nothing has
+    # been taken yet, so the first size.
+    assert sizer.cut(None) == (FIRST_CHUNK_SIZE, False)
+    sizer.answered(FIRST_CHUNK_SIZE, 0.01)
+    sizer.probe_done()
+    assert sizer.cut(None) == (2 * FIRST_CHUNK_SIZE, True)
+    assert sizer.cut(None) == (FIRST_CHUNK_SIZE, False)
+    assert sizer.cut(50) == (50, False)

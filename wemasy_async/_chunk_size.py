@@ -1,0 +1,153 @@
+"""How many ids a push request carries: learned per token, since every request costs a slot of the budget.
+
+A batch's requests *are* its time (60 a minute at Wemasy), so the size grows while the server takes whole
+chunks quickly, stops at the maximum it names, and shrinks when answers slow down. The design:
+docs/design/chunk-size.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import NamedTuple
+
+import attrs
+
+__all__ = [
+    "CHUNK_SECONDS",
+    "FIRST_CHUNK_SIZE",
+    "LARGEST_CHUNK_SIZE",
+    "ChunkSizer",
+    "Cut",
+    "Sizing",
+    "forget_chunk_sizers",
+    "shared_chunk_sizer",
+]
+
+#: Where a learned size starts, with nothing learned for the token yet (the fixed default of before).
+FIRST_CHUNK_SIZE = 500
+#: The most ids a request ever carries, whatever the server takes (about 100 KB of JSON).
+LARGEST_CHUNK_SIZE = 16_000
+#: An answer slower than this (seconds, from the request's sending to its answer) shrinks the size, and
+#: the size grows only while the next one is expected within it (a call's timeout bounds it further).
+CHUNK_SECONDS = 5.0
+#: The growth of a step: a size at most doubles, and only while four times the last answer's time (what a
+#: doubled size takes if validation is quadratic in the ids) stays within the bound.
+_GROWTH = 2
+_WORST_SLOWDOWN = _GROWTH * _GROWTH
+
+
+class Cut(NamedTuple):
+    """The size of the next chunk, and whether it is a probe: larger than any the server has taken yet."""
+
+    size: int
+    probe: bool = False
+
+
+@attrs.define
+class ChunkSizer:
+    """The ids a request of this token's pushes carries next, and the server's maximum as learned.
+
+    A size larger than any the server has taken is tried by one chunk at a time, a probe (:meth:`cut`);
+    a batch's other chunks wait for its answer (a round trip: requests are what the budget counts), and a
+    probe the server refuses costs one request. Another batch of the token meanwhile cuts at the largest
+    size the server took.
+    Thread-safe: the batches of every client and thread of the process share the one of their token.
+    """
+
+    #: The size the next chunk is cut at.
+    size: int = FIRST_CHUNK_SIZE
+    #: The most ids the server takes (its 422 "must not have more than N items", or half of a size that was
+    #: too large): never probed past. None while nothing says it has a maximum.
+    most: int | None = None
+    #: The largest size the server took whole (and quickly); 0 while it has taken none.
+    proven: int = 0
+    _probing: bool = attrs.field(default=False, repr=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
+
+    def cut(self, ceiling: int | None) -> Cut:
+        """The next chunk's size: the learned one (within the caller's fixed ``chunk_size``, ``ceiling``).
+        A probe's cutter must call :meth:`probe_done` when its chunk has ended, however it ended."""
+        with self._lock:
+            if ceiling is not None:  # the caller's fixed size: nothing to probe
+                return Cut(ceiling if self.most is None else min(ceiling, self.most))
+            size = self.size if self.most is None else min(self.size, self.most)
+            if size <= self.proven:
+                return Cut(size)
+            if self._probing:  # one probe at a time; others go at a size the server took (or the first size)
+                return Cut(max(self.proven, min(size, FIRST_CHUNK_SIZE)))
+            self._probing = True
+            return Cut(size, probe=True)
+
+    def peek(self, ceiling: int | None) -> int:
+        """The size the next chunk would be cut at (a probe's), without cutting it."""
+        with self._lock:
+            size = self.size if ceiling is None else ceiling
+            return size if self.most is None else min(size, self.most)
+
+    def probe_done(self) -> None:
+        """The probe's chunk has ended (taken, refused, failed or left): another may be cut."""
+        with self._lock:
+            self._probing = False
+
+    def answered(self, size: int, seconds: float, *, bound: float = CHUNK_SECONDS) -> None:
+        """A request of ``size`` ids was taken whole (answered with no size error) in ``seconds``: grow the
+        size if that request was as large as the current size and a doubled one is expected within
+        ``bound``; shrink it if this one took longer than ``bound``."""
+        with self._lock:
+            if seconds > bound:
+                # Slower than the bound: back to a size whose answer is expected within it (at least half).
+                self.size = max(1, min(self.size, size // _GROWTH))
+                self.proven = min(self.proven, self.size)
+                return
+            self.proven = max(self.proven, size)
+            if size >= self.size and seconds * _WORST_SLOWDOWN <= bound:
+                grown = min(size * _GROWTH, LARGEST_CHUNK_SIZE)
+                self.size = grown if self.most is None else min(grown, self.most)
+
+    def too_large(self, most: int) -> None:
+        """The server refused a request as too large; it takes at most ``most`` ids: never probed past."""
+        with self._lock:
+            if self.most is None or most < self.most:
+                self.most = most
+            self.size = min(self.size, most)
+            self.proven = min(self.proven, most)
+
+
+@attrs.frozen
+class Sizing:
+    """How one batch sizes its chunks: the token's sizer, the caller's fixed ``chunk_size`` (a ceiling on
+    every chunk; None: the size is learned), and the longest answer a size may grow on."""
+
+    sizer: ChunkSizer = attrs.field(factory=ChunkSizer)
+    ceiling: int | None = None
+    answer_bound: float = CHUNK_SECONDS
+
+    def cut(self) -> Cut:
+        """The size of the next chunk (see :meth:`ChunkSizer.cut`)."""
+        return self.sizer.cut(self.ceiling)
+
+    def peek(self) -> int:
+        """The size the next chunk would be cut at, without cutting it."""
+        return self.sizer.peek(self.ceiling)
+
+
+_registry_lock = threading.Lock()
+_registry: dict[tuple[str, str], ChunkSizer] = {}
+
+
+def shared_chunk_sizer(base_url: str, token: str) -> ChunkSizer:
+    """The process's chunk sizer for this token at this base URL, made on first use."""
+    key = (base_url, hashlib.sha256(token.encode()).hexdigest())  # the registry never holds the token
+    with _registry_lock:
+        sizer = _registry.get(key)
+        if sizer is None:
+            sizer = _registry[key] = ChunkSizer()
+        return sizer
+
+
+def forget_chunk_sizers(base_url: str | None = None) -> None:
+    """Drop what was learned (of one base URL, or all), e.g. when a test server at that address stops."""
+    with _registry_lock:
+        for key in [k for k in _registry if base_url is None or k[0] == base_url.rstrip("/")]:
+            del _registry[key]
