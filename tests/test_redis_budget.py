@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.budget_helpers import within
 from tests.redis_server import RedisServer
 from wemasy_async import RateLimitHeaders
 from wemasy_async.budgets import Ticket, Wait, WindowState
@@ -281,6 +283,49 @@ async def test_a_ticket_granted_after_its_caller_left_is_given_back(
     finally:
         await late.aclose()
         await other.aclose()
+
+
+async def test_the_view_is_the_newest_redis_made_whatever_order_its_replies_come_in(redis_url: str) -> None:
+    """Two calls overlap on two connections (a ticket given back, and the next caller's acquire): Redis runs
+    the give-back first, but its reply is read last. The view is the acquire's, not the older one."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-view-order", window_seconds=W)
+    script = fleet._script
+    ran, read = asyncio.Event(), asyncio.Event()
+
+    async def reply_held_back(**call: Any) -> Any:
+        reply = await script(**call)
+        if call["args"][0] == "release":
+            ran.set()  # Redis has run it ...
+            await read.wait()  # ... and its reply is read after the acquire's
+        return reply
+
+    try:
+        ticket = await fleet.acquire()
+        fleet._script = reply_held_back  # type: ignore[assignment]
+        releasing = asyncio.ensure_future(fleet.release(ticket))
+        await within(ran.wait())
+        await within(fleet.acquire())
+        assert fleet.view().in_flight == 1
+        read.set()
+        await within(releasing)
+        assert fleet.view().in_flight == 1  # the release's reply (nothing in flight) came last, but is older
+    finally:
+        await fleet.aclose()
+
+
+async def test_the_view_follows_redis_when_its_clock_steps_back(redis_url: str) -> None:
+    """A call asked after the view kept came is newer, whatever Redis's clock says: the view follows it."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-view-clock", window_seconds=W)
+    fleet.fixed_now = 100.0
+    try:
+        kind, ticket, *_ = await fleet.run("acquire")
+        assert kind == b"ticket"
+        assert fleet.view().in_flight == 1
+        fleet.fixed_now = 90.0  # Redis's clock stepped back
+        await fleet.release(FleetTicket(lease=ticket.decode()))
+        assert fleet.view().in_flight == 0
+    finally:
+        await fleet.aclose()
 
 
 async def test_an_answer_redis_did_not_take_is_sent_again(redis_server: RedisServer, redis_url: str) -> None:

@@ -151,6 +151,9 @@ class RedisBudget:
         self._counters = _Counters()
         self._view: RateLimitView | None = None
         self._view_at = 0.0
+        # Redis's time when it made the view kept, and how many views were kept: see run.
+        self._view_made = -math.inf
+        self._views_kept = 0
         #: Decide with this time instead of Redis's (tests of the state machine only).
         self.fixed_now: float | None = None
 
@@ -172,13 +175,21 @@ class RedisBudget:
             repr(float(self.lease_seconds)),
             *args,
         ]
+        kept = self._views_kept
         try:
             reply = await asyncio.wait_for(self._script(keys=self._keys, args=argv), self._redis_timeout)
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
         result: list[Any] = reply
-        self._view = self._parse_view(result[3:])
-        self._view_at = self._clock()
+        made = float(result[-1])
+        # Calls that overlap go on different connections, so a reply may come after one Redis made later
+        # (this process's give-back, and its next caller's acquire): it replaces the view kept only if it
+        # was asked after that view came, or Redis made it later.
+        if self._views_kept == kept or made >= self._view_made:
+            self._view = self._parse_view(result[3:-1])
+            self._view_at = self._clock()
+            self._view_made = made
+            self._views_kept += 1
         return result
 
     def _parse_view(self, fields: list[Any]) -> RateLimitView:
