@@ -285,6 +285,32 @@ async def test_a_ticket_granted_after_its_caller_left_is_given_back(
         await other.aclose()
 
 
+async def test_a_caller_cancelled_as_redis_grants_its_ticket_ends_cancelled_and_gives_it_back(redis_url: str) -> None:
+    """Redis grants the ticket and its answer is in, but the caller is cancelled before it runs again: it
+    ends in CancelledError, never with the ticket (asyncio.wait_for before Python 3.12 returns the answer
+    then, and the cancel is lost), and the process gives the grant back by its name."""
+    token = "t-cancel-granted"
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W)
+    script = fleet._script
+    callers: list[asyncio.Future[FleetTicket]] = []
+
+    async def granted_then_cancelled(**call: Any) -> Any:
+        reply = await script(**call)
+        if call["args"][0] == "acquire" and reply[0] == b"ticket":
+            callers[0].cancel()  # the answer is in; the caller has not run since it asked
+        return reply
+
+    fleet._script = granted_then_cancelled  # type: ignore[assignment]
+    try:
+        callers.append(asyncio.ensure_future(fleet.acquire()))
+        with pytest.raises(asyncio.CancelledError):
+            await within(callers[0])
+        await _all_sent(fleet)
+        assert await _leases(redis_url, token) == 0
+    finally:
+        await fleet.aclose()
+
+
 async def test_the_view_is_the_newest_redis_made_whatever_order_its_replies_come_in(redis_url: str) -> None:
     """Two calls overlap on two connections (a ticket given back, and the next caller's acquire): Redis runs
     the give-back first, but its reply is read last. The view is the acquire's, not the older one."""

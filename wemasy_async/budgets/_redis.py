@@ -75,6 +75,12 @@ class _Counters:
     waited_seconds: float = 0.0
 
 
+def _retrieve(call: asyncio.Future[Any]) -> None:
+    """Mark a Redis call's failure as seen: its caller, cancelled, may never read it."""
+    if not call.cancelled():
+        call.exception()
+
+
 def _float(value: bytes | str) -> float | None:
     text = value.decode() if isinstance(value, bytes) else value
     return float(text) if text else None
@@ -140,7 +146,8 @@ class RedisBudget:
         self._down_until = -math.inf
         self._on_redis = True
         self._turn: asyncio.Lock | None = None
-        self._woken: asyncio.Event | None = None
+        #: Done when a process reports an answer: what the caller whose turn it is waits on.
+        self._woken: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._unsent: list[_Report] = []
         self._sender: asyncio.Task[None] | None = None
@@ -176,9 +183,21 @@ class RedisBudget:
             *args,
         ]
         kept = self._views_kept
+        call = asyncio.ensure_future(self._script(keys=self._keys, args=argv))
+        call.add_done_callback(_retrieve)
         try:
-            reply = await asyncio.wait_for(self._script(keys=self._keys, args=argv), self._redis_timeout)
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            # Not asyncio.wait_for: before Python 3.12 it returns the answer when the caller is cancelled as
+            # Redis answers, and the cancel is lost (a cancelled acquire would go on and return a ticket).
+            # A cancel raises here, always; a ticket Redis granted meanwhile is abandoned by its caller.
+            done, _ = await asyncio.wait((call,), timeout=self._redis_timeout)
+        finally:
+            if not call.done():
+                call.cancel()
+        if not done:
+            raise RedisUnavailableError(f"TimeoutError: no answer within {self._redis_timeout:g} s")
+        try:
+            reply = call.result()
+        except (redis.exceptions.RedisError, OSError) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
         result: list[Any] = reply
         made = float(result[-1])
@@ -252,7 +271,6 @@ class RedisBudget:
         """Wait for a ticket from the fleet's budget (in turn with this process's other callers)."""
         if self._turn is None:
             self._turn = asyncio.Lock()
-            self._woken = asyncio.Event()
         started = self._clock()
         await self._take_turn(on_wait, max_gate_wait, deadline)
         try:
@@ -316,10 +334,10 @@ class RedisBudget:
     async def _acquire_from_redis(
         self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
     ) -> FleetTicket | None:
-        assert self._woken is not None
+        loop = asyncio.get_running_loop()
         last_reason = ""
         while self._usable():
-            self._woken.clear()
+            self._woken = woken = loop.create_future()
             name = uuid.uuid4().hex
             try:
                 kind, first, second, *_ = await self.run("acquire", name)
@@ -351,8 +369,8 @@ class RedisBudget:
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - now))
             self._set_first_until(None if wait is None else now + wait)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), timeout)
+            # Not asyncio.wait_for, which before Python 3.12 loses a cancel that comes as the wake does.
+            await asyncio.wait((woken,), timeout=timeout)
         return None
 
     def _listen(self) -> None:
@@ -366,8 +384,9 @@ class RedisBudget:
             await pubsub.subscribe(self._keys[2])
             while True:
                 message = await pubsub.get_message(timeout=None)
-                if message is not None and self._woken is not None:
-                    self._woken.set()
+                woken = self._woken
+                if message is not None and woken is not None and not woken.done():
+                    woken.set_result(None)
         except (redis.exceptions.RedisError, OSError):
             return  # the poll goes on; the next wait for an answer listens again
         finally:
