@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.budget_helpers import Caller, FakeClock, take, within
-from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders
+from tests.budget_helpers import Caller, FakeClock, OtherLoop, take, within
+from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
 from wemasy_async.budgets._redis import RedisBudget
 
 #: A window no test sees the end of.
@@ -26,24 +26,35 @@ SHORT = 0.3
 _tokens = itertools.count()
 
 
+Make = Callable[[float], Budget[Any]]
+#: Another client's handle on a budget ``Make`` made, to be used on another event loop (and made there).
+Share = Callable[[Budget[Any], float], Budget[Any]]
+
+
 @attrs.define
 class Backend:
     """How to make one backend's budgets for a test, on a clock the test may move (for deadlines)."""
 
     clock: FakeClock
-    make: Callable[[float], Budget[Any]]
+    make: Make
+    share: Share
 
 
-def _in_process(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[[float], Budget[Any]]:
-    return lambda window_seconds: RateLimitBudget(window_seconds, clock=clock)
+def _in_process(request: pytest.FixtureRequest, clock: FakeClock) -> tuple[Make, Share]:
+    # The process's budget is one object, for every client on every loop and thread.
+    return (lambda window_seconds: RateLimitBudget(window_seconds, clock=clock)), (lambda budget, _: budget)
 
 
-def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[[float], Budget[Any]]:
+def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> tuple[Make, Share]:
     redis_url: str = request.getfixturevalue("redis_url")  # a private redis-server: fails, never skips
     token = f"contract-{next(_tokens)}"
-    return lambda window_seconds: RedisBudget(
-        redis_url, "http://127.0.0.1/api", token, window_seconds=window_seconds, clock=clock
-    )
+
+    def make(window_seconds: float) -> Budget[Any]:
+        # Polls come a LONG window apart: a waiter is served by the wake that frees it, never by a poll.
+        base_url = "http://127.0.0.1/api"
+        return RedisBudget(redis_url, base_url, token, window_seconds=window_seconds, clock=clock, poll_seconds=LONG)
+
+    return make, (lambda _, window_seconds: make(window_seconds))  # another process's, on the same token
 
 
 BACKENDS = {"in-process": _in_process, "redis": _redis}
@@ -53,13 +64,13 @@ BACKENDS = {"in-process": _in_process, "redis": _redis}
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     clock = FakeClock(1000.0)
     made: list[Budget[Any]] = []
-    factory = BACKENDS[request.param](request, clock)
+    factory, share = BACKENDS[request.param](request, clock)
 
     def make(window_seconds: float) -> Budget[Any]:
         made.append(factory(window_seconds))
         return made[-1]
 
-    yield Backend(clock, make)
+    yield Backend(clock, make, share)
     # Callers a failed test left waiting go first, so that a failure is reported, never a hang.
     await within(Caller.cancel_all())
     for budget in made:
@@ -211,6 +222,61 @@ async def test_a_deadline_passing_while_queued_fails_the_caller_in_time(backend:
     assert not first.task.done()
     await budget.answered(probe, 200, RateLimitHeaders(10, 9))
     await within(first.task)
+
+
+# --- wakes -----------------------------------------------------------------------------------------------
+
+
+async def _hold(budget: Budget[Any], wait: str) -> Any:
+    """The ticket that makes the next caller wait for ``wait``: the last slot of a LONG window ("window": a
+    known end, a minute away), or the window's first request, out to learn the limit ("probe": no end)."""
+    probe = await take(budget)
+    if wait == "probe":
+        return probe
+    await budget.answered(probe, 200, RateLimitHeaders(3, 2))
+    await budget.answered(await take(budget), 200, RateLimitHeaders(3, 1))  # past the ramp: answers heard
+    return await take(budget)
+
+
+async def _free(budget: Budget[Any], ticket: Any, wait: str) -> None:
+    """Free the slot ``ticket`` holds: the probe is answered, or the ticket given back (its request never
+    left)."""
+    if wait == "probe":
+        await budget.answered(ticket, 200, RateLimitHeaders(10, 9))
+    else:
+        await budget.release(ticket)
+
+
+async def _shared(backend: Backend, budget: Budget[Any]) -> Budget[Any]:
+    return backend.share(budget, LONG)  # made on the loop that runs this
+
+
+@pytest.mark.parametrize("wait", ["window", "probe"])
+async def test_a_slot_freed_elsewhere_as_a_caller_begins_to_wait_reaches_it(backend: Backend, wait: str) -> None:
+    """Another client of the token's budget (another process, on Redis; another thread's loop, on the
+    process's budget) holds the slot a caller needs, so the caller waits for the end of a LONG window, or
+    for that client's answer. The slot is freed just after the caller found none and said why it waits
+    (inside its on_wait, while its loop stands still): the caller is served then, not at the window's end
+    or at a poll. A wake that comes between a failed try and the wait it starts is not lost."""
+    budget = backend.make(LONG)
+    other = OtherLoop()
+    peer = other.run(_shared(backend, budget))
+    try:
+        held = other.run(_hold(peer, wait))
+
+        def free_it(event: WaitEvent) -> None:
+            assert event.reason == wait
+            other.run(_free(peer, held, wait))
+
+        caller = Caller(budget, when_waiting=free_it)
+        ticket = await within(caller.task)
+        assert [event.reason for event in caller.events] == [wait]
+        assert budget.view().in_flight == 1
+        await budget.release(ticket)
+    finally:
+        if peer is not budget:
+            other.run(peer.aclose())
+        other.close()
 
 
 # --- cancellation ----------------------------------------------------------------------------------------

@@ -363,9 +363,8 @@ class RedisBudget:
                 logger.debug("rate limit (fleet): waiting %s (%s)", "for an answer" if wait is None else wait, reason)
                 if on_wait is not None:
                     on_wait(WaitEvent(reason=reason, seconds=wait))
+            self._listen()
             timeout = self._poll_seconds if wait is None else wait
-            if wait is None:
-                self._listen()
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - now))
             self._set_first_until(None if wait is None else now + wait)
@@ -374,12 +373,16 @@ class RedisBudget:
         return None
 
     def _listen(self) -> None:
-        """Be woken when any process reports an answer (started on the first wait for one)."""
+        """Be woken when any process reports an answer, or frees a slot: started on the first wait, whatever
+        it waits for (a window's end, a gate, an answer)."""
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
 
     async def _listen_forever(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # The subscription's confirmation wakes the caller waiting too, as a report would: a report made
+        # between its failed try and the subscription reached no one (a lost wake-up), so it tries again once
+        # Redis has subscribed it; from then on every report wakes it. The same after a reconnection.
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(self._keys[2])
             while True:
@@ -388,7 +391,7 @@ class RedisBudget:
                 if message is not None and woken is not None and not woken.done():
                     woken.set_result(None)
         except (redis.exceptions.RedisError, OSError):
-            return  # the poll goes on; the next wait for an answer listens again
+            return  # the poll goes on; the next wait listens again
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
