@@ -162,23 +162,28 @@ async def test_a_429_closes_the_gate_for_every_later_caller(backend: Backend) ->
 
 async def test_a_gate_longer_than_max_gate_wait_is_refused_at_once(backend: Backend) -> None:
     """A 429 closes the gate for an hour: callers that wait at most a minute fail at once with
-    RateLimitError and the time to wait, queued ones included; one that accepts the wait keeps waiting."""
+    RateLimitError and the time to wait, wherever they are queued (first in line, between and after callers
+    that accept the wait), and so does a later one; those that accept the wait keep waiting."""
     budget = backend.make(LONG)
     probe = await take(budget)
-    patient = Caller(budget, max_gate_wait=7200.0)
-    await patient.reported()
-    impatient = Caller(budget, max_gate_wait=60.0)
-    await impatient.reported()
+    queued: list[tuple[Caller, bool]] = []
+    for patient in (False, True, False, True, False):
+        queued.append((Caller(budget, max_gate_wait=7200.0 if patient else 60.0), patient))
+        await queued[-1][0].reported()
     gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 3600.0))
     assert 3600.0 <= gate <= 3601.0
-    with pytest.raises(RateLimitError) as info:
-        await within(impatient.task)
-    assert info.value.retry_after == pytest.approx(gate, abs=1.0)
+    for caller, patient in queued:
+        if not patient:
+            with pytest.raises(RateLimitError) as info:
+                await within(caller.task)
+            assert info.value.retry_after == pytest.approx(gate, abs=1.0)
     with pytest.raises(RateLimitError):
         await within(budget.acquire(max_gate_wait=60.0))
-    await patient.reported("gate")
-    assert not patient.task.done()
-    await patient.cancelled()
+    waiting = [caller for caller, patient in queued if patient]
+    await waiting[0].reported("gate")  # first in line now, and waits for the gate
+    assert not any(caller.task.done() for caller in waiting)
+    for caller in waiting:
+        await caller.cancelled()
 
 
 # --- deadlines -------------------------------------------------------------------------------------------
