@@ -1,9 +1,12 @@
-"""Helpers for the budget tests: a settable clock, a stall detector and a caller waiting on a budget."""
+"""Helpers for the budget tests: a settable clock, a stall detector, a caller waiting on a budget, and an
+event loop in another thread for another client of it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
 from wemasy_async import Budget, WaitEvent
@@ -50,8 +53,13 @@ class Caller:
     #: Every caller's task, so that a failed test's waiting callers can be cancelled (:meth:`cancel_all`).
     running: ClassVar[list[asyncio.Future[Any]]] = []
 
-    def __init__(self, budget: Budget[Any], **options: Any) -> None:
+    def __init__(
+        self, budget: Budget[Any], *, when_waiting: Callable[[WaitEvent], None] | None = None, **options: Any
+    ) -> None:
+        """``when_waiting`` is called with the first wait it reports, inside the budget's ``on_wait``: the
+        budget has found no ticket then, and takes no further step until it returns."""
         self.events: list[WaitEvent] = []
+        self._when_waiting = when_waiting
         self._reported = asyncio.Event()
         self.task: asyncio.Future[Any] = asyncio.ensure_future(budget.acquire(self._on_wait, **options))
         self.running.append(self.task)
@@ -66,6 +74,9 @@ class Caller:
     def _on_wait(self, event: WaitEvent) -> None:
         self.events.append(event)
         self._reported.set()
+        if self._when_waiting is not None:
+            when_waiting, self._when_waiting = self._when_waiting, None
+            when_waiting(event)
 
     async def reported(self, *reasons: str) -> WaitEvent:
         """The first wait it reported (for one of ``reasons``, if given), once it has; it must still wait."""
@@ -83,3 +94,29 @@ class Caller:
     async def cancelled(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+class OtherLoop:
+    """An event loop in a thread of its own, for another client of a budget (another process's, for a budget
+    kept elsewhere). :meth:`run` blocks the calling thread until the other loop has run the coroutine: run
+    from inside a budget's ``on_wait``, it acts between two steps of that budget, while its loop stands still
+    (a seam, not a race)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="other-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """``coroutine``'s result, run on the other loop; Hung if it has none after HANG seconds."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout=HANG)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Hung(f"the other loop still runs it after {HANG} s") from None
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(HANG)
+        self.loop.close()

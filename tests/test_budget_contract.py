@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.budget_helpers import Caller, FakeClock, take, within
-from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders
+from tests.budget_helpers import Caller, FakeClock, OtherLoop, take, within
+from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
 from wemasy_async.budgets._redis import RedisBudget
 
 #: A window no test sees the end of.
@@ -26,24 +26,35 @@ SHORT = 0.3
 _tokens = itertools.count()
 
 
+Make = Callable[[float], Budget[Any]]
+#: Another client's handle on a budget ``Make`` made, to be used on another event loop (and made there).
+Share = Callable[[Budget[Any], float], Budget[Any]]
+
+
 @attrs.define
 class Backend:
     """How to make one backend's budgets for a test, on a clock the test may move (for deadlines)."""
 
     clock: FakeClock
-    make: Callable[[float], Budget[Any]]
+    make: Make
+    share: Share
 
 
-def _in_process(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[[float], Budget[Any]]:
-    return lambda window_seconds: RateLimitBudget(window_seconds, clock=clock)
+def _in_process(request: pytest.FixtureRequest, clock: FakeClock) -> tuple[Make, Share]:
+    # The process's budget is one object, for every client on every loop and thread.
+    return (lambda window_seconds: RateLimitBudget(window_seconds, clock=clock)), (lambda budget, _: budget)
 
 
-def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[[float], Budget[Any]]:
+def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> tuple[Make, Share]:
     redis_url: str = request.getfixturevalue("redis_url")  # a private redis-server: fails, never skips
     token = f"contract-{next(_tokens)}"
-    return lambda window_seconds: RedisBudget(
-        redis_url, "http://127.0.0.1/api", token, window_seconds=window_seconds, clock=clock
-    )
+
+    def make(window_seconds: float) -> Budget[Any]:
+        # Polls come a LONG window apart: a waiter is served by the wake that frees it, never by a poll.
+        base_url = "http://127.0.0.1/api"
+        return RedisBudget(redis_url, base_url, token, window_seconds=window_seconds, clock=clock, poll_seconds=LONG)
+
+    return make, (lambda _, window_seconds: make(window_seconds))  # another process's, on the same token
 
 
 BACKENDS = {"in-process": _in_process, "redis": _redis}
@@ -53,13 +64,13 @@ BACKENDS = {"in-process": _in_process, "redis": _redis}
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     clock = FakeClock(1000.0)
     made: list[Budget[Any]] = []
-    factory = BACKENDS[request.param](request, clock)
+    factory, share = BACKENDS[request.param](request, clock)
 
     def make(window_seconds: float) -> Budget[Any]:
         made.append(factory(window_seconds))
         return made[-1]
 
-    yield Backend(clock, make)
+    yield Backend(clock, make, share)
     # Callers a failed test left waiting go first, so that a failure is reported, never a hang.
     await within(Caller.cancel_all())
     for budget in made:
@@ -151,23 +162,28 @@ async def test_a_429_closes_the_gate_for_every_later_caller(backend: Backend) ->
 
 async def test_a_gate_longer_than_max_gate_wait_is_refused_at_once(backend: Backend) -> None:
     """A 429 closes the gate for an hour: callers that wait at most a minute fail at once with
-    RateLimitError and the time to wait, queued ones included; one that accepts the wait keeps waiting."""
+    RateLimitError and the time to wait, wherever they are queued (first in line, between and after callers
+    that accept the wait), and so does a later one; those that accept the wait keep waiting."""
     budget = backend.make(LONG)
     probe = await take(budget)
-    patient = Caller(budget, max_gate_wait=7200.0)
-    await patient.reported()
-    impatient = Caller(budget, max_gate_wait=60.0)
-    await impatient.reported()
+    queued: list[tuple[Caller, bool]] = []
+    for patient in (False, True, False, True, False):
+        queued.append((Caller(budget, max_gate_wait=7200.0 if patient else 60.0), patient))
+        await queued[-1][0].reported()
     gate = await budget.answered(probe, 429, RateLimitHeaders(10, 0, 3600.0))
     assert 3600.0 <= gate <= 3601.0
-    with pytest.raises(RateLimitError) as info:
-        await within(impatient.task)
-    assert info.value.retry_after == pytest.approx(gate, abs=1.0)
+    for caller, patient in queued:
+        if not patient:
+            with pytest.raises(RateLimitError) as info:
+                await within(caller.task)
+            assert info.value.retry_after == pytest.approx(gate, abs=1.0)
     with pytest.raises(RateLimitError):
         await within(budget.acquire(max_gate_wait=60.0))
-    await patient.reported("gate")
-    assert not patient.task.done()
-    await patient.cancelled()
+    waiting = [caller for caller, patient in queued if patient]
+    await waiting[0].reported("gate")  # first in line now, and waits for the gate
+    assert not any(caller.task.done() for caller in waiting)
+    for caller in waiting:
+        await caller.cancelled()
 
 
 # --- deadlines -------------------------------------------------------------------------------------------
@@ -213,6 +229,61 @@ async def test_a_deadline_passing_while_queued_fails_the_caller_in_time(backend:
     await within(first.task)
 
 
+# --- wakes -----------------------------------------------------------------------------------------------
+
+
+async def _hold(budget: Budget[Any], wait: str) -> Any:
+    """The ticket that makes the next caller wait for ``wait``: the last slot of a LONG window ("window": a
+    known end, a minute away), or the window's first request, out to learn the limit ("probe": no end)."""
+    probe = await take(budget)
+    if wait == "probe":
+        return probe
+    await budget.answered(probe, 200, RateLimitHeaders(3, 2))
+    await budget.answered(await take(budget), 200, RateLimitHeaders(3, 1))  # past the ramp: answers heard
+    return await take(budget)
+
+
+async def _free(budget: Budget[Any], ticket: Any, wait: str) -> None:
+    """Free the slot ``ticket`` holds: the probe is answered, or the ticket given back (its request never
+    left)."""
+    if wait == "probe":
+        await budget.answered(ticket, 200, RateLimitHeaders(10, 9))
+    else:
+        await budget.release(ticket)
+
+
+async def _shared(backend: Backend, budget: Budget[Any]) -> Budget[Any]:
+    return backend.share(budget, LONG)  # made on the loop that runs this
+
+
+@pytest.mark.parametrize("wait", ["window", "probe"])
+async def test_a_slot_freed_elsewhere_as_a_caller_begins_to_wait_reaches_it(backend: Backend, wait: str) -> None:
+    """Another client of the token's budget (another process, on Redis; another thread's loop, on the
+    process's budget) holds the slot a caller needs, so the caller waits for the end of a LONG window, or
+    for that client's answer. The slot is freed just after the caller found none and said why it waits
+    (inside its on_wait, while its loop stands still): the caller is served then, not at the window's end
+    or at a poll. A wake that comes between a failed try and the wait it starts is not lost."""
+    budget = backend.make(LONG)
+    other = OtherLoop()
+    peer = other.run(_shared(backend, budget))
+    try:
+        held = other.run(_hold(peer, wait))
+
+        def free_it(event: WaitEvent) -> None:
+            assert event.reason == wait
+            other.run(_free(peer, held, wait))
+
+        caller = Caller(budget, when_waiting=free_it)
+        ticket = await within(caller.task)
+        assert [event.reason for event in caller.events] == [wait]
+        assert budget.view().in_flight == 1
+        await budget.release(ticket)
+    finally:
+        if peer is not budget:
+            other.run(peer.aclose())
+        other.close()
+
+
 # --- cancellation ----------------------------------------------------------------------------------------
 
 
@@ -229,21 +300,25 @@ async def test_a_cancelled_waiter_gives_its_place_to_the_next(backend: Backend) 
     assert budget.view().in_flight == 1
 
 
-async def test_a_waiter_cancelled_as_its_slot_frees_gives_the_slot_back(backend: Backend) -> None:
-    """The answer that frees the window's last slot comes, and the first waiter is cancelled at once: its
-    reservation goes back, to the next waiter, and nothing stays counted for it. (A backend that asks a
-    server for the ticket may have handed it over before the cancel lands: then the caller holds it and
-    gives it back itself.)"""
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 5, 8])
+async def test_a_waiter_cancelled_as_its_slot_frees_gives_the_slot_back(backend: Backend, turns: int) -> None:
+    """The answer that frees the window's last slot comes, and the first waiter is cancelled then, or a few
+    loop iterations later (while a backend that asks a server may be asking for that slot, or have been
+    granted it): the cancelled caller always ends in CancelledError, never with a ticket, and the backend
+    itself gives back what was granted to it, so the next waiter is served and nothing stays counted."""
     budget = backend.make(LONG)
     probe = await take(budget)
     first, second = Caller(budget), Caller(budget)
     await first.reported()
     await second.reported()
     await budget.answered(probe, 200, RateLimitHeaders(2, 1))  # one slot left: the first's
-    first.task.cancel()
-    outcome: object = (await asyncio.gather(first.task, return_exceptions=True))[0]
-    if not isinstance(outcome, asyncio.CancelledError):
-        await budget.release(outcome)  # granted before the cancel landed: given back by its caller
+    for _ in range(turns):
+        await asyncio.sleep(0)  # one loop iteration: the first may be on its way to the slot
+    if first.task.cancel():  # still waiting: it ends in CancelledError, and holds nothing
+        with pytest.raises(asyncio.CancelledError):
+            await within(first.task)
+    else:  # served before this point (a backend that needs no server): it settles its ticket as any caller
+        await budget.release(first.task.result())
     await within(second.task)
     assert budget.view().in_flight == 1
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.budget_helpers import within
 from tests.redis_server import RedisServer
 from wemasy_async import RateLimitHeaders
 from wemasy_async.budgets import Ticket, Wait, WindowState
@@ -281,6 +283,75 @@ async def test_a_ticket_granted_after_its_caller_left_is_given_back(
     finally:
         await late.aclose()
         await other.aclose()
+
+
+async def test_a_caller_cancelled_as_redis_grants_its_ticket_ends_cancelled_and_gives_it_back(redis_url: str) -> None:
+    """Redis grants the ticket and its answer is in, but the caller is cancelled before it runs again: it
+    ends in CancelledError, never with the ticket (asyncio.wait_for before Python 3.12 returns the answer
+    then, and the cancel is lost), and the process gives the grant back by its name."""
+    token = "t-cancel-granted"
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W)
+    script = fleet._script
+    callers: list[asyncio.Future[FleetTicket]] = []
+
+    async def granted_then_cancelled(**call: Any) -> Any:
+        reply = await script(**call)
+        if call["args"][0] == "acquire" and reply[0] == b"ticket":
+            callers[0].cancel()  # the answer is in; the caller has not run since it asked
+        return reply
+
+    fleet._script = granted_then_cancelled  # type: ignore[assignment]
+    try:
+        callers.append(asyncio.ensure_future(fleet.acquire()))
+        with pytest.raises(asyncio.CancelledError):
+            await within(callers[0])
+        await _all_sent(fleet)
+        assert await _leases(redis_url, token) == 0
+    finally:
+        await fleet.aclose()
+
+
+async def test_the_view_is_the_newest_redis_made_whatever_order_its_replies_come_in(redis_url: str) -> None:
+    """Two calls overlap on two connections (a ticket given back, and the next caller's acquire): Redis runs
+    the give-back first, but its reply is read last. The view is the acquire's, not the older one."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-view-order", window_seconds=W)
+    script = fleet._script
+    ran, read = asyncio.Event(), asyncio.Event()
+
+    async def reply_held_back(**call: Any) -> Any:
+        reply = await script(**call)
+        if call["args"][0] == "release":
+            ran.set()  # Redis has run it ...
+            await read.wait()  # ... and its reply is read after the acquire's
+        return reply
+
+    try:
+        ticket = await fleet.acquire()
+        fleet._script = reply_held_back  # type: ignore[assignment]
+        releasing = asyncio.ensure_future(fleet.release(ticket))
+        await within(ran.wait())
+        await within(fleet.acquire())
+        assert fleet.view().in_flight == 1
+        read.set()
+        await within(releasing)
+        assert fleet.view().in_flight == 1  # the release's reply (nothing in flight) came last, but is older
+    finally:
+        await fleet.aclose()
+
+
+async def test_the_view_follows_redis_when_its_clock_steps_back(redis_url: str) -> None:
+    """A call asked after the view kept came is newer, whatever Redis's clock says: the view follows it."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-view-clock", window_seconds=W)
+    fleet.fixed_now = 100.0
+    try:
+        kind, ticket, *_ = await fleet.run("acquire")
+        assert kind == b"ticket"
+        assert fleet.view().in_flight == 1
+        fleet.fixed_now = 90.0  # Redis's clock stepped back
+        await fleet.release(FleetTicket(lease=ticket.decode()))
+        assert fleet.view().in_flight == 0
+    finally:
+        await fleet.aclose()
 
 
 async def test_an_answer_redis_did_not_take_is_sent_again(redis_server: RedisServer, redis_url: str) -> None:

@@ -75,6 +75,12 @@ class _Counters:
     waited_seconds: float = 0.0
 
 
+def _retrieve(call: asyncio.Future[Any]) -> None:
+    """Mark a Redis call's failure as seen: its caller, cancelled, may never read it."""
+    if not call.cancelled():
+        call.exception()
+
+
 def _float(value: bytes | str) -> float | None:
     text = value.decode() if isinstance(value, bytes) else value
     return float(text) if text else None
@@ -140,7 +146,8 @@ class RedisBudget:
         self._down_until = -math.inf
         self._on_redis = True
         self._turn: asyncio.Lock | None = None
-        self._woken: asyncio.Event | None = None
+        #: Done when a process reports an answer: what the caller whose turn it is waits on.
+        self._woken: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._unsent: list[_Report] = []
         self._sender: asyncio.Task[None] | None = None
@@ -151,6 +158,9 @@ class RedisBudget:
         self._counters = _Counters()
         self._view: RateLimitView | None = None
         self._view_at = 0.0
+        # Redis's time when it made the view kept, and how many views were kept: see run.
+        self._view_made = -math.inf
+        self._views_kept = 0
         #: Decide with this time instead of Redis's (tests of the state machine only).
         self.fixed_now: float | None = None
 
@@ -172,13 +182,33 @@ class RedisBudget:
             repr(float(self.lease_seconds)),
             *args,
         ]
+        kept = self._views_kept
+        call = asyncio.ensure_future(self._script(keys=self._keys, args=argv))
+        call.add_done_callback(_retrieve)
         try:
-            reply = await asyncio.wait_for(self._script(keys=self._keys, args=argv), self._redis_timeout)
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            # Not asyncio.wait_for: before Python 3.12 it returns the answer when the caller is cancelled as
+            # Redis answers, and the cancel is lost (a cancelled acquire would go on and return a ticket).
+            # A cancel raises here, always; a ticket Redis granted meanwhile is abandoned by its caller.
+            done, _ = await asyncio.wait((call,), timeout=self._redis_timeout)
+        finally:
+            if not call.done():
+                call.cancel()
+        if not done:
+            raise RedisUnavailableError(f"TimeoutError: no answer within {self._redis_timeout:g} s")
+        try:
+            reply = call.result()
+        except (redis.exceptions.RedisError, OSError) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
         result: list[Any] = reply
-        self._view = self._parse_view(result[3:])
-        self._view_at = self._clock()
+        made = float(result[-1])
+        # Calls that overlap go on different connections, so a reply may come after one Redis made later
+        # (this process's give-back, and its next caller's acquire): it replaces the view kept only if it
+        # was asked after that view came, or Redis made it later.
+        if self._views_kept == kept or made >= self._view_made:
+            self._view = self._parse_view(result[3:-1])
+            self._view_at = self._clock()
+            self._view_made = made
+            self._views_kept += 1
         return result
 
     def _parse_view(self, fields: list[Any]) -> RateLimitView:
@@ -242,7 +272,6 @@ class RedisBudget:
         """Wait for a ticket from the fleet's budget (in turn with this process's other callers)."""
         if self._turn is None:
             self._turn = asyncio.Lock()
-            self._woken = asyncio.Event()
         started = self._clock()
         await self._take_turn(on_wait, max_gate_wait, deadline)
         try:
@@ -308,10 +337,10 @@ class RedisBudget:
     async def _acquire_from_redis(
         self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
     ) -> FleetTicket | None:
-        assert self._woken is not None
+        loop = asyncio.get_running_loop()
         last_reason = ""
         while self._usable():
-            self._woken.clear()
+            self._woken = woken = loop.create_future()
             name = uuid.uuid4().hex
             try:
                 kind, first, second, *_ = await self.run("acquire", name)
@@ -337,31 +366,35 @@ class RedisBudget:
                 logger.debug("rate limit (fleet): waiting %s (%s)", "for an answer" if wait is None else wait, reason)
                 if on_wait is not None:
                     on_wait(WaitEvent(reason=reason, seconds=wait))
+            self._listen()
             timeout = self._poll_seconds if wait is None else wait
-            if wait is None:
-                self._listen()
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - now))
             self._set_first_until(None if wait is None else now + wait)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), timeout)
+            # Not asyncio.wait_for, which before Python 3.12 loses a cancel that comes as the wake does.
+            await asyncio.wait((woken,), timeout=timeout)
         return None
 
     def _listen(self) -> None:
-        """Be woken when any process reports an answer (started on the first wait for one)."""
+        """Be woken when any process reports an answer, or frees a slot: started on the first wait, whatever
+        it waits for (a window's end, a gate, an answer)."""
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
 
     async def _listen_forever(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # The subscription's confirmation wakes the caller waiting too, as a report would: a report made
+        # between its failed try and the subscription reached no one (a lost wake-up), so it tries again once
+        # Redis has subscribed it; from then on every report wakes it. The same after a reconnection.
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(self._keys[2])
             while True:
                 message = await pubsub.get_message(timeout=None)
-                if message is not None and self._woken is not None:
-                    self._woken.set()
+                woken = self._woken
+                if message is not None and woken is not None and not woken.done():
+                    woken.set_result(None)
         except (redis.exceptions.RedisError, OSError):
-            return  # the poll goes on; the next wait for an answer listens again
+            return  # the poll goes on; the next wait listens again
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

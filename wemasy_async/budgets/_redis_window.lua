@@ -262,7 +262,7 @@ else
 end
 
 -- WindowState.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
--- requests sent and 429s.
+-- requests sent and 429s; then the time it was made (a process keeps the newest of the views it reads).
 local window_open = s.window_end ~= nil and now < s.window_end
 local remaining, ends_in = nil, nil
 if s.limit ~= nil then
@@ -276,7 +276,7 @@ if window_open then ends_in = s.window_end - now end
 local shared = '0'
 if (s.before or 0) > 0 or s.learned > 0 then shared = '1' end
 local view = {str(s.limit), str(remaining), str(ends_in), str(gate_left()), tostring(in_flight), shared,
-  tostring(s.st_sent), tostring(s.st_throttled)}
+  tostring(s.st_sent), tostring(s.st_throttled), str(now)}
 for _, v in ipairs(view) do result[#result + 1] = v end
 save()
 return result
