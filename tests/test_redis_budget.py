@@ -20,7 +20,8 @@ from wemasy_async.budgets._redis import FleetTicket, RedisBudget, RedisUnavailab
 W = 2.0
 _tokens = itertools.count()
 
-acquire = st.tuples(st.just("acquire"))
+#: An interactive call's first try (counted in the window's demand), a try of one that waits, a bulk call's.
+acquire = st.tuples(st.just("acquire"), st.sampled_from(["asking", "interactive", "bulk"]))
 answer = st.tuples(
     st.just("answer"),
     st.integers(0, 50),
@@ -45,9 +46,9 @@ step = st.one_of(
 def test_the_lua_budget_decides_as_the_python_reference(
     redis_server: RedisServer, steps: list[tuple[object, ...]], start: float
 ) -> None:
-    """Random grants, answers (429s with and without Retry-After, limits that change), drops, releases
-    and time steps, given to both: the same tickets and waits (reason and end), the same gate after each
-    answer, the same view."""
+    """Random grants (interactive and bulk), answers (429s with and without Retry-After, limits that
+    change), drops, releases and time steps, given to both: the same tickets and waits (reason and end),
+    the same gate after each answer, the same view (the reserve kept from bulk work included)."""
     asyncio.run(_compare(redis_server.url, steps, start))
 
 
@@ -82,6 +83,19 @@ BRANCHES = {
         ("acquire",), ("answer", 0, 200, 8, 1, None), ("acquire",), ("advance", 2.0), ("answer", 0, 200, 8, 7, None),
         ("acquire",), ("acquire",),
     ],
+    "bulk work leaves the reserve and borrows it near the window's end": [
+        *[step for left in range(7, 0, -1) for step in (("acquire", "bulk"), ("answer", 0, 200, 8, left, None))],
+        ("acquire", "bulk"), ("advance", 1.75), ("acquire", "bulk"), ("advance", 0.1), ("acquire", "bulk"),
+    ],
+    "an interactive call takes the reserve": [
+        *[step for left in range(7, 0, -1) for step in (("acquire", "bulk"), ("answer", 0, 200, 8, left, None))],
+        ("acquire", "bulk"), ("acquire", "asking"), ("acquire", "bulk"),
+    ],
+    "bulk work leaves other clients their use": [
+        ("acquire", "bulk"), ("answer", 0, 200, 8, 4, None), ("advance", 2.5), ("acquire", "bulk"),
+        ("answer", 0, 200, 8, 7, None), ("acquire", "bulk"), ("acquire", "bulk"), ("acquire", "bulk"),
+        ("advance", 1.85), ("acquire", "bulk"),
+    ],
     "a request given up after the window's end is carried into the next": [
         ("acquire",), ("answer", 0, 200, 8, 1, None), ("acquire",), ("advance", 2.0), ("drop", 0),
         ("acquire",), ("acquire",),
@@ -110,8 +124,10 @@ async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float
                 now += float(args[0])  # type: ignore[arg-type]
                 fleet.fixed_now = now
             elif action == "acquire":
-                expected = reference.try_acquire(now)
-                kind, first, second, *_ = await fleet.run("acquire")
+                kind_of_call = args[0] if args else "interactive"
+                bulk, asking = kind_of_call == "bulk", kind_of_call == "asking"
+                expected = reference.try_acquire(now, bulk, asking=asking)
+                kind, first, second, *_ = await fleet.run("acquire", "", "1" if bulk else "", "1" if asking else "")
                 if isinstance(expected, Ticket):
                     assert kind == b"ticket", (expected, kind, first, second)
                     outstanding.append((expected, first.decode()))
@@ -156,11 +172,12 @@ def _same_wait(expected: Wait, seconds: bytes, now: float) -> None:
 def _same_view(reference: WindowState, fleet: RedisBudget, now: float) -> None:
     want, got = reference.view(now), fleet._view
     assert got is not None
-    assert (got.limit, got.remaining, got.in_flight, got.shared) == (
+    assert (got.limit, got.remaining, got.in_flight, got.shared, got.reserved) == (
         want.limit,
         want.remaining,
         want.in_flight,
         want.shared,
+        want.reserved,
     )
     assert got.gate_closed_for == pytest.approx(want.gate_closed_for, abs=1e-6)
     if want.window_ends_in is None:

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget
 from ._window import Priority, RateLimitView, Ticket
-from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error
+from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error, report_wait
 
 __all__ = ["LUA_SOURCE", "RedisBudget", "redis_keys"]
 
@@ -57,6 +57,7 @@ class FleetTicket:
 
     lease: str | None = None
     local: Ticket | None = None
+    bulk: bool = False
 
 
 @attrs.frozen
@@ -73,6 +74,25 @@ class _Counters:
     throttled: int = 0
     retried: int = 0
     waited_seconds: float = 0.0
+    interactive_sent: int = 0
+    interactive_waited_seconds: float = 0.0
+
+
+@attrs.define(eq=False)
+class _Line:
+    """This process's callers of one class waiting for their turn to ask Redis: one asks at a time (each
+    class has its own, so an interactive call never waits behind a bulk one in its wait for the window)."""
+
+    turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    #: The caller asking waits until this time (None: unknown, or for an answer); a change wakes the callers
+    #: queued behind it, to check their deadline again.
+    first_until: float | None = None
+    changed: asyncio.Future[None] | None = None
+
+    def set_first_until(self, until: float | None) -> None:
+        self.first_until = until
+        if self.changed is not None and not self.changed.done():
+            self.changed.set_result(None)
 
 
 def _retrieve(call: asyncio.Future[Any]) -> None:
@@ -145,9 +165,10 @@ class RedisBudget:
         self._clock = clock
         self._down_until = -math.inf
         self._on_redis = True
-        self._turn: asyncio.Lock | None = None
-        #: Done when a process reports an answer: what the caller whose turn it is waits on.
-        self._woken: asyncio.Future[None] | None = None
+        #: The interactive and the bulk callers' lines (made in the event loop, on first use).
+        self._lines: dict[bool, _Line] = {}
+        #: Done when a process reports an answer: what each caller whose turn it is waits on.
+        self._wakers: set[asyncio.Future[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._unsent: list[_Report] = []
         self._sender: asyncio.Task[None] | None = None
@@ -156,6 +177,8 @@ class RedisBudget:
         self._first_until: float | None = None
         self._changed: asyncio.Future[None] | None = None
         self._counters = _Counters()
+        #: What the last acquire in Redis that got no ticket said: (reason, seconds or None).
+        self._last_wait: tuple[str, float | None] = ("", None)
         self._view: RateLimitView | None = None
         self._view_at = 0.0
         # Redis's time when it made the view kept, and how many views were kept: see run.
@@ -212,7 +235,7 @@ class RedisBudget:
         return result
 
     def _parse_view(self, fields: list[Any]) -> RateLimitView:
-        limit, remaining, ends_in, gate, in_flight, shared, _fleet_sent, _fleet_throttled = fields
+        limit, remaining, ends_in, gate, in_flight, shared, _fleet_sent, _fleet_throttled, reserved = fields
         counters = self._counters
         return RateLimitView(
             limit=None if _float(limit) is None else int(float(limit)),
@@ -221,11 +244,14 @@ class RedisBudget:
             gate_closed_for=_float(gate) or 0.0,
             in_flight=int(in_flight),
             shared=bool(int(shared)),
+            reserved=int(reserved),
             window_seconds=self.window_seconds,
             sent=counters.sent,
             throttled=counters.throttled,
             retried=counters.retried,
             waited_seconds=counters.waited_seconds,
+            interactive_sent=counters.interactive_sent,
+            interactive_waited_seconds=counters.interactive_waited_seconds,
         )
 
     def _usable(self) -> bool:
@@ -269,14 +295,16 @@ class RedisBudget:
         deadline: float | None = None,
         priority: Priority = "interactive",
     ) -> FleetTicket:
-        """Wait for a ticket from the fleet's budget (in turn with this process's other callers)."""
-        if self._turn is None:
-            self._turn = asyncio.Lock()
+        """Wait for a ticket from the fleet's budget (in turn with this process's other callers of its class)."""
+        bulk = priority == "bulk"
+        line = self._lines.get(bulk)
+        if line is None:
+            line = self._lines[bulk] = _Line()
         started = self._clock()
-        await self._take_turn(on_wait, max_gate_wait, deadline)
+        await self._take_turn(line, on_wait, max_gate_wait, deadline, priority)
         try:
             try:
-                ticket = await self._acquire_from_redis(on_wait, max_gate_wait, deadline)
+                ticket = await self._acquire_from_redis(line, on_wait, max_gate_wait, deadline, priority)
             except RedisUnavailableError as error:
                 self._went_away(error)
                 ticket = None
@@ -286,20 +314,30 @@ class RedisBudget:
                 )
                 ticket = FleetTicket(local=local)
         finally:
-            self._set_first_until(None)
-            self._turn.release()
-        self._counters.sent += 1
-        self._counters.waited_seconds += self._clock() - started
+            line.set_first_until(None)
+            line.turn.release()
+        waited = self._clock() - started
+        counters = self._counters
+        counters.sent += 1
+        counters.waited_seconds += waited
+        if not bulk:
+            counters.interactive_sent += 1
+            counters.interactive_waited_seconds += waited
+        ticket.bulk = bulk
         return ticket
 
     async def _take_turn(
-        self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
+        self,
+        line: _Line,
+        on_wait: Callable[[WaitEvent], None] | None,
+        max_gate_wait: float,
+        deadline: float | None,
+        priority: Priority,
     ) -> None:
         """Wait for this process's turn to ask Redis, under the same rules as the in-process queue: fail at
         once while the gate is closed longer than ``max_gate_wait``, and when the deadline has passed or the
         first caller's wait is known to end after it."""
-        turn = self._turn
-        assert turn is not None
+        turn = line.turn
         if not turn.locked():
             await turn.acquire()  # free: taken without a wait
             return
@@ -311,17 +349,16 @@ class RedisBudget:
                 gate = self.view().gate_closed_for
                 if gate > max_gate_wait:
                     raise gate_closed_error(gate, max_gate_wait)
-                until = self._first_until
+                until = line.first_until
                 if deadline is not None and (now >= deadline or (until is not None and until > deadline)):
                     raise TimeoutError("no rate-limit budget before the deadline")
                 if not reported:
                     reported = True
-                    if on_wait is not None:
-                        on_wait(WaitEvent(reason="queue", seconds=None))
-                if self._changed is None or self._changed.done():
-                    self._changed = asyncio.get_running_loop().create_future()
+                    report_wait(WaitEvent(reason="queue", seconds=None, priority=priority), on_wait)
+                if line.changed is None or line.changed.done():
+                    line.changed = asyncio.get_running_loop().create_future()
                 timeout = None if deadline is None else max(0.0, deadline - now)
-                await asyncio.wait((taking, self._changed), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((taking, line.changed), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             if taking.done() and not taking.cancelled():
                 turn.release()  # taken just as this caller gave up: the turn passes on
@@ -329,21 +366,53 @@ class RedisBudget:
                 taking.cancel()
             raise
 
-    def _set_first_until(self, until: float | None) -> None:
-        self._first_until = until
-        if self._changed is not None and not self._changed.done():
-            self._changed.set_result(None)
-
     async def _acquire_from_redis(
-        self, on_wait: Callable[[WaitEvent], None] | None, max_gate_wait: float, deadline: float | None
+        self,
+        line: _Line,
+        on_wait: Callable[[WaitEvent], None] | None,
+        max_gate_wait: float,
+        deadline: float | None,
+        priority: Priority,
     ) -> FleetTicket | None:
         loop = asyncio.get_running_loop()
         last_reason = ""
+        bulk = "1" if priority == "bulk" else ""
+        asking = "" if bulk else "1"  # an interactive call's demand is counted at its first try
         while self._usable():
-            self._woken = woken = loop.create_future()
+            woken = loop.create_future()
+            self._wakers.add(woken)
+            try:
+                ticket = await self._try_redis(bulk, asking)
+                asking = ""
+                if ticket is not None:
+                    return ticket
+                reason, wait = self._last_wait
+                gate = self._view.gate_closed_for if self._view is not None else 0.0
+                if gate > max_gate_wait:
+                    raise gate_closed_error(gate, max_gate_wait)
+                now = self._clock()
+                if deadline is not None and (now >= deadline or (wait is not None and now + wait > deadline)):
+                    raise TimeoutError("no rate-limit budget before the deadline")
+                if reason != last_reason:
+                    last_reason = reason
+                    report_wait(WaitEvent(reason=reason, seconds=wait, priority=priority), on_wait)
+                self._listen()
+                timeout = self._poll_seconds if wait is None else wait
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - now))
+                line.set_first_until(None if wait is None else now + wait)
+                # Not asyncio.wait_for, which before Python 3.12 loses a cancel that comes as the wake does.
+                await asyncio.wait((woken,), timeout=timeout)
+            finally:
+                self._wakers.discard(woken)
+        return None
+
+    async def _try_redis(self, bulk: str, asking: str) -> FleetTicket | None:
+        """One acquire in Redis: a ticket, or None with the wait in ``_last_wait`` (reason, seconds or None)."""
+        while True:
             name = uuid.uuid4().hex
             try:
-                kind, first, second, *_ = await self.run("acquire", name)
+                kind, first, second, *_ = await self.run("acquire", name, bulk, asking)
             except BaseException:
                 # No answer (Redis slow, or this caller cancelled): Redis may still grant it, later. Give the
                 # ticket back by its name, now or when Redis answers again.
@@ -352,28 +421,10 @@ class RedisBudget:
             self._came_back()
             if kind == b"ticket":
                 return FleetTicket(lease=first.decode())
-            if kind == b"gone":
-                continue
-            reason, wait = first.decode(), _float(second)
-            gate = self._view.gate_closed_for if self._view is not None else 0.0
-            if gate > max_gate_wait:
-                raise gate_closed_error(gate, max_gate_wait)
-            now = self._clock()
-            if deadline is not None and (now >= deadline or (wait is not None and now + wait > deadline)):
-                raise TimeoutError("no rate-limit budget before the deadline")
-            if reason != last_reason:
-                last_reason = reason
-                logger.debug("rate limit (fleet): waiting %s (%s)", "for an answer" if wait is None else wait, reason)
-                if on_wait is not None:
-                    on_wait(WaitEvent(reason=reason, seconds=wait))
-            self._listen()
-            timeout = self._poll_seconds if wait is None else wait
-            if deadline is not None:
-                timeout = min(timeout, max(0.0, deadline - now))
-            self._set_first_until(None if wait is None else now + wait)
-            # Not asyncio.wait_for, which before Python 3.12 loses a cancel that comes as the wake does.
-            await asyncio.wait((woken,), timeout=timeout)
-        return None
+            if kind == b"wait":
+                self._last_wait = (first.decode(), _float(second))
+                return None
+            # b"gone": this name was abandoned before Redis ran it (a retry of the same call): ask again
 
     def _listen(self) -> None:
         """Be woken when any process reports an answer, or frees a slot: started on the first wait, whatever
@@ -390,9 +441,10 @@ class RedisBudget:
             await pubsub.subscribe(self._keys[2])
             while True:
                 message = await pubsub.get_message(timeout=None)
-                woken = self._woken
-                if message is not None and woken is not None and not woken.done():
-                    woken.set_result(None)
+                if message is not None:
+                    for woken in self._wakers:
+                        if not woken.done():
+                            woken.set_result(None)
         except (redis.exceptions.RedisError, OSError):
             return  # the poll goes on; the next wait listens again
         finally:
@@ -401,6 +453,8 @@ class RedisBudget:
 
     async def release(self, ticket: FleetTicket) -> None:
         self._counters.sent -= 1
+        if not ticket.bulk:
+            self._counters.interactive_sent -= 1
         await self._settle(ticket, "release")
 
     async def no_answer(self, ticket: FleetTicket) -> None:
@@ -484,6 +538,8 @@ class RedisBudget:
             throttled=counters.throttled,
             retried=counters.retried,
             waited_seconds=counters.waited_seconds,
+            interactive_sent=counters.interactive_sent,
+            interactive_waited_seconds=counters.interactive_waited_seconds,
         )
 
     async def aclose(self) -> None:

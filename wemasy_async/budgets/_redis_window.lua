@@ -8,6 +8,8 @@
 -- ARGV[3] window seconds, ARGV[4] assumed limit, ARGV[5] key time-to-live (ms), ARGV[6] lease seconds
 -- acquire: ARGV[7] the ticket's name, chosen by the caller ('' for a counter's): a caller that gave up
 --   before the answer names it to abandon, so a grant that came too late is found and given back.
+--   ARGV[8] '1' for a bulk call; ARGV[9] '1' for an interactive call's first try (counted in the window's
+--   interactive demand, whatever the answer).
 -- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent); if it was not
 --   granted yet, the name is kept (lease seconds) so that its acquire, when run, grants nothing.
 -- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
@@ -33,6 +35,7 @@ local ttl = tonumber(ARGV[5])
 local lease_seconds = tonumber(ARGV[6])
 local MIN_THROTTLE_WAIT = 0.05
 local RETRY_AFTER_ROUNDING = 1.0
+local LEND_FRACTION = 0.1
 local INF = math.huge
 
 local raw = redis.call('HGETALL', state_key)
@@ -46,9 +49,11 @@ local s = {
   granted = h.granted or 0, others = h.others or 0, learned = h.learned or 0, before = h.before,
   answers = h.answers or 0, sent = h.sent or 0, settled = h.settled or 0, last = h.last or -INF,
   next_id = h.next_id or 0, st_sent = h.st_sent or 0, st_throttled = h.st_throttled or 0,
+  -- interactive asks in this window, and in each of the last three (r1 the latest; nil: no such window)
+  asked = h.asked or 0, r1 = h.r1, r2 = h.r2, r3 = h.r3,
 }
 local FIELDS = {'limit', 'window_end', 'gate', 'epoch', 'granted', 'others', 'learned', 'before', 'answers',
-  'sent', 'settled', 'last', 'next_id', 'st_sent', 'st_throttled'}
+  'sent', 'settled', 'last', 'next_id', 'st_sent', 'st_throttled', 'asked', 'r1', 'r2', 'r3'}
 
 local function save()
   local set, del = {}, {}
@@ -103,6 +108,8 @@ end
 
 local function new_epoch(window_end, carried, others)
   s.epoch = s.epoch + 1
+  s.r3, s.r2, s.r1 = s.r2, s.r1, s.asked
+  s.asked = 0
   if s.answers > 0 then s.before = s.learned end
   s.window_end = window_end
   s.granted = carried
@@ -115,8 +122,30 @@ local function gate_left()
   return math.max(0, s.gate - now)
 end
 
+-- WindowState.reserved: the slots of this window that bulk work leaves free.
+local function reserved(limit)
+  local half = math.floor(limit / 2)
+  local interactive = math.max(1, s.r1 or 0, s.r2 or 0, s.r3 or 0)
+  local before = s.before or 0
+  local others = 0
+  if before > 0 then others = math.max(before + 1, 2 * before) end
+  return math.min(half, math.max(0, interactive - s.asked) + math.max(0, others - s.learned))
+end
+
+-- WindowState._until_lent: only reserved slots are free, for bulk work.
+local function until_lent()
+  if s.window_end == nil then
+    if in_flight > 0 then return {'reserve', nil} end
+    return nil
+  end
+  local lend_at = s.window_end - LEND_FRACTION * W
+  if now < lend_at then return {'reserve', lend_at} end
+  if in_flight > 0 and ((s.before or 0) > 0 or s.learned > 0) then return {'shared', nil} end
+  return nil
+end
+
 -- WindowState.peek: nil when a ticket is free, else {reason, until (or nil: at the next answer)}.
-local function peek()
+local function peek(bulk)
   if now < s.gate then return {'gate', s.gate} end
   if s.window_end ~= nil and now >= s.window_end then new_epoch(nil, in_flight, 0) end
   local limit = s.limit
@@ -136,6 +165,10 @@ local function peek()
       end
     end
     return {'window', s.window_end}
+  end
+  if bulk and free <= reserved(limit) then
+    local lent = until_lent()
+    if lent ~= nil then return lent end
   end
   local before = s.before or 0
   if in_flight > 0 and (before > 0 or s.learned > 0) then
@@ -180,7 +213,9 @@ if op == 'abandoned' then
 elseif op == 'acquire' and member ~= '' and redis.call('ZREM', gone_key, member) == 1 then
   result = {'gone', '', ''}  -- its caller left before this ran: no ticket
 elseif op == 'acquire' then
-  local decision = peek()
+  local bulk = ARGV[8] == '1'
+  local decision = peek(bulk)
+  if ARGV[9] == '1' and not bulk then s.asked = s.asked + 1 end
   if decision == nil then
     s.granted = s.granted + 1
     s.sent = s.sent + 1
@@ -261,8 +296,8 @@ else
   return redis.error_reply('unknown operation ' .. tostring(op))
 end
 
--- WindowState.view: limit, remaining, window ends in, gate closed for, in flight, shared, and the fleet's
--- requests sent and 429s; then the time it was made (a process keeps the newest of the views it reads).
+-- WindowState.view: limit, remaining, window ends in, gate closed for, in flight, shared, the fleet's
+-- requests sent and 429s, and the slots reserved from bulk work; then the time it was made (a process keeps the newest of the views it reads).
 local window_open = s.window_end ~= nil and now < s.window_end
 local remaining, ends_in = nil, nil
 if s.limit ~= nil then
@@ -275,8 +310,10 @@ end
 if window_open then ends_in = s.window_end - now end
 local shared = '0'
 if (s.before or 0) > 0 or s.learned > 0 then shared = '1' end
+local reserve = 0
+if s.limit ~= nil then reserve = reserved(s.limit) end
 local view = {str(s.limit), str(remaining), str(ends_in), str(gate_left()), tostring(in_flight), shared,
-  tostring(s.st_sent), tostring(s.st_throttled), str(now)}
+  tostring(s.st_sent), tostring(s.st_throttled), tostring(reserve), str(now)}
 for _, v in ipairs(view) do result[#result + 1] = v end
 save()
 return result
