@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
 from wemasy_async import Budget, WaitEvent
+from wemasy_async.budgets import Priority
 
 T = TypeVar("T")
 
@@ -41,10 +42,10 @@ class FakeClock:
         return self.now
 
 
-async def take(budget: Budget[Any]) -> Any:
+async def take(budget: Budget[Any], priority: Priority = "interactive") -> Any:
     """A ticket: at once when one is free without I/O, else through ``acquire``."""
-    ticket = budget.try_acquire()
-    return ticket if ticket is not None else await within(budget.acquire())
+    ticket = budget.try_acquire(priority)
+    return ticket if ticket is not None else await within(budget.acquire(priority=priority))
 
 
 class Caller:

@@ -136,6 +136,51 @@ async def test_one_freed_slot_lets_one_waiter_go(backend: Backend) -> None:
     await callers[3].cancelled()
 
 
+# --- traffic classes -------------------------------------------------------------------------------------
+
+
+async def test_the_windows_last_slot_goes_to_an_interactive_waiter_before_bulk_ones(backend: Backend) -> None:
+    """Two bulk callers and then an interactive one wait for the window's first answer, which leaves one
+    slot: it goes to the interactive caller; the bulk ones keep waiting."""
+    budget = backend.make(LONG)
+    probe = await take(budget)
+    bulk = [Caller(budget, priority="bulk"), Caller(budget, priority="bulk")]
+    for caller in bulk:
+        await caller.reported()
+    interactive = Caller(budget)
+    await interactive.reported()
+    await budget.answered(probe, 200, RateLimitHeaders(2, 1))
+    ticket = await within(interactive.task)
+    assert not any(caller.task.done() for caller in bulk)
+    assert budget.view().in_flight == 1
+    await budget.release(ticket)
+    for caller in bulk:
+        await caller.cancelled()
+
+
+async def test_bulk_work_leaves_a_slot_that_an_interactive_caller_then_gets_at_once(backend: Backend) -> None:
+    """Bulk callers take the window but for its reserve (they wait, reason ``reserve``, until near its
+    end, a minute away); an interactive caller arriving then is granted at once, without waiting."""
+    budget = backend.make(LONG)
+    probe = await take(budget, priority="bulk")
+    await budget.answered(probe, 200, RateLimitHeaders(4, 3))
+    used = 1
+    for _ in range(2):  # one at a time, answered: the window's ramp is the budget's business, not this test's
+        ticket = await take(budget, priority="bulk")
+        used += 1
+        await budget.answered(ticket, 200, RateLimitHeaders(4, 4 - used))
+    held = Caller(budget, priority="bulk")
+    event = await held.reported("reserve")
+    assert event.priority == "bulk"
+    assert budget.view().reserved == 1
+    interactive = Caller(budget)
+    ticket = await within(interactive.task)
+    assert not [e for e in interactive.events if e.reason != "queue"]  # no wait for the budget itself
+    assert not held.task.done()
+    await budget.release(ticket)
+    await held.cancelled()
+
+
 # --- the gate a 429 closes -------------------------------------------------------------------------------
 
 

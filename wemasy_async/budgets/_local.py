@@ -167,11 +167,14 @@ class RateLimitBudget:
         queue = self._queue
         while queue and queue.first() is not waiter and queue.first().loop.is_closed():
             queue.popleft().future = None  # its caller's loop is gone: it will never take a turn
-        first = not queue or queue.first() is waiter
+        in_line = waiter.future is not None
+        # First: at the head of the line, or new and with no one of its class (or an interactive one) ahead.
+        first = queue.first() is waiter if in_line else not (queue.interactive or (waiter.bulk and queue.bulk))
         decision = self.state.try_acquire(now, waiter.bulk) if first else self.state.peek(now, waiter.bulk)
         if isinstance(decision, Ticket):
-            if queue:
+            if in_line:
                 queue.popleft()
+            if queue:
                 self._hand_out()  # tickets may be free for the next ones too
             waiter.future = None
             return decision

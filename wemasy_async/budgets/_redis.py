@@ -37,14 +37,14 @@ LUA_SOURCE = importlib.resources.files(__package__).joinpath("_redis_window.lua"
 
 
 def redis_keys(base_url: str, token: str) -> list[str]:
-    """The state hash, the leases, the wake channel and the abandoned names of one token's budget; the
-    token is only hashed.
+    """The state hash, the leases, the wake channel, the abandoned names and the interactive callers
+    waiting, of one token's budget; the token is only hashed.
 
     The hash in braces keeps the keys in one Redis Cluster slot, as a script needs.
     """
     digest = hashlib.sha256(f"{base_url}\n{token}".encode()).hexdigest()[:32]
     prefix = f"wemasy-async:{{{digest}}}"
-    return [f"{prefix}:state", f"{prefix}:leases", f"{prefix}:wake", f"{prefix}:gone"]
+    return [f"{prefix}:state", f"{prefix}:leases", f"{prefix}:wake", f"{prefix}:gone", f"{prefix}:waiting"]
 
 
 class RedisUnavailableError(Exception):
@@ -378,11 +378,12 @@ class RedisBudget:
         last_reason = ""
         bulk = "1" if priority == "bulk" else ""
         asking = "" if bulk else "1"  # an interactive call's demand is counted at its first try
+        waiter = "" if bulk else uuid.uuid4().hex  # while it waits, the fleet's bulk calls wait behind it
         while self._usable():
             woken = loop.create_future()
             self._wakers.add(woken)
             try:
-                ticket = await self._try_redis(bulk, asking)
+                ticket = await self._try_redis(bulk, asking, waiter)
                 asking = ""
                 if ticket is not None:
                     return ticket
@@ -407,12 +408,12 @@ class RedisBudget:
                 self._wakers.discard(woken)
         return None
 
-    async def _try_redis(self, bulk: str, asking: str) -> FleetTicket | None:
+    async def _try_redis(self, bulk: str, asking: str, waiter: str) -> FleetTicket | None:
         """One acquire in Redis: a ticket, or None with the wait in ``_last_wait`` (reason, seconds or None)."""
         while True:
             name = uuid.uuid4().hex
             try:
-                kind, first, second, *_ = await self.run("acquire", name, bulk, asking)
+                kind, first, second, *_ = await self.run("acquire", name, bulk, asking, waiter)
             except BaseException:
                 # No answer (Redis slow, or this caller cancelled): Redis may still grant it, later. Give the
                 # ticket back by its name, now or when Redis answers again.

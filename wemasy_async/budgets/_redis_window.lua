@@ -2,14 +2,17 @@
 -- equals the Python reference's (a property test drives both); the design is in docs/design/fleet.md.
 --
 -- KEYS[1] the state hash, KEYS[2] the leases (sorted set), KEYS[3] the wake channel, KEYS[4] the names of
--- tickets whose caller left before its acquire was run (sorted set, scored by when they are forgotten).
+-- tickets whose caller left before its acquire was run (sorted set, scored by when they are forgotten),
+-- KEYS[5] the interactive callers waiting (sorted set, scored by when they are forgotten: a second after the
+-- end of their wait, when they would have asked again).
 -- ARGV[1] operation: acquire | answered | no_answer | release | abandon | view
 -- ARGV[2] now: '' for Redis's TIME (always, outside tests)
 -- ARGV[3] window seconds, ARGV[4] assumed limit, ARGV[5] key time-to-live (ms), ARGV[6] lease seconds
 -- acquire: ARGV[7] the ticket's name, chosen by the caller ('' for a counter's): a caller that gave up
 --   before the answer names it to abandon, so a grant that came too late is found and given back.
 --   ARGV[8] '1' for a bulk call; ARGV[9] '1' for an interactive call's first try (counted in the window's
---   interactive demand, whatever the answer).
+--   interactive demand, whatever the answer); ARGV[10] an interactive caller's name for all its tries ('':
+--   none): while one waits, anywhere in the fleet, bulk calls are not granted (they wait in turn).
 -- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent); if it was not
 --   granted yet, the name is kept (lease seconds) so that its acquire, when run, grants nothing.
 -- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
@@ -20,7 +23,7 @@
 -- {'wait', reason, seconds to wait ('' to wait for an answer)} or {'gone', '', ''} (abandoned); the others {'ok' or 'settled', seconds the
 -- gate stays closed, ''}. Numbers go back as strings: Redis would cut a Lua number to an integer.
 
-local state_key, leases_key, channel, gone_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local state_key, leases_key, channel, gone_key, waiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op = ARGV[1]
 local now
 if ARGV[2] ~= '' then
@@ -71,6 +74,7 @@ local function save()
   redis.call('PEXPIRE', state_key, ttl)
   if redis.call('EXISTS', leases_key) == 1 then redis.call('PEXPIRE', leases_key, ttl) end
   if redis.call('EXISTS', gone_key) == 1 then redis.call('PEXPIRE', gone_key, ttl) end
+  if redis.call('EXISTS', waiting_key) == 1 then redis.call('PEXPIRE', waiting_key, ttl) end
 end
 
 local function str(v)
@@ -96,6 +100,7 @@ for i = 1, #expired, 2 do
 end
 local in_flight = redis.call('ZCARD', leases_key)
 redis.call('ZREMRANGEBYSCORE', gone_key, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', waiting_key, '-inf', now)
 
 -- The lease of the ticket named name (its member ends in ':' .. name), or nil.
 local function lease_named(name)
@@ -214,8 +219,23 @@ elseif op == 'acquire' and member ~= '' and redis.call('ZREM', gone_key, member)
   result = {'gone', '', ''}  -- its caller left before this ran: no ticket
 elseif op == 'acquire' then
   local bulk = ARGV[8] == '1'
-  local decision = peek(bulk)
+  local waiter = ARGV[10] or ''
+  local decision
+  if bulk and redis.call('ZCARD', waiting_key) > 0 then
+    decision = {'queue', nil}  -- an interactive caller waits: it goes first, anywhere in the fleet
+  else
+    decision = peek(bulk)
+  end
   if ARGV[9] == '1' and not bulk then s.asked = s.asked + 1 end
+  if waiter ~= '' then
+    if decision == nil then
+      if redis.call('ZREM', waiting_key, waiter) == 1 and redis.call('ZCARD', waiting_key) == 0 then
+        redis.call('PUBLISH', channel, 'turn')  -- the bulk callers held back for it may go
+      end
+    else
+      redis.call('ZADD', waiting_key, (decision[2] or now) + 1, waiter)
+    end
+  end
   if decision == nil then
     s.granted = s.granted + 1
     s.sent = s.sent + 1
