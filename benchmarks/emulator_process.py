@@ -21,6 +21,8 @@ class Seen:
     status: int | None
     #: The first word of its ``User-Agent`` (which worker sent it, when the workers say so).
     agent: str
+    #: The request's path (which endpoint: a status call or a push).
+    path: str = ""
 
 
 @attrs.frozen
@@ -51,7 +53,7 @@ def _serve(conn: multiprocessing.connection.Connection, options: dict[str, Any])
         emulator.faults.delay_seconds = delay_seconds  # each answer that late: a network's round trip
         conn.send(await emulator.start())
         # The log of a million-id run is not needed here; keep the server's memory flat (or, when asked, keep
-        # three small fields a request). The start of each of the throttle's windows is kept (one number a
+        # four small fields a request). The start of each of the throttle's windows is kept (one number a
         # window), and the requests the throttle counted and refused, for the parent to ask for.
         emulator.requests = _Compact() if log_requests else _Discard()
         starts: set[float] = set()
@@ -83,11 +85,12 @@ class _Discard(list):  # type: ignore[type-arg]
 
 
 class _Compact(list):  # type: ignore[type-arg]
-    """Keeps when each request arrived, its status and its sender's first User-Agent word; nothing else."""
+    """Keeps when each request arrived, its status, its sender's first User-Agent word and its path; nothing
+    else."""
 
     def append(self, item: Any) -> None:
         agent = next((v for k, v in item.headers.items() if k.lower() == "user-agent"), "")
-        super().append(Seen(item.at, item.status, agent.split(" ", 1)[0]))
+        super().append(Seen(item.at, item.status, agent.split(" ", 1)[0], item.path))
 
 
 @contextlib.contextmanager

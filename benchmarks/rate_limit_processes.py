@@ -19,7 +19,12 @@ reports what it has; one that has not reported a few seconds later is terminated
 :func:`run_workers` is the general form (used by bench_fleet.py): each worker gets its own approach and
 :class:`Job` (an sdk job may name a Redis to share one budget through, start late, run with a shifted
 wall clock, or hold its answers), something may act on the workers while they run, and the emulator
-process can keep a log of every request (its time, status and the sender's User-Agent).
+process can keep a log of every request (its time, status, path and the sender's User-Agent).
+
+The ``sdk-mixed`` approach (used by bench_mixed_traffic.py) makes a worker's traffic of two kinds: a batch
+(``push_shipments`` of ``batch_ids`` ids in chunks) and single ``status()`` calls begun every
+``status_every`` seconds until the run's batch has ended, in this worker or another (the worker whose batch
+it is sets an event every worker of the run shares).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
@@ -44,6 +51,7 @@ from aiolimiter import AsyncLimiter
 from emulator_process import ServerStats, emulator_with_stats_in_subprocess
 
 from wemasy_async import BudgetEvent, RateLimitError, RetryEvent, WaitEvent, WemasyClient
+from wemasy_async.budgets import Priority
 
 STATUS = "/services/webshop/v1/integrations/sendcloud/status"
 TOKEN = "bench-token"
@@ -80,6 +88,14 @@ class Job:
     hold_answers: float = 0.0
     #: The first word of the worker's User-Agent, so the emulator's log can tell the workers apart.
     agent: str | None = None
+    #: sdk-mixed: push the order ids 1..``batch_ids`` with ``push_shipments`` (0: no batch).
+    batch_ids: int = 0
+    chunk_size: int = 50
+    #: sdk-mixed: the batch's ``priority=`` (None: the SDK's default, bulk for more than one chunk).
+    priority: Priority | None = None
+    #: sdk-mixed: begin a ``status()`` call every this many seconds from the release (0: none), each in a
+    #: task of its own, until the run's batch has ended (or the time limit).
+    status_every: float = 0.0
 
 
 @attrs.define
@@ -103,6 +119,17 @@ class WorkerReport:
     stopped: bool = False
     #: sdk with Redis: when (monotonic seconds) the budget left Redis ("local") and came back ("redis"), and why.
     budget_events: list[tuple[float, str, str]] = attrs.field(factory=list)
+    #: sdk-mixed: each status() call as (seconds after the release it began, seconds until it ended).
+    single_calls: list[tuple[float, float]] = attrs.field(factory=list)
+    #: sdk-mixed: when the batch ended (monotonic seconds; 0: no batch), the push requests its result is
+    #: made of, and whether every id was accepted.
+    batch_ended: float = 0.0
+    batch_requests: int = 0
+    batch_ok: bool = False
+    #: sdk-mixed: the client's WaitEvents, counted by (priority, reason).
+    waits: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    #: sdk-mixed: the client's ``rate_limit`` view at the end (its counters and ``reserved``).
+    rate_limit: dict[str, float] = attrs.field(factory=dict)
 
     def most_throttled_per_window(self, starts: list[float]) -> int:
         """The most 429s in one of the server's windows (``starts``: when each began, in order)."""
@@ -248,17 +275,137 @@ async def via_retry_gather(job: Job, release: Release, report: WorkerReport) -> 
         await _run_calls((one() for _ in range(job.calls)), release(), report)
 
 
+#: In a worker process: the run's event that its batch has ended (set by the worker whose batch it is).
+_batch_done: multiprocessing.synchronize.Event | None = None
+
+
+@attrs.define
+class _Mixed:
+    """One sdk-mixed worker's client and report while it runs."""
+
+    job: Job
+    client: WemasyClient
+    report: WorkerReport
+    started: float = 0.0
+    deadline: float = math.inf
+    batch_over: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    def batch_ended(self) -> bool:
+        return self.batch_over.is_set() or (_batch_done is not None and _batch_done.is_set())
+
+    async def batch(self) -> None:
+        report = self.report
+        try:
+            result = await self.client.sendcloud.push_shipments(
+                range(1, self.job.batch_ids + 1),
+                chunk_size=self.job.chunk_size,
+                priority=self.job.priority,
+            )
+        except Exception as exc:
+            report.failures.append(f"batch {type(exc).__name__}")
+        else:
+            report.batch_requests, report.batch_ok = result.requests, result.ok
+            if result.ok:
+                report.answered += 1
+            else:
+                report.failures.append("batch ids not accepted")
+        finally:
+            report.batch_ended = report.last_answer = time.monotonic()
+            self.batch_over.set()
+            if _batch_done is not None:
+                _batch_done.set()
+
+    async def single(self) -> None:
+        report = self.report
+        began = time.monotonic()
+        try:
+            await self.client.sendcloud.status()
+        except Exception as exc:
+            if isinstance(exc, RateLimitError):  # a 429 the client gave up on: no RetryEvent for it
+                report.throttle_times.append(time.monotonic())
+            report.failures.append(type(exc).__name__)
+        else:
+            report.answered += 1
+        finally:
+            report.last_answer = time.monotonic()
+            report.single_calls.append((began - self.started, report.last_answer - began))
+
+    async def singles(self) -> None:
+        """A status() call begun every ``status_every`` s, each in a task of its own, until the batch ends."""
+        calls: list[asyncio.Future[None]] = []
+        for k in itertools.count():
+            await asyncio.sleep(max(0.0, self.started + k * self.job.status_every - time.monotonic()))
+            if self.batch_ended() or time.monotonic() >= self.deadline:
+                break
+            calls.append(asyncio.ensure_future(self.single()))
+        await asyncio.gather(*calls)  # cancelled with this task: then so are they
+
+    def note_view(self) -> None:
+        view = self.client.rate_limit
+        self.report.sent, self.report.throttled = view.sent, view.throttled
+        self.report.rate_limit = {
+            "sent": view.sent,
+            "interactive_sent": view.interactive_sent,
+            "throttled": view.throttled,
+            "waited_seconds": view.waited_seconds,
+            "interactive_waited_seconds": view.interactive_waited_seconds,
+            "reserved": view.reserved,
+        }
+
+
+async def via_sdk_mixed(job: Job, release: Release, report: WorkerReport) -> None:
+    """A batch (``job.batch_ids``), single calls begun every ``job.status_every`` s while it lasts, or both."""
+
+    def on_event(event: WaitEvent | RetryEvent | BudgetEvent) -> None:
+        if isinstance(event, WaitEvent):
+            report.waits[(event.priority, event.reason)] += 1
+        elif isinstance(event, RetryEvent) and event.cause == "429":
+            report.throttle_times.append(time.monotonic())
+
+    client = WemasyClient(
+        token=TOKEN,
+        base_url=job.base_url,
+        window_seconds=job.window,
+        on_event=on_event,
+        redis_url=job.redis_url,
+        timeout=job.timeout,
+        user_agent=job.agent,
+    )
+    async with client:
+        mixed = _Mixed(job, client, report)
+        mixed.deadline = release()
+        mixed.started = time.monotonic()
+        work: list[Coroutine[Any, Any, None]] = []
+        if job.batch_ids:
+            work.append(mixed.batch())
+        if job.status_every > 0:
+            work.append(mixed.singles())
+        try:
+            await _run_calls(work, mixed.deadline, report)
+        finally:
+            mixed.note_view()
+
+
+#: The approaches bench_rate_limit.py compares.
 APPROACHES: dict[str, Approach] = {
     "sdk": via_sdk,
     "static-limiter": via_static_limiter,
     "retry-gather": via_retry_gather,
 }
+#: Every approach a worker can run: those, and a batch beside single calls (bench_mixed_traffic.py).
+WORKER_APPROACHES: dict[str, Approach] = {**APPROACHES, "sdk-mixed": via_sdk_mixed}
 
 
 def work(
-    approach: str, job: Job, go: multiprocessing.synchronize.Event, conn: multiprocessing.connection.Connection
+    approach: str,
+    job: Job,
+    go: multiprocessing.synchronize.Event,
+    conn: multiprocessing.connection.Connection,
+    batch_done: multiprocessing.synchronize.Event | None = None,
 ) -> None:
     """A worker process: get ready, say so, wait for the release, make the calls, send the report."""
+    global _batch_done  # one per worker process: the run's event, for sdk-mixed
+    _batch_done = batch_done
     report = WorkerReport(calls=job.calls)
     if job.clock_skew:
         wall_clock = time.time
@@ -272,7 +419,7 @@ def work(
             time.sleep(job.start_delay)  # likewise: this worker begins late
         return deadline
 
-    asyncio.run(APPROACHES[approach](job, release, report))
+    asyncio.run(WORKER_APPROACHES[approach](job, release, report))
     conn.send(report)
     conn.close()
 
@@ -377,7 +524,8 @@ def run_workers(
     ):
         if urllib.parse.urlsplit(base_url).hostname != "127.0.0.1":
             raise RuntimeError(f"the emulator is not on 127.0.0.1: {base_url}")
-        spawned = _Spawned(go=multiprocessing.get_context("spawn").Event())
+        context = multiprocessing.get_context("spawn")
+        spawned = _Spawned(go=context.Event(), batch_done=context.Event())
         try:
             spawned.start(workers, base_url)
             started = time.monotonic()
@@ -403,6 +551,8 @@ class _Spawned:
     """The worker processes of one run and the pipes they report on."""
 
     go: multiprocessing.synchronize.Event
+    #: Set by a sdk-mixed worker when its batch ends (the others' single calls stop).
+    batch_done: multiprocessing.synchronize.Event
     children: list[multiprocessing.context.SpawnProcess] = attrs.field(factory=list)
     pipes: list[multiprocessing.connection.Connection] = attrs.field(factory=list)
 
@@ -412,7 +562,9 @@ class _Spawned:
         for approach, job in workers:
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(
-                target=work, args=(approach, attrs.evolve(job, base_url=base_url), self.go, sender), daemon=True
+                target=work,
+                args=(approach, attrs.evolve(job, base_url=base_url), self.go, sender, self.batch_done),
+                daemon=True,
             )
             child.start()
             sender.close()  # the child holds the only sending end: its death reads as EOF
