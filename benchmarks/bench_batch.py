@@ -14,7 +14,12 @@ that chunk only, any other error failing the chunk and the loop going on.
   server max  the server takes 300 ids per request; the chunks are 500
   revoked     the token is revoked (403) once 10% of the ids are queued
 
-    python benchmarks/bench_batch.py [--ids 1000000] [--chunk-size 500] [--faults-only]
+Then the chunk economy (issue 20): the requests the SDK's learned chunk size spends beside fixed 500-id
+chunks, against an in-process emulator whose maximum the client is not told: 500, 1,000, 4,000, and none but
+slow validation (a real Laravel app's times: 5.25e-5 s an id and 1.5e-8 s a pair of ids), and a million
+ids at a 1,000 maximum.
+
+    python benchmarks/bench_batch.py [--ids 1000000] [--chunk-size 500] [--faults-only] [--economy-only]
 """
 
 from __future__ import annotations
@@ -165,6 +170,75 @@ def fault_table(ids: int, chunk_size: int) -> str:
     return "\n".join(lines)
 
 
+# --- the chunk economy ---------------------------------------------------------------------------------
+
+#: (name, emulator options): the server's maximum ids per request, or none but slow validation.
+ECONOMY_CASES: list[tuple[str, dict[str, object]]] = [
+    ("maximum 500", {"max_ids_per_request": 500}),
+    ("maximum 1,000", {"max_ids_per_request": 1000}),
+    ("maximum 4,000", {"max_ids_per_request": 4000}),
+    ("none, slow", {"max_ids_per_request": None, "seconds_per_id": 5.25e-5, "seconds_per_id_pair": 1.5e-8}),
+]
+#: The answer bound of a learned size with the client's default 30 s timeout (see _chunk_size).
+BOUND = 5.0
+
+
+async def economy_run(options: dict[str, object], ids: int, chunk_size: int | None) -> dict[str, float]:
+    emulator = WemasyEmulator(limit=1_000_000_000, **options)  # type: ignore[arg-type]
+    async with emulator:
+        emulator.requests = []
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
+            result = await client.sendcloud.push_shipments(range(1, ids + 1), chunk_size=chunk_size)
+        sizes = [len(r.order_ids) for r in emulator.requests if r.order_ids]
+    largest = max(sizes)
+    per_id, per_pair = float(options.get("seconds_per_id", 0.0)), float(options.get("seconds_per_id_pair", 0.0))  # type: ignore[arg-type]
+    return {
+        "requests": len(sizes),
+        "refused": sum(1 for r in emulator.requests if r.order_ids and r.status == 422),
+        "largest": largest,
+        "slowest": per_id * largest + per_pair * largest * largest,
+        "unaccepted": len(result.retry_order_ids) + len(result.rejected),
+    }
+
+
+def fewest(options: dict[str, object], ids: int) -> int:
+    """The fewest requests the server allows: its maximum, or the largest request answered within the bound."""
+    most = options.get("max_ids_per_request")
+    if most is None:
+        per_id, per_pair = float(options["seconds_per_id"]), float(options["seconds_per_id_pair"])  # type: ignore[arg-type]
+        most = max(n for n in range(1, 16_001) if per_id * n + per_pair * n * n <= BOUND)
+    return -(-ids // int(most))  # type: ignore[call-overload]
+
+
+def economy_table(ids: int) -> str:
+    lines = [
+        f"{ids:,} order ids (and a million at a 1,000 maximum), {CONCURRENCY} requests at a time, against an "
+        "in-process emulator (limit too high to matter) whose maximum the client is not told. Target: requests "
+        "<= 1.15 x the fewest + 4; no answer slower than the bound (5 s) plus one step's growth; no id left "
+        "unaccepted by a probe.",
+        "",
+        "| server | client | requests | fewest | refused for size | largest request | its modelled answer s | "
+        "ids not accepted | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cases = [(name, options, ids) for name, options in ECONOMY_CASES]
+    cases.append(("maximum 1,000 (a million ids)", {"max_ids_per_request": 1000}, 1_000_000))
+    for name, options, n in cases:
+        least = fewest(options, n)
+        for label, chunk_size in (("sdk, learned (default)", None), ("fixed 500-id chunks", 500)):
+            f = asyncio.run(economy_run(options, n, chunk_size))
+            verdict = ""
+            if chunk_size is None:
+                met = f["requests"] <= 1.15 * least + 4 and f["slowest"] <= 4 * BOUND and not f["unaccepted"]
+                verdict = "met" if met else "MISSED"
+            lines.append(
+                f"| {name} | {label} | {f['requests']:,.0f} | {least:,} | {f['refused']:.0f} | {f['largest']:,.0f} | "
+                f"{f['slowest']:.2f} | {f['unaccepted']:.0f} | {verdict} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def run_client(name: str, base_url: str, ids: int, chunk_size: int) -> dict[str, object]:
     """Run one client in this process and report its figures as JSON (the child side)."""
     started_cpu, started_wall = time.process_time(), time.perf_counter()
@@ -185,10 +259,22 @@ def main() -> None:
     parser.add_argument("--client", choices=["sdk", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--faults-only", action="store_true", help="only the requests spent under faults")
+    parser.add_argument("--economy-only", action="store_true", help="only the chunk economy")
     args = parser.parse_args()
     if args.client:
         print(json.dumps(run_client(args.client, args.url, args.ids, args.chunk_size)))
         return
+    if not args.faults_only:
+        economy = economy_table(40_000)
+        print(economy)
+        if not args.no_record:
+            record(
+                "batch-economy",
+                "## Batch: the requests a learned chunk size spends\n\n"
+                f"`python benchmarks/bench_batch.py --economy-only` ({machine()})\n\n{economy}\n",
+            )
+        if args.economy_only:
+            return
     if not args.faults_only:
         memory_and_cpu(args)
     # After the clients' own processes: a child forked from a large parent starts with its peak RSS.

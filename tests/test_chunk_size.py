@@ -33,6 +33,18 @@ def test_growth_stops_where_a_doubled_request_could_pass_the_bound() -> None:
     assert sizer.peek(None) == 500
 
 
+def test_the_slowdown_a_doubling_showed_predicts_the_next() -> None:
+    """Validation linear in the ids (1,000 ids in 1 s, 2,000 in 2 s): a doubled request is expected to take
+    twice as long, not four times, so 2,000 ids grow to 4,000 within a 5 s bound."""
+    sizer = ChunkSizer(size=1000)
+    sizer.answered(1000, 1.0, bound=5.0)
+    assert sizer.peek(None) == 2000
+    sizer.answered(2000, 2.0, bound=5.0)  # 4 x 2 s would pass 5 s; 2 x 2 s does not
+    assert sizer.peek(None) == 4000
+    sizer.answered(4000, 4.0, bound=5.0)
+    assert sizer.peek(None) == 4000
+
+
 def test_a_maximum_the_server_named_is_never_passed() -> None:
     sizer = ChunkSizer(size=2000)
     sizer.too_large(1500)

@@ -31,8 +31,9 @@ LARGEST_CHUNK_SIZE = 16_000
 #: An answer slower than this (seconds, from the request's sending to its answer) shrinks the size, and
 #: the size grows only while the next one is expected within it (a call's timeout bounds it further).
 CHUNK_SECONDS = 5.0
-#: The growth of a step: a size at most doubles, and only while four times the last answer's time (what a
-#: doubled size takes if validation is quadratic in the ids) stays within the bound.
+#: The growth of a step: a size at most doubles, and only while the answer of the doubled size is expected
+#: within the bound: the last answer's time times how much slower the last doubling made it (between 2,
+#: linear, and 4, quadratic validation; 4 until two sizes have been measured).
 _GROWTH = 2
 _WORST_SLOWDOWN = _GROWTH * _GROWTH
 
@@ -63,6 +64,8 @@ class ChunkSizer:
     #: The largest size the server took whole (and quickly); 0 while it has taken none.
     proven: int = 0
     _probing: bool = attrs.field(default=False, repr=False)
+    #: The latest answer's seconds of each size taken (a handful of sizes: each a doubling of the last).
+    _seconds: dict[int, float] = attrs.field(factory=dict, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
 
     def cut(self, ceiling: int | None) -> Cut:
@@ -93,7 +96,8 @@ class ChunkSizer:
     def answered(self, size: int, seconds: float, *, bound: float = CHUNK_SECONDS) -> None:
         """A request of ``size`` ids was taken whole (answered with no size error) in ``seconds``: grow the
         size if that request was as large as the current size and a doubled one is expected within
-        ``bound``; shrink it if this one took longer than ``bound``."""
+        ``bound`` (at the slowdown the last doubling showed, quadratic until one has); shrink it if this
+        one took longer than ``bound``."""
         with self._lock:
             if seconds > bound:
                 # Slower than the bound: back to a size whose answer is expected within it (at least half).
@@ -101,7 +105,10 @@ class ChunkSizer:
                 self.proven = min(self.proven, self.size)
                 return
             self.proven = max(self.proven, size)
-            if size >= self.size and seconds * _WORST_SLOWDOWN <= bound:
+            self._seconds[size] = seconds
+            half = self._seconds.get(size // _GROWTH)
+            slowdown = _WORST_SLOWDOWN if not half else min(_WORST_SLOWDOWN, max(_GROWTH, seconds / half))
+            if size >= self.size and seconds * slowdown <= bound:
                 grown = min(size * _GROWTH, LARGEST_CHUNK_SIZE)
                 self.size = grown if self.most is None else min(grown, self.most)
 
