@@ -264,6 +264,9 @@ def main() -> None:
     if args.client:
         print(json.dumps(run_client(args.client, args.url, args.ids, args.chunk_size)))
         return
+    if not (args.faults_only or args.economy_only):
+        memory_and_cpu(args)
+    # After the clients' own processes: a child forked from a large parent starts with its peak RSS.
     if not args.faults_only:
         economy = economy_table(40_000)
         print(economy)
@@ -275,9 +278,6 @@ def main() -> None:
             )
         if args.economy_only:
             return
-    if not args.faults_only:
-        memory_and_cpu(args)
-    # After the clients' own processes: a child forked from a large parent starts with its peak RSS.
     faults = fault_table(args.ids, args.chunk_size)
     print(faults)
     if not args.no_record:

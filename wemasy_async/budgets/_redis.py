@@ -84,6 +84,10 @@ class _Line:
     class has its own, so an interactive call never waits behind a bulk one in its wait for the window)."""
 
     turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    #: Callers queued for the turn (behind the one asking).
+    queued: int = 0
+    #: The line's name in Redis while its interactive callers wait (the fleet's bulk calls wait behind it).
+    name: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     #: The caller asking waits until this time (None: unknown, or for an answer); a change wakes the callers
     #: queued behind it, to check their deadline again.
     first_until: float | None = None
@@ -343,6 +347,7 @@ class RedisBudget:
             return
         taking = asyncio.ensure_future(turn.acquire())
         reported = False
+        line.queued += 1
         try:
             while not taking.done():
                 now = self._clock()
@@ -365,6 +370,8 @@ class RedisBudget:
             else:
                 taking.cancel()
             raise
+        finally:
+            line.queued -= 1
 
     async def _acquire_from_redis(
         self,
@@ -378,12 +385,12 @@ class RedisBudget:
         last_reason = ""
         bulk = "1" if priority == "bulk" else ""
         asking = "" if bulk else "1"  # an interactive call's demand is counted at its first try
-        waiter = "" if bulk else uuid.uuid4().hex  # while it waits, the fleet's bulk calls wait behind it
+        waiter = "" if bulk else line.name  # while its callers wait, the fleet's bulk calls wait behind them
         while self._usable():
             woken = loop.create_future()
             self._wakers.add(woken)
             try:
-                ticket = await self._try_redis(bulk, asking, waiter)
+                ticket = await self._try_redis(bulk, asking, waiter, "1" if line.queued else "")
                 asking = ""
                 if ticket is not None:
                     return ticket
@@ -408,12 +415,12 @@ class RedisBudget:
                 self._wakers.discard(woken)
         return None
 
-    async def _try_redis(self, bulk: str, asking: str, waiter: str) -> FleetTicket | None:
+    async def _try_redis(self, bulk: str, asking: str, waiter: str, more: str) -> FleetTicket | None:
         """One acquire in Redis: a ticket, or None with the wait in ``_last_wait`` (reason, seconds or None)."""
         while True:
             name = uuid.uuid4().hex
             try:
-                kind, first, second, *_ = await self.run("acquire", name, bulk, asking, waiter)
+                kind, first, second, *_ = await self.run("acquire", name, bulk, asking, waiter, more)
             except BaseException:
                 # No answer (Redis slow, or this caller cancelled): Redis may still grant it, later. Give the
                 # ticket back by its name, now or when Redis answers again.

@@ -11,8 +11,10 @@
 -- acquire: ARGV[7] the ticket's name, chosen by the caller ('' for a counter's): a caller that gave up
 --   before the answer names it to abandon, so a grant that came too late is found and given back.
 --   ARGV[8] '1' for a bulk call; ARGV[9] '1' for an interactive call's first try (counted in the window's
---   interactive demand, whatever the answer); ARGV[10] an interactive caller's name for all its tries ('':
---   none): while one waits, anywhere in the fleet, bulk calls are not granted (they wait in turn).
+--   interactive demand, whatever the answer); ARGV[10] the name of an interactive caller's line (its
+--   process's interactive callers; '': none): while one waits, anywhere in the fleet, bulk calls are not
+--   granted (they wait in turn); ARGV[11] '1' when more of that line's callers wait behind this one (the
+--   line keeps its place when this one is granted).
 -- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent); if it was not
 --   granted yet, the name is kept (lease seconds) so that its acquire, when run, grants nothing.
 -- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
@@ -228,7 +230,9 @@ elseif op == 'acquire' then
   end
   if ARGV[9] == '1' and not bulk then s.asked = s.asked + 1 end
   if waiter ~= '' then
-    if decision == nil then
+    if decision == nil and ARGV[11] == '1' then
+      redis.call('ZADD', waiting_key, now + 1, waiter)  -- the next of its line asks at once
+    elseif decision == nil then
       if redis.call('ZREM', waiting_key, waiter) == 1 and redis.call('ZCARD', waiting_key) == 0 then
         redis.call('PUBLISH', channel, 'turn')  -- the bulk callers held back for it may go
       end
