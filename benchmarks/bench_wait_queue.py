@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import machine, record
 
 from wemasy_async import RateLimitBudget, RateLimitHeaders, WaitEvent
-from wemasy_async.budgets import Ticket, Wait
+from wemasy_async.budgets import Priority, Ticket, Wait
 from wemasy_async.testing import FixedWindowThrottle
 
 
@@ -38,7 +38,7 @@ class WakeAllBudget(RateLimitBudget):
         super().__init__(window_seconds, clock=clock)
         self._waiters: list[asyncio.Future[None]] = []
 
-    def try_acquire(self) -> Ticket | None:
+    def try_acquire(self, priority: Priority = "interactive") -> Ticket | None:
         with self._lock:
             decision = self.state.try_acquire(self._clock())
         return decision if isinstance(decision, Ticket) else None
@@ -49,6 +49,7 @@ class WakeAllBudget(RateLimitBudget):
         *,
         max_gate_wait: float = float("inf"),
         deadline: float | None = None,
+        priority: Priority = "interactive",
     ) -> Ticket:
         loop = asyncio.get_running_loop()
         while True:
@@ -83,13 +84,13 @@ async def run(budget: RateLimitBudget, waiters: int, limit: int, window: float) 
     state = budget.state
     try_acquire, peek = state.try_acquire, state.peek
 
-    def counted_try(now: float) -> Ticket | Wait:
+    def counted_try(now: float, bulk: bool = False, *, asking: bool = False) -> Ticket | Wait:
         calls[0] += 1
-        return try_acquire(now)
+        return try_acquire(now, bulk, asking=asking)
 
-    def counted_peek(now: float) -> Wait | None:
+    def counted_peek(now: float, bulk: bool = False) -> Wait | None:
         calls[0] += 1
-        return peek(now)
+        return peek(now, bulk)
 
     state.try_acquire = counted_try  # type: ignore[method-assign]
     state.peek = counted_peek  # type: ignore[method-assign]
