@@ -123,7 +123,41 @@ def test_one_probe_of_a_larger_size_at_a_time() -> None:
     # been taken yet, so the first size.
     assert sizer.cut(None) == (FIRST_CHUNK_SIZE, False)
     sizer.answered(FIRST_CHUNK_SIZE, 0.01)
-    sizer.probe_done()
+    sizer.probe_done(FIRST_CHUNK_SIZE)
     assert sizer.cut(None) == (2 * FIRST_CHUNK_SIZE, True)
     assert sizer.cut(None) == (FIRST_CHUNK_SIZE, False)
     assert sizer.cut(50) == (50, False)
+
+
+def test_a_probe_that_taught_nothing_is_not_tried_again_at_once() -> None:
+    """A probe with no answer (a timeout, a 5xx) neither took nor refused its size: the size goes back to
+    the largest taken, so the next chunks are not each the same failing probe."""
+    sizer = ChunkSizer(size=1000, proven=500)
+    assert sizer.cut(None) == (1000, True)
+    sizer.probe_done(1000)
+    assert sizer.cut(None) == (500, False)
+
+
+def test_a_slow_answer_of_a_small_piece_does_not_shrink_the_size() -> None:
+    """A one-id push that answers slowly says little about a 4,000-id request: the size stays."""
+    sizer = ChunkSizer(size=4000, proven=4000)
+    sizer.answered(1, 30.0)
+    assert sizer.peek(None) == 4000
+    sizer.answered(4000, 30.0)
+    assert sizer.peek(None) == 2000
+
+
+async def test_a_batch_left_early_leaves_no_probe_open_for_the_tokens_next_batches() -> None:
+    """A batch whose stream is closed before its chunks are all cut: the rest is accounted for as not sent,
+    and the next batch of the token still probes larger sizes (nothing holds the probe)."""
+    async with WemasyEmulator(limit=10_000, max_ids_per_request=None) as emulator:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
+            async with client.sendcloud.iter_push_shipments(range(1, 20_001)) as stream:
+                async for _chunk in stream:
+                    break
+            result = stream.result()
+            assert len(result.not_sent) + len(result.in_doubt) + result.summary.total_orders == 20_000
+            before = len(pushes(emulator))
+            grown = client.chunk_sizer.peek(None)
+            await client.sendcloud.push_shipments(range(30_001, 50_001))
+            assert max(pushes(emulator)[before:]) >= grown  # it tried the size the first batch had reached

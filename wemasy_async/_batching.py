@@ -473,6 +473,8 @@ class _Feed:
         #: The index of the chunk cut as a probe of a larger size, until it has ended (see ChunkSizer.cut);
         #: the workers wait for it to end before they cut another chunk.
         self.probe: int | None = None
+        #: The stream is closing: what is left is cut only to be accounted for, never sent.
+        self.draining = False
         self.probe_ended = asyncio.Event()
         self.probe_ended.set()
         #: Chunks being pushed now, by index: if the batch is left, their ids are in doubt.
@@ -505,7 +507,7 @@ class _Feed:
         # of 300, not 300 + 200 for each 500) applies to the rest.
         batch, start, end = self.batch, 0, len(ids)
         while start < end:
-            size, probe = batch.sizing.cut()
+            size, probe = (batch.sizing.least(), False) if self.draining else batch.sizing.cut()
             if probe:
                 self.probe = self.produced  # the index this chunk gets (see _work)
                 self.probe_ended.clear()
@@ -563,7 +565,7 @@ async def _push_cut(feed: _Feed, index: int, chunk: list[int], final: bool) -> P
     finally:
         if feed.probe == index:
             feed.probe = None
-            feed.batch.sizing.sizer.probe_done()
+            feed.batch.sizing.sizer.probe_done(len(chunk))
             feed.probe_ended.set()
 
 
@@ -601,7 +603,7 @@ class PushStream:
             ids = journal.pending
             self.done = self.total - len(ids)
         # Chunks the batch starts with (fewer once its size grows, more once it learns a lower maximum).
-        count = -(-len(ids) // sizing.peek())
+        count = -(-len(ids) // sizing.least())
         #: A batch of one chunk keeps its response's JSON in the result's ``raw``.
         self._single = count == 1
         self._progress = progress
@@ -727,6 +729,7 @@ class PushStream:
                 feed.finished(index, chunk, done)
             self._left.append((index, done if self._single else attrs.evolve(done, raw={})))
         feed.in_flight.clear()
+        feed.draining = True  # the chunks never sent are cut without trying a size (no probe is left open)
         for chunk in feed.chunks:
             self._left.append((next(feed.index), attrs.evolve(_EMPTY, not_sent=tuple(chunk))))
 

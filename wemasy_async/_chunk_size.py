@@ -88,10 +88,22 @@ class ChunkSizer:
             size = self.size if ceiling is None else ceiling
             return size if self.most is None else min(size, self.most)
 
-    def probe_done(self) -> None:
-        """The probe's chunk has ended (taken, refused, failed or left): another may be cut."""
+    def least(self, ceiling: int | None) -> int:
+        """The smallest size the next chunk may be cut at (while another batch probes, or not)."""
+        with self._lock:
+            if ceiling is not None:
+                return ceiling if self.most is None else min(ceiling, self.most)
+            size = self.size if self.most is None else min(self.size, self.most)
+            return min(size, max(self.proven, min(size, FIRST_CHUNK_SIZE)))
+
+    def probe_done(self, size: int) -> None:
+        """The probe's chunk (of ``size`` ids) has ended: another may be cut. One that taught nothing (no
+        answer, a 5xx: its size neither taken nor refused) is not tried again at once: the size goes back
+        to the largest the server took."""
         with self._lock:
             self._probing = False
+            if size > self.proven and self.size >= size and self.proven:
+                self.size = self.proven
 
     def answered(self, size: int, seconds: float, *, bound: float = CHUNK_SECONDS) -> None:
         """A request of ``size`` ids was taken whole (answered with no size error) in ``seconds``: grow the
@@ -100,9 +112,10 @@ class ChunkSizer:
         one took longer than ``bound``."""
         with self._lock:
             if seconds > bound:
-                # Slower than the bound: back to a size whose answer is expected within it (at least half).
-                self.size = max(1, min(self.size, size // _GROWTH))
-                self.proven = min(self.proven, self.size)
+                if size * _GROWTH > self.size:  # as large as the size now (a small piece says little of it)
+                    # Slower than the bound: back to a size whose answer is expected within it (at least half).
+                    self.size = max(1, min(self.size, size // _GROWTH))
+                    self.proven = min(self.proven, self.size)
                 return
             self.proven = max(self.proven, size)
             self._seconds[size] = seconds
@@ -137,6 +150,10 @@ class Sizing:
     def peek(self) -> int:
         """The size the next chunk would be cut at, without cutting it."""
         return self.sizer.peek(self.ceiling)
+
+    def least(self) -> int:
+        """The smallest size the next chunk may be cut at."""
+        return self.sizer.least(self.ceiling)
 
 
 _registry_lock = threading.Lock()

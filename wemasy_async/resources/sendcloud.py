@@ -178,8 +178,10 @@ class SendcloudResource:
 
         deadline_at = self._client.deadline_at(deadline)
         sizing = Sizing(self._client.chunk_sizer, chunk_size, _answer_bound(self._client.timeout, timeout))
+        # The last chunk of a batch whose class was left to the SDK goes as interactive (see push_once).
+        promote_last = chosen is None
         if chosen is None:
-            chosen = "bulk" if len(ids) > sizing.peek() else "interactive"
+            chosen = "bulk" if len(ids) > sizing.least() else "interactive"
         # A bisection probe (see _batching) is sent once: its answer is the point. A 429 is no answer about
         # the ids: the probe waits for the budget and goes again, as the client's other calls do.
         probe = attrs.evolve(self._client.retry, max_attempts=1)
@@ -197,7 +199,7 @@ class SendcloudResource:
                 on_sent=on_sent,
                 # The last chunk takes a slot kept for interactive calls at once: no later bulk request of this
                 # batch would use it, and waiting for the window's end would only make the batch later.
-                priority="interactive" if final else chosen,
+                priority="interactive" if final and promote_last else chosen,
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)
