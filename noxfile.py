@@ -17,7 +17,7 @@ import nox
 nox.needs_version = ">=2025.2.9"
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
+nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
@@ -25,21 +25,23 @@ nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() not
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
 
+#: The Python whose test run is measured by coverage.py (one run of the suite fewer than a session of its own).
+COVERAGE_PYTHON = "3.11"
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite against the emulator on loopback."""
-    session.install("-e", ".[test]")
+    """The test suite against the emulator on loopback; on 3.11 under coverage.py, whose branch-coverage table
+    of the package (subprocesses, the CLI and spawned fleets, included) it prints after the tests (the
+    settings are in pyproject.toml's [tool.coverage])."""
+    measured = session.python == COVERAGE_PYTHON
+    session.install("-e", ".[test]", *(["coverage>=7.10.3"] if measured else []))
     session.run("python", "--version")  # which Python this session found, in the log above its tests
-    session.run("pytest", *session.posargs)  # the Redis tests start redis-server (.ci/run installs it)
-
-
-@nox.session(python="3.11")
-def coverage(session: nox.Session) -> None:
-    """The suite once more under coverage.py: branch coverage of the package, subprocesses (the CLI, spawned
-    fleets) included, printed as a table (the settings are in pyproject.toml's [tool.coverage])."""
-    session.install("-e", ".[test]", "coverage>=7.10.3")
+    if not measured:
+        session.run("pytest", *session.posargs)  # the Redis tests start redis-server (.ci/run installs it)
+        return
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", "-q", *session.posargs)
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
 

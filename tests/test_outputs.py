@@ -116,7 +116,7 @@ def run_cli(argv: list[str], *, max_file_bytes: int | None = None) -> subprocess
     code = f"import resource, sys; {limit}from wemasy_async.cli import main; sys.exit(main(sys.argv[1:]))"
     environment = {"WEMASY_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     if max_file_bytes is None:  # (a full disk would fail coverage's own data file, not the command)
-        # Under `nox -s coverage` the child is measured too (coverage's subprocess patch reads these).
+        # Under coverage (the 3.11 tests session) the child is measured too (coverage's subprocess patch reads these).
         environment.update({name: value for name, value in os.environ.items() if name.startswith("COVERAGE")})
     return subprocess.run(
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False, timeout=300, env=environment
