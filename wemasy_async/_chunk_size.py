@@ -68,13 +68,17 @@ class ChunkSizer:
     _seconds: dict[int, float] = attrs.field(factory=dict, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
 
+    def _capped(self, size: int) -> int:
+        """``size``, within the server's maximum as learned (called with the lock held)."""
+        return size if self.most is None else min(size, self.most)
+
     def cut(self, ceiling: int | None) -> Cut:
         """The next chunk's size: the learned one (within the caller's fixed ``chunk_size``, ``ceiling``).
         A probe's cutter must call :meth:`probe_done` when its chunk has ended, however it ended."""
         with self._lock:
             if ceiling is not None:  # the caller's fixed size: nothing to probe
-                return Cut(ceiling if self.most is None else min(ceiling, self.most))
-            size = self.size if self.most is None else min(self.size, self.most)
+                return Cut(self._capped(ceiling))
+            size = self._capped(self.size)
             if size <= self.proven:
                 return Cut(size)
             if self._probing:  # one probe at a time; others go at a size the server took (or the first size)
@@ -86,14 +90,14 @@ class ChunkSizer:
         """The size the next chunk would be cut at (a probe's), without cutting it."""
         with self._lock:
             size = self.size if ceiling is None else ceiling
-            return size if self.most is None else min(size, self.most)
+            return self._capped(size)
 
     def least(self, ceiling: int | None) -> int:
         """The smallest size the next chunk may be cut at (while another batch probes, or not)."""
         with self._lock:
             if ceiling is not None:
-                return ceiling if self.most is None else min(ceiling, self.most)
-            size = self.size if self.most is None else min(self.size, self.most)
+                return self._capped(ceiling)
+            size = self._capped(self.size)
             return min(size, max(self.proven, min(size, FIRST_CHUNK_SIZE)))
 
     def probe_done(self, size: int) -> None:
@@ -123,7 +127,7 @@ class ChunkSizer:
             slowdown = _WORST_SLOWDOWN if not half else min(_WORST_SLOWDOWN, max(_GROWTH, seconds / half))
             if size >= self.size and seconds * slowdown <= bound:
                 grown = min(size * _GROWTH, LARGEST_CHUNK_SIZE)
-                self.size = grown if self.most is None else min(grown, self.most)
+                self.size = self._capped(grown)
 
     def too_large(self, most: int) -> None:
         """The server refused a request as too large; it takes at most ``most`` ids: never probed past."""

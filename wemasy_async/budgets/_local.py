@@ -146,7 +146,7 @@ class RateLimitBudget:
                     waited_since = now
                 if turn.reason != last_reason:
                     last_reason = turn.reason
-                    self._report_wait(turn.reason, turn.seconds, priority, on_wait)
+                    report_wait(WaitEvent(reason=turn.reason, seconds=turn.seconds, priority=priority), on_wait)
                 await asyncio.wait((turn.future,), timeout=turn.timeout)
         finally:
             if waiter.future is not None:
@@ -229,12 +229,6 @@ class RateLimitBudget:
             was_first = True
         if was_first:
             self._wake_first()
-
-    @staticmethod
-    def _report_wait(
-        reason: str, seconds: float | None, priority: Priority, on_wait: Callable[[WaitEvent], None] | None
-    ) -> None:
-        report_wait(WaitEvent(reason=reason, seconds=seconds, priority=priority), on_wait)
 
     def _wake(self, waiter: _Waiter, current: asyncio.AbstractEventLoop | None) -> bool:
         future = waiter.future
