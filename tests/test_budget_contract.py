@@ -181,6 +181,32 @@ async def test_bulk_work_leaves_a_slot_that_an_interactive_caller_then_gets_at_o
     await held.cancelled()
 
 
+async def test_interactive_calls_that_wait_into_the_next_window_are_counted_once_in_the_window_they_asked_in(
+    backend: Backend,
+) -> None:
+    """The reserve follows interactive demand by the window a call asked in, each call once: three calls
+    that ask (fast path first, as the client does) while the window is spent, and are served in the next,
+    make that window's reserve the four of the last (the probe and them) for the calls that arrive in it,
+    not four less the three (counted again where served) nor more (counted twice where they asked)."""
+    window = 2.0  # long enough for the test's steps inside the second window, on Redis's own clock
+    budget = backend.make(window)
+    probe = await take(budget)
+    await budget.answered(probe, 200, RateLimitHeaders(10, 9))
+    for left in range(8, -1, -1):  # bulk takes the rest (no reserve yet: the probe asked in this window)
+        ticket = await take(budget, priority="bulk")
+        await budget.answered(ticket, 200, RateLimitHeaders(10, left))
+    callers = []
+    for _ in range(3):
+        assert budget.try_acquire() is None  # the window is spent
+        callers.append(Caller(budget))
+        await callers[-1].reported()
+    backend.clock.now += window  # the window ends (on Redis, its TIME moves by itself)
+    tickets = [await within(caller.task) for caller in callers]
+    assert budget.view().reserved == 4
+    for ticket in tickets:
+        await budget.release(ticket)
+
+
 # --- the gate a 429 closes -------------------------------------------------------------------------------
 
 

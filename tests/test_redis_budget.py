@@ -20,8 +20,12 @@ from wemasy_async.budgets._redis import FleetTicket, RedisBudget, RedisUnavailab
 W = 2.0
 _tokens = itertools.count()
 
-#: An interactive call's first try (counted in the window's demand), a try of one that waits, a bulk call's.
-acquire = st.tuples(st.just("acquire"), st.sampled_from(["asking", "interactive", "bulk"]))
+#: An interactive call's try, a bulk call's, and a try that brings the first asks of 1-3 interactive calls
+#: (the window's demand).
+acquire = st.one_of(
+    st.tuples(st.just("acquire"), st.sampled_from(["interactive", "bulk"])),
+    st.tuples(st.just("acquire"), st.just("asking"), st.integers(1, 3)),
+)
 answer = st.tuples(
     st.just("answer"),
     st.integers(0, 50),
@@ -111,6 +115,13 @@ async def test_the_lua_budget_takes_every_branch_as_the_reference(
     await _compare(redis_server.url, steps, 1000.0)
 
 
+def _asks(args: list[object]) -> int:
+    """An acquire's count of interactive calls that began to ask since the process's last acquire."""
+    if not args or args[0] != "asking":
+        return 0
+    return int(args[1]) if len(args) > 1 else 1  # type: ignore[call-overload]
+
+
 async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float) -> None:
     reference = WindowState(W)
     fleet = RedisBudget(redis_url, "http://127.0.0.1/api", f"token-{next(_tokens)}", window_seconds=W)
@@ -125,9 +136,11 @@ async def _compare(redis_url: str, steps: list[tuple[object, ...]], start: float
                 fleet.fixed_now = now
             elif action == "acquire":
                 kind_of_call = args[0] if args else "interactive"
-                bulk, asking = kind_of_call == "bulk", kind_of_call == "asking"
-                expected = reference.try_acquire(now, bulk, asking=asking)
-                kind, first, second, *_ = await fleet.run("acquire", "", "1" if bulk else "", "1" if asking else "")
+                bulk = kind_of_call == "bulk"
+                asks = _asks(args)
+                reference.asked(now, asks)
+                expected = reference.try_acquire(now, bulk)
+                kind, first, second, *_ = await fleet.run("acquire", "", "1" if bulk else "", str(asks or ""))
                 if isinstance(expected, Ticket):
                     assert kind == b"ticket", (expected, kind, first, second)
                     outstanding.append((expected, first.decode()))

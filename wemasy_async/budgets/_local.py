@@ -110,9 +110,7 @@ class RateLimitBudget:
         with self._lock:
             queue = self._queue
             if queue.interactive or (bulk and queue.bulk):
-                if not bulk:
-                    self.state.asked(self._clock())
-                return None
+                return None  # acquire counts the call's demand as it begins to wait
             decision = self.state.try_acquire(self._clock(), bulk, asking=True)
         return decision if isinstance(decision, Ticket) else None
 

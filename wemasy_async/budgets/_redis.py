@@ -92,6 +92,18 @@ class _Line:
     #: queued behind it, to check their deadline again.
     first_until: float | None = None
     changed: asyncio.Future[None] | None = None
+    #: Interactive callers that began to ask since the line's last try in Redis: that try counts them in the
+    #: window's demand, so a call queued here is counted in the window it arrived in, not the one it is
+    #: served in (which would take that window's reserve from the calls that arrive in it).
+    unasked: int = 0
+    #: Set while the caller asking waits: a new interactive caller wakes it to bring its ask to Redis.
+    asker_wait: asyncio.Future[None] | None = None
+
+    def ask(self) -> None:
+        """An interactive caller begins to ask: counted by the line's next try, which it wakes."""
+        self.unasked += 1
+        if self.asker_wait is not None and not self.asker_wait.done():
+            self.asker_wait.set_result(None)
 
     def set_first_until(self, until: float | None) -> None:
         self.first_until = until
@@ -304,6 +316,8 @@ class RedisBudget:
         line = self._lines.get(bulk)
         if line is None:
             line = self._lines[bulk] = _Line()
+        if not bulk:
+            line.ask()
         started = self._clock()
         await self._take_turn(line, on_wait, max_gate_wait, deadline, priority)
         try:
@@ -384,14 +398,13 @@ class RedisBudget:
         loop = asyncio.get_running_loop()
         last_reason = ""
         bulk = "1" if priority == "bulk" else ""
-        asking = "" if bulk else "1"  # an interactive call's demand is counted at its first try
         waiter = "" if bulk else line.name  # while its callers wait, the fleet's bulk calls wait behind them
         while self._usable():
             woken = loop.create_future()
             self._wakers.add(woken)
             try:
-                ticket = await self._try_redis(bulk, asking, waiter, "1" if line.queued else "")
-                asking = ""
+                asking, line.unasked = line.unasked, 0
+                ticket = await self._try_redis(bulk, str(asking or ""), waiter, "1" if line.queued else "")
                 if ticket is not None:
                     return ticket
                 reason, wait = self._last_wait
@@ -409,9 +422,13 @@ class RedisBudget:
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - now))
                 line.set_first_until(None if wait is None else now + wait)
+                if line.unasked:
+                    continue  # callers that arrived during the round trip: their asks go to Redis now
+                line.asker_wait = woken
                 # Not asyncio.wait_for, which before Python 3.12 loses a cancel that comes as the wake does.
                 await asyncio.wait((woken,), timeout=timeout)
             finally:
+                line.asker_wait = None
                 self._wakers.discard(woken)
         return None
 

@@ -10,8 +10,8 @@
 -- ARGV[3] window seconds, ARGV[4] assumed limit, ARGV[5] key time-to-live (ms), ARGV[6] lease seconds
 -- acquire: ARGV[7] the ticket's name, chosen by the caller ('' for a counter's): a caller that gave up
 --   before the answer names it to abandon, so a grant that came too late is found and given back.
---   ARGV[8] '1' for a bulk call; ARGV[9] '1' for an interactive call's first try (counted in the window's
---   interactive demand, whatever the answer); ARGV[10] the name of an interactive caller's line (its
+--   ARGV[8] '1' for a bulk call; ARGV[9] how many interactive calls of the caller's process began to ask
+--   since its last acquire (counted in the window's interactive demand, whatever the answer; '': none); ARGV[10] the name of an interactive caller's line (its
 --   process's interactive callers; '': none): while one waits, anywhere in the fleet, bulk calls are not
 --   granted (they wait in turn); ARGV[11] '1' when more of that line's callers wait behind this one (the
 --   line keeps its place when this one is granted).
@@ -228,7 +228,7 @@ elseif op == 'acquire' then
   else
     decision = peek(bulk)
   end
-  if ARGV[9] == '1' and not bulk then s.asked = s.asked + 1 end
+  if not bulk then s.asked = s.asked + (tonumber(ARGV[9]) or 0) end
   if waiter ~= '' then
     if decision == nil and ARGV[11] == '1' then
       redis.call('ZADD', waiting_key, now + 1, waiter)  -- the next of its line asks at once

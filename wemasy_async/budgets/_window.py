@@ -146,12 +146,13 @@ class WindowState:
 
     def try_acquire(self, now: float, bulk: bool = False, *, asking: bool = False) -> Ticket | Wait:
         """A ticket to send now, or how long to wait before asking again. ``asking``: an interactive call's
-        first try, counted in the window's demand (see :meth:`asked`) whatever the answer."""
+        first try, counted in the window's demand if it is granted (one that must wait is counted by
+        :meth:`asked` as it begins to wait)."""
         decision = self.peek(now, bulk)
-        if asking and not bulk:
-            self._asked += 1
         if decision is not None:
             return decision
+        if asking and not bulk:
+            self._asked += 1
         if not self._sent:
             self._first_sent = now
         self._granted += 1
@@ -162,12 +163,12 @@ class WindowState:
             self.stats.interactive_sent += 1
         return Ticket(self._epoch, self._answers, bulk)
 
-    def asked(self, now: float) -> None:
-        """An interactive call asks for a ticket: the peak of this demand over recent windows is the reserve
-        bulk work leaves free. Counted as a call first tries and again if it then queues: an overcount only
-        has bulk work borrow a few more slots late in the window."""
+    def asked(self, now: float, calls: int = 1) -> None:
+        """``calls`` interactive calls ask for a ticket: the peak of this demand over recent windows is the reserve
+        bulk work leaves free. Each call is counted once, in the window in which it first asks (a call that
+        waits into the next window takes a slot there, but is not that window's demand)."""
         self._roll(now)
-        self._asked += 1
+        self._asked += calls
 
     def peek(self, now: float, bulk: bool = False) -> Wait | None:
         """What :meth:`try_acquire` would answer, without taking a ticket: a wait, or None (one is free)."""
