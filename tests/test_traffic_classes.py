@@ -162,23 +162,29 @@ async def test_interactive_waiters_are_served_before_bulk_waiters_that_came_firs
 
 
 @pytest.mark.wemasy_emulator(limit=LIMIT, window_seconds=W)
+@pytest.mark.parametrize("slots", [32, 4])
 async def test_a_web_call_is_served_at_once_while_a_batch_waits_for_the_window(
-    wemasy_emulator: WemasyEmulator,
+    wemasy_emulator: WemasyEmulator, slots: int
 ) -> None:
     """A batch needs more than the window on the same client; once it waits, a status() call is still
     answered at once (from the slot the batch left), without waiting for the window, and it is counted
-    as interactive."""
+    as interactive. So too when the batch's waiting requests are as many as the client's concurrency
+    slots: a bulk request waits for the budget holding no slot."""
     holding = asyncio.Event()
     events: list[WaitEvent] = []
+    held: list[WaitEvent] = []  # the batch's waits from the first for the reserve on
 
     def on_event(event: object) -> None:
         if isinstance(event, WaitEvent):
             events.append(event)
-            if event.priority == "bulk" and event.reason == "reserve":
+            if event.priority == "bulk" and (held or event.reason == "reserve"):
+                held.append(event)
+            if len(held) >= 4:  # each of the batch's four requests waits (the first for the reserve)
                 holding.set()
 
     base_url = wemasy_emulator.base_url
-    async with WemasyClient(token=TOKEN, base_url=base_url, window_seconds=W, on_event=on_event) as client:
+    options = {"window_seconds": W, "on_event": on_event, "max_concurrency": slots}
+    async with WemasyClient(token=TOKEN, base_url=base_url, **options) as client:
         batch = asyncio.ensure_future(client.sendcloud.push_shipments(range(1, 31), chunk_size=1, max_concurrency=4))
         await within(holding.wait())
         integration = await within(client.sendcloud.status())

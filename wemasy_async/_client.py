@@ -618,20 +618,26 @@ class WemasyClient:
         self, transport: AiohttpTransport, call: _Call, hop: PreparedRequest, ambiguous: bool
     ) -> _Answer:
         """One HTTP exchange: a concurrency slot, the ceiling, a ticket of the budget, the transport, and the
-        answer settled."""
+        answer settled. A bulk call takes its ticket before its slot (see :meth:`_bulk_ticket`)."""
         deadline_at = call.deadline_at
         slots = self._slots
-        if deadline_at is None:
-            await slots.acquire()
+        budget = self._budget
+        if call.priority == "bulk":
+            ticket = await self._bulk_ticket(budget, call, hop, ambiguous)
         else:
-            await self._until_deadline(slots.acquire(), deadline_at, hop, ambiguous)
+            ticket = None
+            await (
+                slots.acquire()
+                if deadline_at is None
+                else self._until_deadline(slots.acquire(), deadline_at, hop, ambiguous)
+            )
         try:
-            if self._ceiling is not None:
-                await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
-            budget = self._budget
-            ticket = budget.try_acquire(call.priority)
-            if ticket is None:  # a ticket is opaque: 0 or "" may be one
-                ticket = await self._acquire(budget, call, hop, ambiguous)
+            if ticket is None:  # a ticket is opaque: 0 or "" may be one, never None
+                if self._ceiling is not None:
+                    await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
+                ticket = budget.try_acquire(call.priority)
+                if ticket is None:
+                    ticket = await self._acquire(budget, call, hop, ambiguous)
             exchange_timeout = call.timeout
             if deadline_at is not None:
                 left = deadline_at - time.monotonic()
@@ -657,6 +663,24 @@ class WemasyClient:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d", hop.method, hop.url, response.status)
         return new_record(_Answer, (response, hints, gate))
+
+    async def _bulk_ticket(self, budget: Budget[Any], call: _Call, hop: PreparedRequest, ambiguous: bool) -> Any:
+        """A bulk call's ticket, and then its concurrency slot: it waits for the budget (a window, the reserve)
+        holding no slot, so the client's interactive calls never wait for a slot behind it. The slot is
+        held only for the exchange; the ticket goes back if the call gives up waiting for one."""
+        deadline_at = call.deadline_at
+        if self._ceiling is not None:
+            await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
+        ticket = budget.try_acquire("bulk")
+        if ticket is None:
+            ticket = await self._acquire(budget, call, hop, ambiguous)
+        slot = self._slots.acquire()
+        try:
+            await (slot if deadline_at is None else self._until_deadline(slot, deadline_at, hop, ambiguous))
+        except BaseException:
+            await budget.release(ticket)  # never sent
+            raise
+        return ticket
 
     @classmethod
     async def _unanswered(

@@ -174,7 +174,9 @@ class WindowState:
         """What :meth:`try_acquire` would answer, without taking a ticket: a wait, or None (one is free)."""
         if now < self.gate_until:
             return Wait(self.gate_until, "gate")
-        self._roll(now)
+        end = self._window_end
+        if end is not None and now >= end:  # _roll, inlined: this is every call's path
+            self._new_epoch(window_end=None, carried=self._in_flight, others=0)
         limit = self.limit
         if limit is None:
             return Wait(None, "probe") if self._in_flight else None
@@ -187,7 +189,8 @@ class WindowState:
             wait = self._until_lent(now)
             if wait is not None:
                 return wait
-        return self._held_for_others(free)
+        others_seen = self._in_flight and (self._others_before or self._others_learned)
+        return self._held_for_others(free) if others_seen else None
 
     def reserved(self, limit: int) -> int:
         """The slots of this window that bulk work leaves free, at most half the limit: for interactive calls
@@ -229,16 +232,14 @@ class WindowState:
         return Wait(self._window_end, "window")
 
     def _held_for_others(self, free: int) -> Wait | None:
-        """Another client uses the token: the window's last ``free`` slots go one at a time."""
+        """Another client uses the token (and requests of ours are in flight, whose answers will count them):
+        the window's last ``free`` slots go one at a time."""
+        # Others may use as much again as they have in this window (they may be ramping up as we are, and
+        # our requests in flight hide as many of theirs from the count), or what they used in the last.
         before = self._others_before or 0
-        if self._in_flight and (before or self._others_learned):
-            # Others may use as much again as they have in this window (they may be ramping up as we are, and
-            # our requests in flight hide as many of theirs from the count), or what they used in the last.
-            in_flight = self._sent - self._settled
-            others_may_use = max(2 * self._others_learned + in_flight, before - self._others_learned)
-            if free <= max(1, others_may_use):
-                return Wait(None, "shared")
-        return None
+        in_flight = self._sent - self._settled
+        others_may_use = max(2 * self._others_learned + in_flight, before - self._others_learned)
+        return Wait(None, "shared") if free <= max(1, others_may_use) else None
 
     def expect_others(self) -> None:
         """Other processes use the token now (a fleet whose shared budget is away): from here on, expect
