@@ -17,6 +17,7 @@ import pytest
 
 from tests.budget_helpers import Caller, FakeClock, OtherLoop, take, within
 from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
+from wemasy_async.budgets import Priority
 from wemasy_async.budgets._redis import RedisBudget
 
 #: A window no test sees the end of.
@@ -87,11 +88,13 @@ async def spent(budget: Budget[Any]) -> None:
 # --- order -----------------------------------------------------------------------------------------------
 
 
-async def test_waiters_are_served_in_the_order_they_came(backend: Backend) -> None:
-    """Callers queue behind the window's first request; as answers free slots, tickets go in arrival
-    order, and a later caller does not overtake the queue on the fast path."""
+@pytest.mark.parametrize("priority", ["interactive", "bulk"])
+async def test_waiters_are_served_in_the_order_they_came(backend: Backend, priority: Priority) -> None:
+    """Callers of one class queue behind the window's first request; as answers free slots, tickets go in
+    arrival order, and a later caller does not overtake the queue on the fast path (so two batches on one
+    token, whose requests queue in turn, share the budget evenly)."""
     budget = backend.make(LONG)
-    probe = await take(budget)
+    probe = await take(budget, priority)
     served: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
     async def caller(index: int, ready: Caller) -> None:
@@ -99,12 +102,12 @@ async def test_waiters_are_served_in_the_order_they_came(backend: Backend) -> No
 
     callers: list[Caller] = []
     for _ in range(5):
-        callers.append(Caller(budget))
+        callers.append(Caller(budget, priority=priority))
         await callers[-1].reported()
     tasks = [asyncio.ensure_future(caller(i, c)) for i, c in enumerate(callers)]
     remaining = 99
     await budget.answered(probe, 200, RateLimitHeaders(100, remaining))
-    assert budget.try_acquire() is None  # the waiters come first, though a slot is free
+    assert budget.try_acquire(priority) is None  # the waiters come first, though a slot is free
     order: list[int] = []
     while len(order) < len(callers):
         index, ticket = await within(served.get())

@@ -341,3 +341,35 @@ def test_without_a_shared_store_a_web_process_beside_a_batch_gets_its_calls_thro
     # first request, ends earlier than it can tell: a web call may wait past one window, never three.
     assert max(granted - arrived for arrived, granted, _ in served) <= 3 * window
     assert max(outcome.throttled.values(), default=0) <= 2
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    limit=st.integers(2, 12),
+    window=st.sampled_from([1.0, 2.0, 60.0]),
+    windows=st.integers(3, 12),
+    concurrency=st.integers(1, 16),
+    latency=st.floats(0.001, 0.05),
+    jitter=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_without_a_shared_store_two_batches_on_one_token_share_it(
+    limit: int, window: float, windows: int, concurrency: int, latency: float, jitter: float, seed: int
+) -> None:
+    """Two batch processes of the same size on one token, each with its own budget: neither waits for the
+    other to end (had one gone first, it would end at half the other's time): the first to end does so
+    after at least 0.6 of the other's time, and both end with every call answered."""
+    requests = limit * windows
+    outcome = simulate(
+        limit=limit,
+        window=window,
+        calls=[requests, requests],
+        concurrency=concurrency,
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+        bulk=[True, True],
+    )
+    assert not outcome.stalled
+    first, second = sorted(client.finished_at for client in outcome.clients)
+    assert first >= 0.6 * second
