@@ -3,12 +3,16 @@ maximum the server names and never probes past it again, and shrinks when answer
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import TOKEN
 from tests.helpers import assert_every_id_accounted_once
 from wemasy_async import WemasyClient
-from wemasy_async._chunk_size import FIRST_CHUNK_SIZE, LARGEST_CHUNK_SIZE, ChunkSizer
+from wemasy_async._chunk_size import FIRST_CHUNK_SIZE, LARGEST_CHUNK_SIZE, ChunkSizer, LearnedSizes
 from wemasy_async.testing import WemasyEmulator
 
 # --- the sizer, step by step -------------------------------------------------------------------------------
@@ -161,3 +165,40 @@ async def test_a_batch_left_early_leaves_no_probe_open_for_the_tokens_next_batch
             grown = client.chunk_sizer.peek(None)
             await client.sendcloud.push_shipments(range(30_001, 50_001))
             assert max(pushes(emulator)[before:]) >= grown  # it tried the size the first batch had reached
+
+
+# --- shared by a fleet through Redis ------------------------------------------------------------------------
+
+
+def test_learned_sizes_are_adopted_within_the_least_maximum() -> None:
+    """A fleet's maximum is taken if lower, its proven size if larger (within the maximum), and a sizer
+    that adopts a proven size cuts at it at once, with no probe."""
+    sizer = ChunkSizer()
+    sizer.adopt(LearnedSizes(most=None, proven=4000))
+    assert sizer.cut(None) == (4000, False)
+    sizer.adopt(LearnedSizes(most=3000, proven=0))
+    assert (sizer.most, sizer.proven, sizer.cut(None)) == (3000, 3000, (3000, False))
+    sizer.adopt(LearnedSizes(most=5000, proven=5000))  # a higher maximum is not taken: never probed past
+    assert sizer.learned() == LearnedSizes(3000, 3000)
+
+
+@pytest.mark.wemasy_emulator(limit=10_000, max_ids_per_request=4000)
+def test_a_fleet_through_redis_shares_what_its_batches_learned(wemasy_emulator: WemasyEmulator, redis_url: str) -> None:
+    """A batch in another process (the CLI, with --redis-url) learns the server's maximum; a batch of a new
+    process on the same Redis and token then starts at it: the fewest requests, no probe, no refusal."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-40000", "--json", "--redis-url", redis_url]
+    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert refused_for_size(wemasy_emulator, 4000) == 1  # it probed past the maximum once, and learned it
+    before = len(pushes(wemasy_emulator))
+
+    async def second_batch() -> None:
+        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, redis_url=redis_url) as client:
+            assert client.chunk_sizer.learned() == LearnedSizes(None, 0)  # this process has learned nothing
+            result = await client.sendcloud.push_shipments(range(50_001, 90_001))
+            assert result.ok
+
+    asyncio.run(second_batch())
+    assert pushes(wemasy_emulator)[before:] == [4000] * 10
+    assert refused_for_size(wemasy_emulator, 4000) == 1

@@ -468,6 +468,13 @@ class _Feed:
         self.exhausted = not ids
         self.chunks = self._chunks(ids)
         self.index = itertools.count()
+        #: The batch's first exchange of learned sizes with the fleet (see Sizing.exchange): no chunk is
+        #: cut before it ends, so the first starts where the fleet's batches got.
+        if batch.sizing.shares:
+            self.joined: asyncio.Future[None] = asyncio.ensure_future(batch.sizing.exchange())
+        else:
+            self.joined = asyncio.get_running_loop().create_future()
+            self.joined.set_result(None)
         self.push_once = push_once
         self.queue: asyncio.Queue[tuple[int, PushResult | BaseException]] = asyncio.Queue()
         #: The index of the chunk cut as a probe of a larger size, until it has ended (see ChunkSizer.cut);
@@ -522,6 +529,8 @@ class _Feed:
 
 async def _work(feed: _Feed) -> None:
     journal = feed.journal
+    if not feed.joined.done():
+        await asyncio.wait((feed.joined,))  # not awaited itself: a worker's cancel must not cancel it
     while True:
         while feed.probe is not None:  # a larger size is being tried: its answer says what to cut next
             await feed.probe_ended.wait()
@@ -552,8 +561,9 @@ async def _work(feed: _Feed) -> None:
 async def _push_cut(feed: _Feed, index: int, chunk: list[int], final: bool) -> PushResult:
     """Push the chunk ``index`` of the feed; when it was a probe of a larger size, another may go after it."""
     journal = feed.journal
+    probe = feed.probe == index
     try:
-        return await push_chunk(
+        result = await push_chunk(
             chunk,
             feed.push_once,
             feed.batch,
@@ -563,10 +573,13 @@ async def _push_cut(feed: _Feed, index: int, chunk: list[int], final: bool) -> P
             final=final,
         )
     finally:
-        if feed.probe == index:
+        if probe:
             feed.probe = None
             feed.batch.sizing.sizer.probe_done(len(chunk))
             feed.probe_ended.set()
+    if probe:
+        await feed.batch.sizing.exchange()  # what the probe taught, for the fleet's batches
+    return result
 
 
 class PushStream:
@@ -623,6 +636,7 @@ class PushStream:
 
     def __del__(self) -> None:
         # Dropped without aclose(), as after a bare `async for ... break`: stop sending.
+        self._feed.joined.cancel()
         for worker in self._workers:
             worker.cancel()
         if self._journal is not None:
@@ -692,10 +706,11 @@ class PushStream:
         if self._closed:
             return
         self._closed = True
+        self._feed.joined.cancel()
         for worker in self._workers:
             worker.cancel()
         try:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            await asyncio.gather(*self._workers, self._feed.joined, return_exceptions=True)
         except BaseException:
             # Cancelled again while waiting (a second Ctrl-C): the account is made all the same, a chunk
             # whose worker has not stopped yet counting as in doubt; a journal closes behind the stream, its

@@ -8,7 +8,9 @@ docs/design/chunk-size.md.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import attrs
@@ -19,6 +21,8 @@ __all__ = [
     "LARGEST_CHUNK_SIZE",
     "ChunkSizer",
     "Cut",
+    "LearnedSizes",
+    "ShareSizes",
     "Sizing",
     "forget_chunk_sizers",
     "shared_chunk_sizer",
@@ -36,6 +40,23 @@ CHUNK_SECONDS = 5.0
 #: linear, and 4, quadratic validation; 4 until two sizes have been measured).
 _GROWTH = 2
 _WORST_SLOWDOWN = _GROWTH * _GROWTH
+
+
+logger = logging.getLogger("wemasy_async")
+
+
+class LearnedSizes(NamedTuple):
+    """What a token's batches learned of the server's request sizes, as a fleet shares it."""
+
+    #: The most ids the server takes (None: no maximum known).
+    most: int | None
+    #: The largest size the server took whole and quickly (0: none yet).
+    proven: int
+
+
+#: A budget kept outside the process shares learned sizes with its fleet: it merges these (the least
+#: maximum, the largest proven size) with the fleet's and returns the fleet's, or None if it cannot now.
+ShareSizes = Callable[[LearnedSizes], Awaitable["LearnedSizes | None"]]
 
 
 class Cut(NamedTuple):
@@ -129,6 +150,24 @@ class ChunkSizer:
                 grown = min(size * _GROWTH, LARGEST_CHUNK_SIZE)
                 self.size = self._capped(grown)
 
+    def learned(self) -> LearnedSizes:
+        """What this process's batches learned, to share with a fleet."""
+        with self._lock:
+            return LearnedSizes(self.most, self.proven)
+
+    def adopt(self, fleet: LearnedSizes) -> None:
+        """Take what the fleet learned: its maximum if lower, and its proven size (within the maximum) if
+        larger, so that a batch starts where the fleet's batches got, with no probe to get there again."""
+        with self._lock:
+            if fleet.most is not None and fleet.most > 0 and (self.most is None or fleet.most < self.most):
+                self.most = fleet.most
+                self.size = min(self.size, fleet.most)
+                self.proven = min(self.proven, fleet.most)
+            proven = self._capped(min(fleet.proven, LARGEST_CHUNK_SIZE))
+            if proven > self.proven:
+                self.proven = proven
+                self.size = max(self.size, proven)
+
     def too_large(self, most: int) -> None:
         """The server refused a request as too large; it takes at most ``most`` ids: never probed past."""
         with self._lock:
@@ -146,6 +185,27 @@ class Sizing:
     sizer: ChunkSizer = attrs.field(factory=ChunkSizer)
     ceiling: int | None = None
     answer_bound: float = CHUNK_SECONDS
+    #: The fleet's share of learned sizes (a Redis budget's), or None: this process learns alone.
+    share: ShareSizes | None = None
+
+    @property
+    def shares(self) -> bool:
+        """Whether the batch shares learned sizes with a fleet (a learned size, and a budget that shares)."""
+        return self.share is not None and self.ceiling is None
+
+    async def exchange(self) -> None:
+        """Share what the token's sizer learned with the fleet and take what the fleet learned (a batch
+        does so as it begins and after each probe); nothing to do for a fixed size or with no fleet. A
+        failure only means this process goes on with what it knows."""
+        if self.share is None or self.ceiling is not None:
+            return
+        try:
+            fleet = await self.share(self.sizer.learned())
+        except Exception as error:  # never a batch's failure: the sizes are an optimisation
+            logger.debug("chunk sizes: not shared with the fleet (%s)", type(error).__name__)
+            return
+        if fleet is not None:
+            self.sizer.adopt(fleet)
 
     def cut(self) -> Cut:
         """The size of the next chunk (see :meth:`ChunkSizer.cut`)."""

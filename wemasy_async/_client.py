@@ -23,7 +23,7 @@ import attrs
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
-from ._chunk_size import shared_chunk_sizer
+from ._chunk_size import ShareSizes, shared_chunk_sizer
 from ._errors import (
     APIConnectionError,
     ClientClosedError,
@@ -248,6 +248,9 @@ class WemasyClient:
         self._owns_budget = chosen.owned
         #: What the token's pushes have learned of the server's request sizes (shared in the process).
         self.chunk_sizer = shared_chunk_sizer(self.base_url, self._token)
+        #: How the fleet of a budget kept outside the process (Redis) shares what its batches learned of the
+        #: sizes: a budget's optional ``share_chunk_sizes``; None: this process learns alone.
+        self.share_chunk_sizes: ShareSizes | None = getattr(self._budget, "share_chunk_sizes", None)
         self._random = random.Random()
         self._conn = _Connection(session)
         if session is None and trust_env:

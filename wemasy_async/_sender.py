@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, Protocol
 
 import aiohttp
 
-from ._chunk_size import ChunkSizer
+from ._chunk_size import ChunkSizer, ShareSizes
 from ._protocol import RawResponse
 from ._retry import RetryPolicy
 from ._types import NotGiven, Timeout
@@ -36,6 +36,8 @@ class Sender(Protocol):
 
     #: The token's chunk sizer: what its pushes have learned of the server's request sizes.
     chunk_sizer: ChunkSizer
+    #: Shares what the sizer learned with the fleet of a budget kept outside the process; None: no fleet.
+    share_chunk_sizes: ShareSizes | None
     #: The timeout of each HTTP exchange, unless a call gives its own.
     timeout: float | aiohttp.ClientTimeout | None
 

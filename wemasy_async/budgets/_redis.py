@@ -24,6 +24,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .._chunk_size import LearnedSizes
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget
 from ._window import Priority, RateLimitView, Ticket
@@ -36,14 +37,37 @@ logger = logging.getLogger("wemasy_async")
 LUA_SOURCE = importlib.resources.files(__package__).joinpath("_redis_window.lua").read_text(encoding="utf-8")
 
 
+#: What the fleet learned of a token's chunk sizes: merged (the least maximum, the largest proven size)
+#: and returned in one step. KEYS[1] the hash; ARGV[1] this process's maximum ('' none), ARGV[2] its
+#: proven size, ARGV[3] how long the fleet remembers them (ms): a day, so a server's new maximum is found.
+CHUNK_SIZES_LUA = """
+local most = tonumber(redis.call('HGET', KEYS[1], 'most'))
+local proven = tonumber(redis.call('HGET', KEYS[1], 'proven')) or 0
+local ours = tonumber(ARGV[1])
+if ours and ours > 0 and (not most or ours < most) then most = ours end
+proven = math.max(proven, tonumber(ARGV[2]) or 0)
+if most then
+  proven = math.min(proven, most)
+  redis.call('HSET', KEYS[1], 'most', most)
+end
+redis.call('HSET', KEYS[1], 'proven', proven)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {most and tostring(most) or '', tostring(proven)}
+"""
+#: How long the fleet remembers learned chunk sizes after the last batch shared them (ms).
+CHUNK_SIZES_TTL_MS = 24 * 3600 * 1000
+
+
+def _key_prefix(base_url: str, token: str) -> str:
+    # The hash in braces keeps the keys in one Redis Cluster slot, as a script needs.
+    digest = hashlib.sha256(f"{base_url}\n{token}".encode()).hexdigest()[:32]
+    return f"wemasy-async:{{{digest}}}"
+
+
 def redis_keys(base_url: str, token: str) -> list[str]:
     """The state hash, the leases, the wake channel, the abandoned names and the interactive callers
-    waiting, of one token's budget; the token is only hashed.
-
-    The hash in braces keeps the keys in one Redis Cluster slot, as a script needs.
-    """
-    digest = hashlib.sha256(f"{base_url}\n{token}".encode()).hexdigest()[:32]
-    prefix = f"wemasy-async:{{{digest}}}"
+    waiting, of one token's budget; the token is only hashed."""
+    prefix = _key_prefix(base_url, token)
     return [f"{prefix}:state", f"{prefix}:leases", f"{prefix}:wake", f"{prefix}:gone", f"{prefix}:waiting"]
 
 
@@ -170,6 +194,8 @@ class RedisBudget:
         self.where = f"{pool_options.get('host', '?')}:{pool_options.get('port', '?')}"
         self._script = self._redis.register_script(LUA_SOURCE)
         self._keys = redis_keys(base_url, token)
+        self._chunk_sizes_script = self._redis.register_script(CHUNK_SIZES_LUA)
+        self._chunk_sizes_key = f"{_key_prefix(base_url, token)}:chunk-sizes"
         self.window_seconds = window_seconds
         self._assumed_limit = assumed_limit
         self.lease_seconds = lease_seconds
@@ -249,6 +275,24 @@ class RedisBudget:
             self._view_made = made
             self._views_kept += 1
         return result
+
+    async def share_chunk_sizes(self, learned: LearnedSizes) -> LearnedSizes | None:
+        """Merge what this process's batches learned of the token's chunk sizes with what the fleet's did,
+        and return the fleet's (None when Redis does not answer in time: the batch goes on alone)."""
+        if not self._usable():
+            return None
+        argv = ["" if learned.most is None else learned.most, learned.proven, CHUNK_SIZES_TTL_MS]
+        call = asyncio.ensure_future(self._chunk_sizes_script(keys=[self._chunk_sizes_key], args=argv))
+        call.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait((call,), timeout=self._redis_timeout)
+        finally:
+            if not call.done():
+                call.cancel()
+        if not done or call.exception() is not None:
+            return None
+        most, proven = call.result()
+        return LearnedSizes(int(most) if most else None, int(proven))
 
     def _parse_view(self, fields: list[Any]) -> RateLimitView:
         limit, remaining, ends_in, gate, in_flight, shared, _fleet_sent, _fleet_throttled, reserved = fields

@@ -177,7 +177,12 @@ class SendcloudResource:
             checked_timeout(timeout)  # a bad one is refused here, not by each chunk
 
         deadline_at = self._client.deadline_at(deadline)
-        sizing = Sizing(self._client.chunk_sizer, chunk_size, _answer_bound(self._client.timeout, timeout))
+        sizing = Sizing(
+            self._client.chunk_sizer,
+            chunk_size,
+            _answer_bound(self._client.timeout, timeout),
+            self._client.share_chunk_sizes,
+        )
         # The last chunk of a batch whose class was left to the SDK goes as interactive (see push_once).
         promote_last = chosen is None
         if chosen is None:
