@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.budget_helpers import within
+from tests.budget_helpers import Caller, within
 from tests.redis_server import RedisServer
 from wemasy_async import RateLimitHeaders
 from wemasy_async.budgets import Ticket, Wait, WindowState
@@ -423,3 +423,27 @@ async def test_a_name_abandoned_before_its_acquire_runs_is_granted_nothing(redis
         assert kind == b"ticket"
     finally:
         await fleet.aclose()
+
+
+async def test_an_interactive_caller_that_gives_up_lets_the_fleets_bulk_calls_go_at_once(redis_url: str) -> None:
+    """While an interactive caller waits, the fleet's bulk callers wait behind it ("queue"); when it gives
+    up (here cancelled), its mark goes at once and they are woken to wait for what they would have without
+    it (the window's first answer), not left queued until the mark's time or their next poll."""
+    token = f"token-{next(_tokens)}"
+    web, batch = (
+        RedisBudget(redis_url, "http://127.0.0.1/api", token, window_seconds=W, poll_seconds=60.0) for _ in range(2)
+    )
+    try:
+        probe = await within(web.acquire())  # the window's first request, unanswered: others wait for it
+        interactive = Caller(web)
+        await interactive.reported("probe")
+        bulk = Caller(batch, priority="bulk")
+        await bulk.reported("queue")
+        await interactive.cancelled()
+        await bulk.reported("probe")
+        await web.answered(probe, 200, RateLimitHeaders(10, 9))
+        await batch.release(await within(bulk.task))
+    finally:
+        await Caller.cancel_all()
+        for budget in (web, batch):
+            await budget.aclose()

@@ -375,6 +375,12 @@ class RedisBudget:
                     on_wait, max_gate_wait=max_gate_wait, deadline=deadline, priority=priority
                 )
                 ticket = FleetTicket(local=local)
+        except BaseException:
+            if not bulk and not line.queued:
+                # The line's last caller gave up (a deadline, the gate, a cancel): its waiting mark goes now,
+                # not a second after its wait would have ended, so the fleet's bulk calls need not wait for it.
+                self._send_later(_Report("withdraw", (line.name,)))
+            raise
         finally:
             line.set_first_until(None)
             line.turn.release()

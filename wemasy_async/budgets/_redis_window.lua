@@ -5,7 +5,7 @@
 -- tickets whose caller left before its acquire was run (sorted set, scored by when they are forgotten),
 -- KEYS[5] the interactive callers waiting (sorted set, scored by when they are forgotten: a second after the
 -- end of their wait, when they would have asked again).
--- ARGV[1] operation: acquire | answered | no_answer | release | abandon | view
+-- ARGV[1] operation: acquire | answered | no_answer | release | abandon | withdraw | view
 -- ARGV[2] now: '' for Redis's TIME (always, outside tests)
 -- ARGV[3] window seconds, ARGV[4] assumed limit, ARGV[5] key time-to-live (ms), ARGV[6] lease seconds
 -- acquire: ARGV[7] the ticket's name, chosen by the caller ('' for a counter's): a caller that gave up
@@ -15,6 +15,8 @@
 --   process's interactive callers; '': none): while one waits, anywhere in the fleet, bulk calls are not
 --   granted (they wait in turn); ARGV[11] '1' when more of that line's callers wait behind this one (the
 --   line keeps its place when this one is granted).
+-- withdraw: ARGV[7] the name of an interactive line none of whose callers waits any more: its waiting
+--   mark goes (before its time), and the bulk callers held back for it may go.
 -- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent); if it was not
 --   granted yet, the name is kept (lease seconds) so that its acquire, when run, grants nothing.
 -- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
@@ -217,6 +219,12 @@ if op == 'abandon' then
 end
 if op == 'abandoned' then
   -- nothing changes but the name kept
+elseif op == 'withdraw' then
+  -- an interactive line whose callers all gave up (a deadline, a cancel): bulk calls need not wait for it
+  if redis.call('ZREM', waiting_key, member) == 1 and redis.call('ZCARD', waiting_key) == 0 then
+    redis.call('PUBLISH', channel, 'turn')
+  end
+  result = {'ok', str(gate_left()), ''}
 elseif op == 'acquire' and member ~= '' and redis.call('ZREM', gone_key, member) == 1 then
   result = {'gone', '', ''}  -- its caller left before this ran: no ticket
 elseif op == 'acquire' then
