@@ -16,7 +16,7 @@ import urllib.request
 from asyncio import _get_running_loop
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, cast
 
 import aiohttp
 import attrs
@@ -53,6 +53,7 @@ from ._protocol import (
 )
 from ._retry import NO_RETRIES, RetryPolicy
 from ._sender import Deadline, Exchange
+from ._telemetry import RESENDS, Telemetry, TracingTransport, telemetry_for
 from ._transport import AiohttpTransport, small_reads_connector
 from ._types import NOT_GIVEN, NotGiven, Timeout, _is_seconds, checked_timeout
 from .budgets import (
@@ -185,6 +186,9 @@ class WemasyClient:
             or ``HTTP_PROXY`` (for http) names, unless ``NO_PROXY`` lists the host, as requests and httpx
             do; read once, when the session is made. ``False``: connect directly whatever the environment
             says. (A session you pass keeps its own settings.)
+        tracer_provider, meter_provider: OpenTelemetry providers for the client's spans and metrics (see
+            docs/telemetry.md); by default the global ones, if set when the client is made. With neither,
+            or without ``opentelemetry-api`` (the ``otel`` extra), the client records nothing, at no cost.
     """
 
     def __init__(  # noqa: PLR0913 -- every option after the token is keyword-only, each with a default
@@ -207,6 +211,8 @@ class WemasyClient:
         max_redirects: int = 3,
         user_agent: str | None = None,
         trust_env: bool = True,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         setup_logging_from_env()  # WEMASY_LOG=debug|info: the library's log on stderr
         self._token = validate_token(token if token is not None else os.environ.get(TOKEN_ENV_VAR))
@@ -257,6 +263,10 @@ class WemasyClient:
             self._conn.proxy, self._conn.proxy_headers = _environment_proxy(self.base_url)
         self._is_copy = False
         self._transport_cache: AiohttpTransport | None = None
+        #: OpenTelemetry's spans and metrics of this client's calls, or None (nothing would record them).
+        self._telemetry = telemetry_for(tracer_provider, meter_provider)
+        if self._telemetry is not None:
+            self._telemetry.watch(self, self._budget.view, self.base_url)
         self._prepared: dict[tuple[str, str], PreparedRequest] = {}
         #: The calls with no body and the client's own options, by (method, path); a copy has its own.
         self._plain_calls: dict[tuple[str, str], _Call] = {}
@@ -399,8 +409,11 @@ class WemasyClient:
                 )
             else:
                 conn.transport = AiohttpTransport(conn.session)
-        self._transport_cache = conn.transport
-        return conn.transport
+        transport = conn.transport
+        if self._telemetry is not None:
+            transport = cast("AiohttpTransport", TracingTransport(transport, self._telemetry))
+        self._transport_cache = transport
+        return transport
 
     def _check_usable(self) -> None:
         """Raise :class:`ClientClosedError` when this client cannot send: closed, or its session belongs to
@@ -463,10 +476,12 @@ class WemasyClient:
         return time.monotonic() + seconds
 
     def _emit(self, event: SchedulerEvent) -> None:
+        if self._telemetry is not None and isinstance(event, WaitEvent):
+            self._telemetry.waited(event.reason, event.seconds, event.priority)
         if self._on_event is not None:
             self._on_event(event)
 
-    def _send(
+    def _send(  # noqa: PLR0913 -- the call's options, keyword-only
         self,
         method: str,
         path: str,
@@ -477,11 +492,13 @@ class WemasyClient:
         retry: RetryPolicy | None = None,
         on_sent: Callable[[], None] | None = None,
         priority: Priority | None = None,
+        operation: str = "request",
     ) -> Coroutine[Any, Any, Exchange]:
         """Send one call with retries (``retry``: another policy than the client's, for this call); the
         final answer is returned, not yet deciphered. ``on_sent()`` is called as each attempt is handed to
         the transport: from then on the server may have it (a batch counts its ids in doubt if it stops).
         ``priority`` is the call's class for the budget (None: the client's, else interactive).
+        ``operation`` names the call's span (``sendcloud.status``...), with OpenTelemetry on.
 
         The layers, outermost first: :meth:`_send_handling_retries` (backoff, and a 429 queueing again),
         :meth:`_send_handling_redirects` (same-origin hops, entered only after a 3xx) and :meth:`_send_paid`
@@ -491,7 +508,7 @@ class WemasyClient:
         """
         transport = self._transport_cache or self._transport()  # none once closed: _transport() raises
         plain = json_body is None and timeout is NOT_GIVEN and deadline_at is None and retry is None
-        if plain and on_sent is None and priority is None:
+        if plain and on_sent is None and priority is None and self._telemetry is None:
             # A call with no body and the client's own options is the same every time: it is kept.
             call = self._plain_calls.get((method, path))
             if call is not None and call.policy is self.retry and call.timeout is self.timeout:
@@ -511,6 +528,8 @@ class WemasyClient:
         )
         if plain and on_sent is None and priority is None and len(self._plain_calls) < 64:
             self._plain_calls[(method, path)] = call
+        if self._telemetry is not None:  # every call in its span (so none is taken from the plain calls)
+            return self._telemetry.traced_call(operation, self._send_handling_retries(transport, call))
         return self._send_handling_retries(transport, call)
 
     def _prepare(self, transport: AiohttpTransport, method: str, path: str, json_body: Any) -> PreparedRequest:
@@ -718,23 +737,58 @@ class WemasyClient:
 
     def _count_retry(self, attempt: int, delay: float, cause: str, method: str, path: str) -> None:
         self._budget.count_retry()
+        if self._telemetry is not None:
+            RESENDS.set(attempt - 1)  # the next attempt's span says how many sends came before it
+            self._telemetry.retries.add(1, {"http.request.method": method, "error.type": cause})
         logger.debug("retrying %s %s (attempt %d) after %s in %.3f s", method, path, attempt, cause, delay)
         self._emit(RetryEvent(attempt=attempt, delay=delay, cause=cause, method=method, path=path))
 
     async def _acquire(self, budget: Budget[Any], call: _Call, hop: PreparedRequest, ambiguous: bool) -> Any:
         """Wait for the budget, within the call's deadline and the retry policy's longest wait."""
+        telemetry = self._telemetry
+        if telemetry is not None:
+            return await self._acquire_measured(telemetry, budget, call, hop, ambiguous)
+        return await self._acquire_reporting(budget, call, hop, ambiguous, self._on_event)
+
+    async def _acquire_reporting(
+        self,
+        budget: Budget[Any],
+        call: _Call,
+        hop: PreparedRequest,
+        ambiguous: bool,
+        on_wait: Callable[[WaitEvent], None] | None,
+    ) -> Any:
+        """:meth:`_acquire`, each wait told to ``on_wait``."""
         try:
             # A gate stays closed up to a second past the wait the server named (its Retry-After is rounded
             # down): that second is the budget's margin, not part of the wait the caller accepts.
             max_gate_wait = self.retry.max_wait + RETRY_AFTER_ROUNDING
             return await budget.acquire(
-                self._on_event, max_gate_wait=max_gate_wait, deadline=call.deadline_at, priority=call.priority
+                on_wait, max_gate_wait=max_gate_wait, deadline=call.deadline_at, priority=call.priority
             )
         except TimeoutError:
             raise self._deadline_error(hop, ambiguous=ambiguous, what="for the rate-limit budget") from None
         except RateLimitError as error:
             error.method, error.url = hop.method, hop.url
             raise
+
+    async def _acquire_measured(
+        self, telemetry: Telemetry, budget: Budget[Any], call: _Call, hop: PreparedRequest, ambiguous: bool
+    ) -> Any:
+        """:meth:`_acquire` with OpenTelemetry on: each wait an event of the call's span (through _emit), and
+        the whole wait's duration in the budget-wait histogram, by the reason it last had and the class."""
+        reasons = ["none"]
+
+        def on_wait(event: WaitEvent) -> None:
+            reasons[0] = event.reason
+            self._emit(event)
+
+        started = time.monotonic()
+        try:
+            return await self._acquire_reporting(budget, call, hop, ambiguous, on_wait)
+        finally:
+            attributes = {"wemasy.budget.wait.reason": reasons[0], "wemasy.priority": call.priority}
+            telemetry.budget_wait.record(time.monotonic() - started, attributes)
 
     async def _until_deadline(self, waiting: Any, deadline_at: float, hop: PreparedRequest, ambiguous: bool) -> None:
         try:

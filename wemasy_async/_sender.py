@@ -10,6 +10,7 @@ import aiohttp
 from ._chunk_size import ChunkSizer, ShareSizes
 from ._protocol import RawResponse
 from ._retry import RetryPolicy
+from ._telemetry import Telemetry
 from ._types import NotGiven, Timeout
 from .budgets import Priority
 
@@ -38,6 +39,8 @@ class Sender(Protocol):
     chunk_sizer: ChunkSizer
     #: Shares what the sizer learned with the fleet of a budget kept outside the process; None: no fleet.
     share_chunk_sizes: ShareSizes | None
+    #: OpenTelemetry's spans and metrics of the sender's calls, or None (nothing records them).
+    _telemetry: Telemetry | None
     #: The timeout of each HTTP exchange, unless a call gives its own.
     timeout: float | aiohttp.ClientTimeout | None
 
@@ -54,7 +57,7 @@ class Sender(Protocol):
         """
         ...
 
-    def _send(
+    def _send(  # noqa: PLR0913 -- the call's options, keyword-only
         self,
         method: str,
         path: str,
@@ -65,4 +68,5 @@ class Sender(Protocol):
         retry: RetryPolicy | None = None,
         on_sent: Callable[[], None] | None = None,
         priority: Priority | None = None,
+        operation: str = ...,
     ) -> Coroutine[Any, Any, Exchange]: ...

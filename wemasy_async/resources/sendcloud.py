@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import aiohttp
 import attrs
@@ -20,9 +21,10 @@ from .._chunk_size import CHUNK_SECONDS, Sizing
 from .._converter import structure_response
 from .._errors import ConfigurationError, UsageError, WemasyError
 from .._journal import JournalPath, open_journal
-from .._models import PushResult, SendcloudIntegration
+from .._models import UNACCEPTED, PushResult, SendcloudIntegration
 from .._protocol import decipher_response
 from .._sender import Deadline, Sender
+from .._telemetry import batch_attributes
 from .._types import NOT_GIVEN, Timeout, checked_timeout
 from ..budgets import Priority, checked_priority
 
@@ -47,7 +49,11 @@ class SendcloudResource:
         (True, True)
         """
         exchange = await self._client._send(
-            "GET", STATUS_PATH, timeout=timeout, deadline_at=self._client.deadline_at(deadline)
+            "GET",
+            STATUS_PATH,
+            timeout=timeout,
+            deadline_at=self._client.deadline_at(deadline),
+            operation="sendcloud.status",
         )
         data = decipher_response(exchange.response)
         return structure_response(exchange.response, data, SendcloudIntegration, key="integration")
@@ -108,18 +114,37 @@ class SendcloudResource:
         >>> result.summary.new_orders, len(result.rejected), result.failed_order_ids
         (1998, 2, ())
         """
-        stream = self.iter_push_shipments(
-            order_ids,
-            create_label=create_label,
-            chunk_size=chunk_size,
-            max_concurrency=max_concurrency,
-            progress=progress,
-            timeout=timeout,
-            deadline=deadline,
-            journal=journal,
-            retry_rejected=retry_rejected,
-            priority=priority,
-        )
+        options: dict[str, Any] = {
+            "create_label": create_label,
+            "chunk_size": chunk_size,
+            "max_concurrency": max_concurrency,
+            "progress": progress,
+            "timeout": timeout,
+            "deadline": deadline,
+            "journal": journal,
+            "retry_rejected": retry_rejected,
+            "priority": priority,
+        }
+        telemetry = self._client._telemetry
+        if telemetry is None:
+            return await self._push_all(order_ids, strict=strict, **options)
+        # The batch's span is current as its chunks' workers start: their attempts' spans are its children.
+        with telemetry.call_span("sendcloud.push_shipments") as span:
+            try:
+                result = await self._push_all(order_ids, strict=strict, **options)
+            except BaseException as exc:
+                if span is not None:
+                    span.set_attributes(batch_attributes(_counts(getattr(exc, "result", None))))
+                    span.set_attribute("error.type", type(exc).__qualname__)
+                    span.set_status(telemetry._trace.Status(telemetry._trace.StatusCode.ERROR))
+                raise
+            if span is not None:
+                span.set_attributes(batch_attributes(_counts(result)))
+            return result
+
+    async def _push_all(self, order_ids: Iterable[int], *, strict: bool, **options: Any) -> PushResult:
+        """push_shipments' batch: every chunk streamed, the results merged."""
+        stream = self.iter_push_shipments(order_ids, **options)
         try:
             async with stream:
                 async for _ in stream:
@@ -205,6 +230,7 @@ class SendcloudResource:
                 # The last chunk takes a slot kept for interactive calls at once: no later bulk request of this
                 # batch would use it, and waiting for the window's end would only make the batch later.
                 priority="interactive" if final and promote_last else chosen,
+                operation="sendcloud.push_shipments",
             )
             data = decipher_response(exchange.response)
             result = structure_response(exchange.response, data, PushResult)
@@ -229,6 +255,23 @@ class SendcloudResource:
                 retry_rejected=retry_rejected,
             ),
         )
+
+
+def _counts(result: PushResult | None) -> dict[str, int]:
+    """A batch's ids by outcome (the server's counts, and each place but accepted), for its span."""
+    if result is None:
+        return {}
+    summary = result.summary
+    counts = {
+        "total_orders": summary.total_orders,
+        "new_orders": summary.new_orders,
+        "retry_orders": summary.retry_orders,
+        "skipped_orders": summary.skipped_orders,
+        "duplicates": len(result.duplicates),
+        "requests": result.requests,
+    }
+    counts.update((place.name, len(result.ids_in(place.name))) for place in UNACCEPTED)
+    return counts
 
 
 def _positive_int(value: object) -> bool:
