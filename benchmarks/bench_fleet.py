@@ -24,6 +24,8 @@ server window, and cross-checked with the clients' own counters (``client.rate_l
                         window after Redis came back.
   fleet + outside       P = 4 fleet with 100 calls and one more process without Redis making 20. Target:
                         at most one 429 per window summed over the fleet.
+  cluster               P = 4 through a three-master Redis Cluster (``redis+cluster://``, no replicas) that
+                        the benchmark starts on 127.0.0.1 (same target as fleet).
   latency               one process, emulator limit 100000: 500 sequential calls with the Redis budget and
                         500 with the in-process one (interleaved in blocks of 50); median and p90 per call,
                         and Redis EVAL/EVALSHA commands per request (``INFO commandstats``). Target: <= 2.
@@ -63,7 +65,7 @@ from emulator_process import Seen, emulator_in_subprocess
 from rate_limit_processes import TOKEN, Case, Job, Released, Run, run_case, run_workers, shares
 from results import machine, record
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 from wemasy_async import WemasyClient
 from wemasy_async._protocol import normalize_base_url
 from wemasy_async.budgets._redis import RedisBudget, redis_keys
@@ -218,7 +220,7 @@ def fleet_jobs(
 
 
 def run_fleet(
-    store: RedisServer,
+    store: RedisServer | RedisClusterServers,
     calls: Sequence[int],
     time_limit: float,
     during: Callable[[Released], None] | None = None,
@@ -373,7 +375,7 @@ def p90(values: list[float]) -> float:
 
 # --- the run ---------------------------------------------------------------------------------------
 
-CASES = ("fleet", "staggered", "skewed", "killed", "restart", "outside", "latency")
+CASES = ("fleet", "staggered", "skewed", "killed", "restart", "outside", "cluster", "latency")
 
 
 class Bench:
@@ -409,6 +411,19 @@ class Bench:
                     approach, CALLS, limit=LIMIT, window=WINDOW, processes=count, time_limit=self.time_limit
                 )
                 self.add(baseline_row(name, case))
+
+    def cluster(self) -> None:
+        """P = 4 through a three-master Redis Cluster (``redis+cluster://``) the benchmark starts."""
+        servers = RedisClusterServers()
+        servers.start()
+        try:
+            split = shares(CALLS, 4)
+            run = run_fleet(servers, split, self.time_limit)
+            row = fleet_row("fleet on a Redis Cluster (3 masters)", run, range(4), split)
+            self.add(row, fleet_verdict(row, self.ideal))
+        finally:
+            servers.stop()
+            shutil.rmtree(servers.directory, ignore_errors=True)
 
     def staggered(self) -> None:
         split = shares(CALLS, 4)

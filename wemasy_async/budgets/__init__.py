@@ -139,8 +139,12 @@ class _OneClass:
 
 def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> Budget[Any]:
     """A budget shared through Redis; the ``redis`` extra is imported only when one is asked for."""
-    if not isinstance(redis_url, str) or not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError("redis_url must be a redis://, rediss:// or unix:// URL")
+    schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+    if not isinstance(redis_url, str) or not redis_url.lower().startswith(tuple(f"{s}://" for s in schemes)):
+        raise ConfigurationError(
+            "redis_url must be a redis://, rediss:// or unix:// URL, or redis+cluster:// or redis+sentinel://"
+            " (rediss+ for TLS)"
+        )
     try:
         from ._redis import RedisBudget
     except ImportError:
@@ -150,4 +154,7 @@ def _redis_budget(redis_url: str, base_url: str, token: str, **options: Any) -> 
     try:
         return RedisBudget(redis_url, base_url, token, **options)
     except ValueError:  # its text may repeat the URL, password and all
-        raise ConfigurationError("redis_url is not a usable Redis URL (redis://[:password@]host:port/db)") from None
+        raise ConfigurationError(
+            "redis_url is not a usable Redis URL (redis://[:password@]host:port/db, redis+cluster://host:port,"
+            " redis+sentinel://host:port/service)"
+        ) from None

@@ -19,14 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from .._chunk_size import LearnedSizes
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget
+from ._redis_connect import RedisTarget, cluster_of, connect, connect_seconds
 from ._window import Priority, RateLimitView, Ticket
 from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error, report_wait
 
@@ -181,20 +179,11 @@ class RedisBudget:
         on_event: Callable[[SchedulerEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = aioredis.Redis.from_url(
-            redis_url,
-            socket_timeout=redis_timeout,
-            socket_connect_timeout=redis_timeout,
-            # After a Redis restart every pooled connection is dead: each is re-made once, at once, rather
-            # than failing (and sending this process to its own budget for retry_seconds).
-            retry=Retry(NoBackoff(), 1),
-        )
-        pool_options = self._redis.connection_pool.connection_kwargs
-        # Where Redis is, for log lines: never the URL, which may hold a password.
-        self.where = f"{pool_options.get('host', '?')}:{pool_options.get('port', '?')}"
-        self._script = self._redis.register_script(LUA_SOURCE)
+        self._redis_url = redis_url
+        self._answered = False  # Redis has answered a call (connections are made)
+        target = connect(redis_url, redis_timeout)
+        self._use(target)
         self._keys = redis_keys(base_url, token)
-        self._chunk_sizes_script = self._redis.register_script(CHUNK_SIZES_LUA)
         self._chunk_sizes_key = f"{_key_prefix(base_url, token)}:chunk-sizes"
         self.window_seconds = window_seconds
         self._assumed_limit = assumed_limit
@@ -229,6 +218,34 @@ class RedisBudget:
         #: Decide with this time instead of Redis's (tests of the state machine only).
         self.fixed_now: float | None = None
 
+    def _patience(self) -> float:
+        """How long a call waits for Redis: ``redis_timeout``, but until Redis has answered once, as long as
+        making a connection may take (a TLS handshake: see connect_seconds)."""
+        if self._answered:
+            return self._redis_timeout
+        return connect_seconds(self._redis_url, self._redis_timeout)
+
+    def _use(self, target: RedisTarget) -> None:
+        """Run the scripts through ``target``'s client (one server, a cluster, a Sentinel's master)."""
+        self._target = target
+        self._redis = target.client
+        self._cluster = target.cluster
+        #: Where Redis is, for log lines: never the URL, which may hold a password.
+        self.where = target.where
+        self._script = self._redis.register_script(LUA_SOURCE)
+        self._chunk_sizes_script = self._redis.register_script(CHUNK_SIZES_LUA)
+
+    async def _become_cluster(self) -> None:
+        """The one server named is a node of a Redis Cluster (it answered MOVED): go through the cluster."""
+        logger.info("Redis at %s is a node of a cluster: the budget goes through the cluster", self.where)
+        old, listener = self._target, self._listener
+        self._use(cluster_of(self._redis_url, self._redis_timeout))
+        self._listener = None  # the next wait listens through the cluster
+        if listener is not None:
+            listener.cancel()
+        with contextlib.suppress(Exception):
+            await old.aclose()
+
     def __repr__(self) -> str:
         backend = "redis" if self._on_redis else "in-process (Redis away)"
         return f"RedisBudget(redis={self.where}, window_seconds={self.window_seconds:g}, now={backend})"
@@ -254,14 +271,20 @@ class RedisBudget:
             # Not asyncio.wait_for: before Python 3.12 it returns the answer when the caller is cancelled as
             # Redis answers, and the cancel is lost (a cancelled acquire would go on and return a ticket).
             # A cancel raises here, always; a ticket Redis granted meanwhile is abandoned by its caller.
-            done, _ = await asyncio.wait((call,), timeout=self._redis_timeout)
+            done, _ = await asyncio.wait((call,), timeout=self._patience())
         finally:
             if not call.done():
                 call.cancel()
         if not done:
-            raise RedisUnavailableError(f"TimeoutError: no answer within {self._redis_timeout:g} s")
+            raise RedisUnavailableError(f"TimeoutError: no answer within {self._patience():g} s")
+        self._answered = True
         try:
             reply = call.result()
+        except redis.exceptions.MovedError:
+            if self._cluster:
+                raise RedisUnavailableError("MovedError: the cluster's slots moved") from None
+            await self._become_cluster()
+            return await self.run(operation, *args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
         result: list[Any] = reply
@@ -524,7 +547,7 @@ class RedisBudget:
             return  # the poll goes on; the next wait listens again
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def release(self, ticket: FleetTicket) -> None:
         self._counters.sent -= 1
@@ -632,4 +655,4 @@ class RedisBudget:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
-        await self._redis.aclose()
+        await self._target.aclose()
