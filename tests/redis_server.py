@@ -184,21 +184,29 @@ class RedisClusterServers:
 
 
 class SentinelServers:
-    """A master redis-server and one ``redis-sentinel`` watching it as the service ``wemasy``."""
+    """A master redis-server and one ``redis-sentinel`` watching it as the service ``wemasy``; ``tls``: both
+    speak only TLS (and the sentinel reaches the master over it)."""
 
     SERVICE = "wemasy"
 
-    def __init__(self) -> None:
-        self.master = RedisServer()
+    def __init__(self, *, tls: Tls | None = None) -> None:
+        self.master = RedisServer(tls=tls)
+        self.tls = tls
         self.port = free_port()
         self.config = Path(self.master.directory) / "sentinel.conf"
         self.url = f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}"
+        if tls is not None:
+            self.url = f"rediss+sentinel://127.0.0.1:{self.port}/{self.SERVICE}?ssl_ca_certs={tls.cert}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.master.start()
+        ports = f"port {self.port}\n"
+        if self.tls is not None:
+            ports = f"port 0\ntls-port {self.port}\ntls-cert-file {self.tls.cert}\ntls-key-file {self.tls.key}\n"
+            ports += f"tls-ca-cert-file {self.tls.cert}\ntls-auth-clients no\ntls-replication yes\n"
         self.config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.master.directory}\n"
+            f"{ports}bind 127.0.0.1\ndir {self.master.directory}\n"
             f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n",
             encoding="utf-8",
         )
@@ -212,7 +220,11 @@ class SentinelServers:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-sentinel exited with {self.process.returncode}")
             with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as connection:
+                raw = socket.create_connection(("127.0.0.1", self.port), timeout=0.1)
+                connection = raw if self.tls is None else self.tls.connect(self.port)
+                if connection is not raw:
+                    raw.close()
+                with connection:
                     connection.sendall(line + b"\r\n")
                     if str(self.master.port).encode() in connection.recv(256):
                         return

@@ -52,7 +52,12 @@ def cluster() -> Iterator[RedisClusterServers]:
 def deployments(cluster: RedisClusterServers, tls: Tls) -> Iterator[dict[str, str]]:
     """The URL of each way managed Redis comes: a cluster (named as one, or by a node's plain URL), a
     Sentinel's master, one server over TLS, a cluster over TLS."""
-    others = {"sentinel": SentinelServers(), "TLS": RedisServer(tls=tls), "TLS cluster": RedisClusterServers(tls=tls)}
+    others = {
+        "sentinel": SentinelServers(),
+        "TLS": RedisServer(tls=tls),
+        "TLS cluster": RedisClusterServers(tls=tls),
+        "TLS sentinel": SentinelServers(tls=tls),
+    }
     started = []
     try:
         for server in others.values():
@@ -67,6 +72,7 @@ def deployments(cluster: RedisClusterServers, tls: Tls) -> Iterator[dict[str, st
             "TLS": others["TLS"].url,
             "TLS cluster": tls_cluster.url,
             "TLS cluster, from a node's plain URL": tls_cluster.node_url,
+            "TLS sentinel": others["TLS sentinel"].url,
         }
     finally:
         for server in started:
@@ -100,6 +106,7 @@ def fleet_client(emulator: WemasyEmulator, redis_url: str, name: str, **options:
         "TLS",
         "TLS cluster",
         "TLS cluster, from a node's plain URL",
+        "TLS sentinel",
     ],
 )
 async def test_a_fleet_on_managed_redis_holds_what_it_holds_on_one_server(
