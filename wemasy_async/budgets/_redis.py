@@ -240,6 +240,7 @@ class RedisBudget:
         logger.info("Redis at %s is a node of a cluster: the budget goes through the cluster", self.where)
         old, listener = self._target, self._listener
         self._use(cluster_of(self._redis_url, self._redis_timeout))
+        self._answered = False  # the cluster's connections are still to be made
         self._listener = None  # the next wait listens through the cluster
         if listener is not None:
             listener.cancel()
@@ -277,7 +278,6 @@ class RedisBudget:
                 call.cancel()
         if not done:
             raise RedisUnavailableError(f"TimeoutError: no answer within {self._patience():g} s")
-        self._answered = True
         try:
             reply = call.result()
         except redis.exceptions.MovedError:
@@ -287,6 +287,7 @@ class RedisBudget:
             return await self.run(operation, *args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
+        self._answered = True
         result: list[Any] = reply
         made = float(result[-1])
         # Calls that overlap go on different connections, so a reply may come after one Redis made later
@@ -308,7 +309,7 @@ class RedisBudget:
         call = asyncio.ensure_future(self._chunk_sizes_script(keys=[self._chunk_sizes_key], args=argv))
         call.add_done_callback(_retrieve)
         try:
-            done, _ = await asyncio.wait((call,), timeout=self._redis_timeout)
+            done, _ = await asyncio.wait((call,), timeout=self._patience())
         finally:
             if not call.done():
                 call.cancel()
