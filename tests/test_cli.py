@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.helpers import run_in_terminal, terminal_lines
+from wemasy_async import ConfigurationError, WemasyClient
 from wemasy_async.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, main
 from wemasy_async.testing import WemasyEmulator
 
@@ -165,19 +166,23 @@ def test_serve_runs_the_emulator_until_ctrl_c() -> None:
             process.kill()
 
 
-def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: WemasyEmulator) -> None:
-    """SIGINT mid-batch: exit 130, one JSON document saying what was accepted before it, nothing lost."""
+def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: WemasyEmulator, tmp_path: Path) -> None:
+    """SIGINT mid-batch: exit 130, one JSON document saying what was accepted before it, nothing lost; on
+    stderr, the --failed-out file that holds the ids left and the command that carries on."""
     wemasy_emulator.faults.delay_seconds = 0.2
+    left = tmp_path / "left.txt"
     command = [sys.executable, "-m", "wemasy_async", "push", "1-1000", "--chunk-size", "10", "--json"]
-    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN, "--failed-out", str(left)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             assert wemasy_emulator.wait_for_active(count=1, timeout=20)
             process.send_signal(signal.SIGINT)
-            out, _ = process.communicate(timeout=20)
+            out, err = process.communicate(timeout=20)
         finally:
             process.kill()
     assert process.returncode == 130
+    written = [int(line) for line in left.read_text().split()]
+    assert f"the {len(written)} ids to push again are in {left}; to carry on: wemasy-async push --file {left}" in err
     document = json.loads(out)
     assert document["interrupted"] is True
     assert document["complete"] is False
@@ -188,6 +193,22 @@ def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: Wem
     places += [i for f in document["failed"] for i in f["order_ids"]] + document["in_doubt"] + document["not_sent"]
     assert sorted(places) == list(range(1, 1001))
     assert document["not_sent"]  # the batch was stopped early: most was never sent
+    assert sorted(written) == sorted(
+        [i for f in document["failed"] for i in f["order_ids"]] + document["in_doubt"] + document["not_sent"]
+    )
+
+
+def test_the_window_comes_from_the_environment(env: WemasyEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WEMASY_WINDOW_SECONDS sets the window of clients and of the command line (an app switches between
+    the emulator and production by its environment); --window-seconds and window_seconds= win over it,
+    and a value that is not positive seconds is refused, naming the variable."""
+    monkeypatch.setenv("WEMASY_WINDOW_SECONDS", "2")
+    assert WemasyClient(token=TOKEN, base_url=env.base_url).rate_limit.window_seconds == 2.0
+    assert WemasyClient(token=TOKEN, base_url=env.base_url, window_seconds=3).rate_limit.window_seconds == 3.0
+    assert main(["status"]) == EXIT_OK
+    monkeypatch.setenv("WEMASY_WINDOW_SECONDS", "soon")
+    with pytest.raises(ConfigurationError, match="WEMASY_WINDOW_SECONDS must be positive seconds, got 'soon'"):
+        WemasyClient(token=TOKEN, base_url=env.base_url)
 
 
 def test_push_shares_the_budget_through_redis(env: WemasyEmulator, redis_url: str) -> None:
@@ -694,18 +715,20 @@ def start_serve(*options: str) -> tuple[subprocess.Popen[str], list[str]]:
         [sys.executable, "-m", "wemasy_async", "serve", "--port", "0", *options], stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
-    banner = [process.stdout.readline() for _ in range(4)]
+    banner = [process.stdout.readline() for _ in range(5)]
     return process, banner
 
 
 def test_serve_prints_the_client_options_that_match_its_window() -> None:
-    """The options a client needs to keep to the emulator's window, for the shell and for Python."""
+    """The options a client needs to keep to the emulator's window, for the shell, for Python, and for
+    both through the environment."""
     process, banner = start_serve("--limit", "50", "--window", "1")
     try:
         base_url = banner[0].split(" at ")[1].split(" ")[0]
         assert banner[0].startswith(f"Wemasy emulator at {base_url} (50 requests per 1 s window)")
         assert f"wemasy-async push --base-url {base_url} --window-seconds 1 " in banner[1]
         assert f'WemasyClient(token=..., base_url="{base_url}", window_seconds=1)' in banner[2]
+        assert f"export WEMASY_BASE_URL={base_url} WEMASY_WINDOW_SECONDS=1" in banner[3]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == EXIT_OK
     finally:
@@ -721,7 +744,7 @@ def test_serve_accepts_the_tokens_it_is_given_and_forbids_others() -> None:
     process, banner = start_serve("--token", "good-one", "--token", "good-two", "--forbidden-token", "banned")
     try:
         base_url = banner[0].split(" at ")[1].split(" ")[0]
-        assert banner[3].strip() == "tokens: the 2 given with --token; 1 answered 403"
+        assert banner[-1].strip() == "tokens: the 2 given with --token; 1 answered 403"
         assert not any(token in "".join(banner) for token in ("good-one", "good-two", "banned"))
 
         def status_of(token: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -73,6 +74,7 @@ __all__ = ["BASE_URL_ENV_VAR", "REDIS_URL_ENV_VAR", "WemasyClient", "checked_tim
 
 BASE_URL_ENV_VAR: Final = "WEMASY_BASE_URL"
 REDIS_URL_ENV_VAR: Final = "WEMASY_REDIS_URL"
+WINDOW_SECONDS_ENV_VAR: Final = "WEMASY_WINDOW_SECONDS"
 
 logger = logging.getLogger("wemasy_async")
 
@@ -165,7 +167,8 @@ class WemasyClient:
             :class:`DeadlineExceededError` (at once when the wait is known to end too late); a retry that
             would start after it is not made, and the last failure is raised instead.
         window_seconds: the length of the server's rate-limit window (60 s for Wemasy). ``None`` (the
-            default) keeps what the token's shared budget has: 60 s, or what another client named.
+            default): ``WEMASY_WINDOW_SECONDS`` if set, else what the token's shared budget has: 60 s, or
+            what another client named.
         max_concurrency: requests this client has in flight at once, at most.
         rate_ceiling: ``(requests, seconds)``: a smooth ceiling of this client's own, below the server's.
         retry: how failures are retried; see :class:`RetryPolicy`.
@@ -229,6 +232,8 @@ class WemasyClient:
         self.timeout = checked_timeout(timeout)
         self.deadline = _checked_seconds("deadline", deadline)
         window_seconds = _checked_seconds("window_seconds", window_seconds)
+        if window_seconds is None:
+            window_seconds = _window_seconds_from_env()
         self.max_redirects = _checked_count("max_redirects", max_redirects, least=0)
         self.max_concurrency = _checked_count("max_concurrency", max_concurrency, least=1)
         prefix = validate_user_agent(user_agent)
@@ -829,6 +834,21 @@ def _within(timeout: float | aiohttp.ClientTimeout | None, left: float) -> float
         total = timeout.total
         return timeout if total is not None and total <= left else attrs.evolve(timeout, total=left)
     return timeout if timeout <= left else aiohttp.ClientTimeout(total=left)
+
+
+def _window_seconds_from_env() -> float | None:
+    """``WEMASY_WINDOW_SECONDS``, so that an app switches between the emulator and production by its
+    environment; None when unset."""
+    text = os.environ.get(WINDOW_SECONDS_ENV_VAR, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigurationError(f"{WINDOW_SECONDS_ENV_VAR} must be positive seconds, got {text!r}")
+    return seconds
 
 
 def _checked_seconds(name: str, value: object) -> float | None:

@@ -169,16 +169,31 @@ async def _follow_push(stream: PushStream, progress: PushProgress) -> bool:
 async def _report_push(args: argparse.Namespace, stream: PushStream, result: PushResult, *, interrupted: bool) -> int:
     """Write --failed-out, print the result (text or JSON) and return the push's exit code."""
     stopped_by = stream.stopped_by
-    if args.failed_out:
-        await _write_failed_out(args.failed_out, result)
+    written = await _write_failed_out(args.failed_out, result) if args.failed_out else False
     if args.json:
         reason = None if stopped_by is None else str(stopped_by)
         print(json.dumps(push_result_json(result, interrupted=interrupted, stopped_by=reason)))
     else:
         print_push_result(result, sys.stdout)
-        if interrupted:
-            print(f"interrupted: {stream.done} of {stream.total} ids had an outcome", file=sys.stderr)
+    if interrupted:
+        print(f"interrupted: {stream.done} of {stream.total} ids had an outcome", file=sys.stderr)
+        print(_carry_on(args, result, written=written), file=sys.stderr)
     return _push_exit_code(result, stopped_by, interrupted=interrupted)
+
+
+def _carry_on(args: argparse.Namespace, result: PushResult, *, written: bool) -> str:
+    """How to carry on after an interrupted push: the file that holds what is left, and the command."""
+    left = len(result.retry_order_ids)
+    journal_path = getattr(args, "journal", None)
+    if journal_path:
+        return f"to carry on, run the same command again: the journal {journal_path} sends only the {left} ids left"
+    if written:
+        path = args.failed_out
+        return f"the {left} ids to push again are in {path}; to carry on: wemasy-async push --file {path}"
+    return (
+        f"the {left} ids to push again are in the result above (retry_order_ids); give --journal FILE or "
+        "--failed-out FILE to keep them in a file"
+    )
 
 
 def _push_exit_code(result: PushResult, stopped_by: WemasyError | None, *, interrupted: bool) -> int:
@@ -213,6 +228,7 @@ def serve_banner(base_url: str, args: argparse.Namespace) -> list[str]:
         f"Wemasy emulator at {base_url} ({args.limit} requests per {window} s window); Ctrl-C stops it",
         f"clients: wemasy-async push --base-url {base_url} --window-seconds {window} ...",
         f'         WemasyClient(token=..., base_url="{base_url}", window_seconds={window})',
+        f"         or for both: export WEMASY_BASE_URL={base_url} WEMASY_WINDOW_SECONDS={window}",
         f"tokens: {accepted}{forbidden}",
     ]
 

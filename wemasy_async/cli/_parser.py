@@ -104,9 +104,9 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--window-seconds",
         type=_SECONDS,
-        default=60.0,
+        default=None,
         metavar="SECONDS",
-        help="the server's rate-limit window, in seconds",
+        help="the server's rate-limit window, in seconds (default: $WEMASY_WINDOW_SECONDS, else 60)",
     )
     common.add_argument(
         "--max-attempts", type=_COUNT, metavar="N", default=6, help="sends per request, retries included"
@@ -182,7 +182,10 @@ def _add_push(commands: _Commands, common: argparse.ArgumentParser) -> None:
     )
     push.add_argument("--json", action="store_true", help="print one JSON document on stdout, and no progress bar")
     push.add_argument(
-        "--failed-out", metavar="FILE", help="write the ids of failed requests here, to retry (default: none)"
+        "--failed-out",
+        metavar="FILE",
+        help="write here, one per line, every id to push again: of failed requests, not reported, in doubt (under "
+        "way when stopped) and never sent; push them again with --file FILE (default: none)",
     )
     push.add_argument(
         "--no-progress", action="store_true", help="no progress bar; there is none anyway when stderr is not a terminal"
