@@ -304,6 +304,27 @@ def test_progress_on_a_wider_terminal_uses_its_width(env: WemasyEmulator) -> Non
     assert 100 < max(map(len, terminal_lines(wide))) < 120
 
 
+@pytest.mark.wemasy_emulator(limit=3, window_seconds=1.0)
+def test_progress_off_a_terminal_is_a_line_every_few_seconds(wemasy_emulator: WemasyEmulator) -> None:
+    """stderr a pipe (cron, a container's log): no bar, but a line every --progress-every seconds with the
+    ids done of the total, the rate, the 429s and the wait under way; stdout holds only the result."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-12", "--chunk-size", "1", "--progress-every", "0.5"]
+    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN, "--window-seconds", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == EXIT_OK, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("wemasy-async: ")]
+    assert lines, done.stderr
+    pattern = (
+        r"wemasy-async: (\d+) of 12 ids \(\d+\.\d%\), \d+ ids/s, 0 x 429"
+        r"(, waiting \d+ s (for the rate-limit window|for slots kept for interactive calls))?"
+    )
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    counts = [int(re.findall(r"\d+", line)[0]) for line in lines]
+    assert counts == sorted(counts)
+    assert "\r" not in done.stderr  # no bar drawn
+    assert "wemasy-async:" not in done.stdout
+
+
 @pytest.mark.wemasy_emulator(limit=2, window_seconds=3)
 def test_progress_counts_down_a_wait_for_the_window(wemasy_emulator: WemasyEmulator) -> None:
     """When the window's budget is spent, the bar counts down the wait for the next window, second by

@@ -118,7 +118,9 @@ async def push_and_report(
     ``on_event``) is the caller's to close; without one, a client is made from ``args`` and closed here."""
     owned = client is None
     if progress is None:
-        progress = PushProgress(sys.stderr, enabled=not args.json and not args.no_progress)
+        progress = PushProgress(
+            sys.stderr, enabled=not args.json and not args.no_progress, line_seconds=args.progress_every
+        )
     if client is None:
         client = client_from_args(args, on_event=progress.on_event)
     try:

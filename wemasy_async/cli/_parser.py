@@ -19,6 +19,7 @@ from .._protocol import TOKEN_ENV_VAR
 from ._exit_codes import EXIT_CODES_HELP
 from ._ids import max_ids_without_yes
 from ._output import HIDDEN
+from ._progress import LINE_SECONDS
 
 __all__ = ["build_parser"]
 
@@ -188,7 +189,14 @@ def _add_push(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "way when stopped) and never sent; push them again with --file FILE (default: none)",
     )
     push.add_argument(
-        "--no-progress", action="store_true", help="no progress bar; there is none anyway when stderr is not a terminal"
+        "--no-progress", action="store_true", help="no progress bar on a terminal, and no progress lines elsewhere"
+    )
+    push.add_argument(
+        "--progress-every",
+        type=_SECONDS,
+        metavar="SECONDS",
+        default=LINE_SECONDS,
+        help="when stderr is not a terminal (cron, a container's log), a progress line this often",
     )
     push.add_argument(
         "--journal",
