@@ -373,3 +373,27 @@ def test_without_a_shared_store_two_batches_on_one_token_share_it(
     assert not outcome.stalled
     first, second = sorted(client.finished_at for client in outcome.clients)
     assert first >= 0.6 * second
+
+
+@pytest.mark.wemasy_emulator(limit=LIMIT, window_seconds=W)
+async def test_web_calls_and_a_batch_request_on_one_slot_never_wait_for_each_other(
+    wemasy_emulator: WemasyEmulator,
+) -> None:
+    """max_concurrency=1: a web call in flight, a batch request waiting for the budget (the window's first
+    answer), and a second web call: all three are answered. (Had the batch request held its ticket while it
+    waited for the slot the second web call took, that call would wait for an answer that never comes.)"""
+    wemasy_emulator.faults.delay_seconds = 0.3  # the first call stays in flight while the others line up
+    bulk_waits = asyncio.Event()
+
+    def on_event(event: object) -> None:
+        if isinstance(event, WaitEvent) and event.priority == "bulk":
+            bulk_waits.set()
+
+    options = {"window_seconds": W, "max_concurrency": 1, "on_event": on_event}
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, **options) as client:
+        first = asyncio.ensure_future(client.sendcloud.status())
+        await within(asyncio.to_thread(wemasy_emulator.wait_for_active, count=1, timeout=20))
+        batch = asyncio.ensure_future(client.with_options(priority="bulk").sendcloud.status())
+        await within(bulk_waits.wait())
+        second = asyncio.ensure_future(client.sendcloud.status())
+        await within(asyncio.gather(first, batch, second))

@@ -169,7 +169,8 @@ class WemasyClient:
         window_seconds: the length of the server's rate-limit window (60 s for Wemasy). ``None`` (the
             default): ``WEMASY_WINDOW_SECONDS`` if set, else what the token's shared budget has: 60 s, or
             what another client named.
-        max_concurrency: requests this client has in flight at once, at most.
+        max_concurrency: requests this client has in flight at once, at most, in each class of calls (a
+            batch's bulk requests have slots of their own, so they never hold up an interactive call).
         rate_ceiling: ``(requests, seconds)``: a smooth ceiling of this client's own, below the server's.
         retry: how failures are retried; see :class:`RetryPolicy`.
         max_retries: the simple form of ``retry``: re-sends after the first send (``RetryPolicy(
@@ -240,6 +241,7 @@ class WemasyClient:
         self.user_agent = f"{prefix} {USER_AGENT}" if prefix else USER_AGENT
         self.retry = _retry_policy(RetryPolicy(), retry, max_retries)
         self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._bulk_slots = asyncio.Semaphore(self.max_concurrency)  # a batch's: see _send_paid
         self._ceiling = None
         if rate_ceiling is not None:
             self._ceiling = AsyncLimiter(*_checked_ceiling(rate_ceiling))
@@ -645,26 +647,23 @@ class WemasyClient:
         self, transport: AiohttpTransport, call: _Call, hop: PreparedRequest, ambiguous: bool
     ) -> _Answer:
         """One HTTP exchange: a concurrency slot, the ceiling, a ticket of the budget, the transport, and the
-        answer settled. A bulk call takes its ticket before its slot (see :meth:`_bulk_ticket`)."""
+        answer settled. Each class has its own slots: a batch's requests waiting for the budget (the window,
+        the reserve) hold bulk slots, so the client's interactive calls never wait for a slot behind them;
+        and every call takes its slot before its ticket, so no ticket waits for a slot (a slot holder waiting
+        for the answer of a ticket that waits for its slot would wait forever)."""
         deadline_at = call.deadline_at
-        slots = self._slots
-        budget = self._budget
-        if call.priority == "bulk":
-            ticket = await self._bulk_ticket(budget, call, hop, ambiguous)
+        slots = self._bulk_slots if call.priority == "bulk" else self._slots
+        if deadline_at is None:
+            await slots.acquire()
         else:
-            ticket = None
-            await (
-                slots.acquire()
-                if deadline_at is None
-                else self._until_deadline(slots.acquire(), deadline_at, hop, ambiguous)
-            )
+            await self._until_deadline(slots.acquire(), deadline_at, hop, ambiguous)
         try:
-            if ticket is None:  # a ticket is opaque: 0 or "" may be one, never None
-                if self._ceiling is not None:
-                    await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
-                ticket = budget.try_acquire(call.priority)
-                if ticket is None:
-                    ticket = await self._acquire(budget, call, hop, ambiguous)
+            if self._ceiling is not None:
+                await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
+            budget = self._budget
+            ticket = budget.try_acquire(call.priority)
+            if ticket is None:  # a ticket is opaque: 0 or "" may be one
+                ticket = await self._acquire(budget, call, hop, ambiguous)
             exchange_timeout = call.timeout
             if deadline_at is not None:
                 left = deadline_at - time.monotonic()
@@ -690,24 +689,6 @@ class WemasyClient:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d", hop.method, hop.url, response.status)
         return new_record(_Answer, (response, hints, gate))
-
-    async def _bulk_ticket(self, budget: Budget[Any], call: _Call, hop: PreparedRequest, ambiguous: bool) -> Any:
-        """A bulk call's ticket, and then its concurrency slot: it waits for the budget (a window, the reserve)
-        holding no slot, so the client's interactive calls never wait for a slot behind it. The slot is
-        held only for the exchange; the ticket goes back if the call gives up waiting for one."""
-        deadline_at = call.deadline_at
-        if self._ceiling is not None:
-            await self._wait_for_ceiling(self._ceiling, hop, deadline_at, ambiguous)
-        ticket = budget.try_acquire("bulk")
-        if ticket is None:
-            ticket = await self._acquire(budget, call, hop, ambiguous)
-        slot = self._slots.acquire()
-        try:
-            await (slot if deadline_at is None else self._until_deadline(slot, deadline_at, hop, ambiguous))
-        except BaseException:
-            await budget.release(ticket)  # never sent
-            raise
-        return ticket
 
     @classmethod
     async def _unanswered(
