@@ -202,3 +202,29 @@ def test_a_fleet_through_redis_shares_what_its_batches_learned(wemasy_emulator: 
     asyncio.run(second_batch())
     assert pushes(wemasy_emulator)[before:] == [4000] * 10
     assert refused_for_size(wemasy_emulator, 4000) == 1
+
+
+@pytest.mark.wemasy_emulator(limit=10_000, window_seconds=60.0)
+async def test_a_batch_left_while_the_fleet_hears_of_a_probe_keeps_the_probes_answer(
+    wemasy_emulator: WemasyEmulator,
+) -> None:
+    """The batch is left (break, Ctrl-C) while its share of what a probe taught waits for Redis: the
+    probe's answer is in the result (accepted, not in doubt), every id in one place."""
+    sharing = asyncio.Event()
+    never = asyncio.Event()
+
+    async def share(learned: LearnedSizes) -> LearnedSizes | None:
+        if learned.proven:  # the share after the first answered chunk: Redis slow to answer
+            sharing.set()
+            await never.wait()
+        return None
+
+    ids = list(range(1, 1201))
+    async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url) as client:
+        client.share_chunk_sizes = share
+        async with client.sendcloud.iter_push_shipments(ids, max_concurrency=1) as stream:
+            await asyncio.wait_for(sharing.wait(), 30)
+        result = stream.result()
+    assert_every_id_accounted_once(result, ids, wemasy_emulator)
+    assert not result.in_doubt
+    assert result.summary.new_orders == FIRST_CHUNK_SIZE

@@ -253,3 +253,19 @@ async def test_a_push_of_one_chunk_is_one_call_span(recorded: Recorded) -> None:
     names = sorted(span.name for span in recorded.finished())
     assert names == ["POST", "POST", "sendcloud.push_shipments", "sendcloud.push_shipments"]
     assert all(r.path.endswith(PUSH_PATH) for r in emulator.requests)
+
+
+async def test_a_resend_is_counted_on_its_own_attempt_only(recorded: Recorded) -> None:
+    """A batch whose first request was throttled: only that request's re-send says resend_count; the
+    chunks after it, sent once each, say nothing of re-sends."""
+    async with WemasyEmulator(limit=3, window_seconds=1.0) as emulator:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+        async with aiohttp.ClientSession(headers=headers) as other:
+            for _ in range(3):
+                async with other.get(emulator.base_url + STATUS_PATH) as response:
+                    assert response.status == 200
+        async with recorded.client(emulator.base_url, window_seconds=1.0) as client:
+            result = await client.sendcloud.push_shipments([1, 2, 3], chunk_size=1, max_concurrency=1)
+        assert result.ok
+    attempts = [s for s in recorded.finished() if s.kind is SpanKind.CLIENT]
+    assert [(s.attributes or {}).get("http.request.resend_count") for s in attempts] == [None, 1, None, None]

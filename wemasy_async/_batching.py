@@ -540,6 +540,7 @@ async def _work(feed: _Feed) -> None:
             return
         final = feed.exhausted  # read before any await: this chunk is the batch's last
         index = next(feed.index)
+        probe = feed.probe == index
         feed.in_flight[index] = chunk
         try:
             outcome: PushResult | BaseException = await _push_cut(feed, index, chunk, final)
@@ -556,14 +557,17 @@ async def _work(feed: _Feed) -> None:
                 # The outcome is committed before this worker takes another chunk: after a kill, no more
                 # chunks go again than were in flight, one a worker.
                 await committed
+        if probe and isinstance(outcome, PushResult):
+            # What the probe taught, for the fleet's batches: after its outcome is the reader's, so a cancel
+            # while Redis answers loses nothing.
+            await feed.batch.sizing.exchange()
 
 
 async def _push_cut(feed: _Feed, index: int, chunk: list[int], final: bool) -> PushResult:
     """Push the chunk ``index`` of the feed; when it was a probe of a larger size, another may go after it."""
     journal = feed.journal
-    probe = feed.probe == index
     try:
-        result = await push_chunk(
+        return await push_chunk(
             chunk,
             feed.push_once,
             feed.batch,
@@ -573,13 +577,10 @@ async def _push_cut(feed: _Feed, index: int, chunk: list[int], final: bool) -> P
             final=final,
         )
     finally:
-        if probe:
+        if feed.probe == index:
             feed.probe = None
             feed.batch.sizing.sizer.probe_done(len(chunk))
             feed.probe_ended.set()
-    if probe:
-        await feed.batch.sizing.exchange()  # what the probe taught, for the fleet's batches
-    return result
 
 
 class PushStream:

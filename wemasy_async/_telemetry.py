@@ -133,8 +133,12 @@ class Telemetry:
     @contextlib.contextmanager
     def call_span(self, name: str) -> Iterator[Any]:
         """The span of one SDK call (None inside another's: a batch's chunks are part of the batch's)."""
-        if _IN_CALL.get():
-            yield None
+        if _IN_CALL.get():  # a chunk of a batch: no span, but its own count of re-sends
+            resends = RESENDS.set(0)
+            try:
+                yield None
+            finally:
+                RESENDS.reset(resends)
             return
         in_call, resends = _IN_CALL.set(True), RESENDS.set(0)
         try:
