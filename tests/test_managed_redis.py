@@ -15,8 +15,9 @@ from redis.cluster import RedisCluster
 
 from tests.conftest import TOKEN
 from tests.redis_server import RedisClusterServers, RedisServer, SentinelServers, Tls
-from wemasy_async import BudgetEvent, ConfigurationError, RetryPolicy, WemasyClient
-from wemasy_async.budgets._redis import redis_keys
+from wemasy_async import BudgetEvent, ConfigurationError, RateLimitHeaders, RetryPolicy, WemasyClient
+from wemasy_async._chunk_size import LearnedSizes
+from wemasy_async.budgets._redis import RedisBudget, redis_keys
 from wemasy_async.testing import WemasyEmulator
 
 LIMIT, WINDOW = 5, 0.5
@@ -196,3 +197,63 @@ def test_a_sentinel_url_never_shows_its_password() -> None:
     )
     assert "hunter2" not in repr(client._budget)
     assert isinstance(redis.__version__, str)
+
+
+async def test_a_cluster_out_of_reach_fails_no_call(emulator: WemasyEmulator) -> None:
+    """redis+cluster:// naming nothing that answers: the calls go on with the process's own budget, and
+    the client closes, with no raw redis-py error; a cluster URL with a database is refused at once."""
+    events: list[object] = []
+    async with fleet_client(emulator, "redis+cluster://127.0.0.1:1", "a", on_event=events.append) as client:
+        await client.sendcloud.status()
+        await client.sendcloud.status()
+    assert [e.backend for e in events if isinstance(e, BudgetEvent)] == ["local"]
+    with pytest.raises(ConfigurationError, match="not a usable Redis URL"):
+        fleet_client(emulator, "redis+cluster://127.0.0.1:1/2", "a")
+
+
+async def test_callers_that_meet_moved_together_all_go_through_the_cluster(cluster: RedisClusterServers) -> None:
+    """Named by the plain URL of a node that does not hold the token's keys, two callers (one per class)
+    ask at once, both get MOVED: the budget switches to the cluster once, and both get their tickets
+    from it (no fall-back to the process's own budget)."""
+    token, base_url = f"moved-{id(cluster)}", "http://127.0.0.1/api"
+    admin = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        holder = admin.get_node_from_key(redis_keys(base_url, token)[0]).port
+    finally:
+        admin.close()
+    other = next(n for n in cluster.nodes if n.port != holder)
+    opener = RedisBudget(cluster.url, base_url, token, window_seconds=60)
+    try:  # another process opened the window: two answers heard, so two requests may be in flight at once
+        for left in (9, 8):
+            await opener.answered(await opener.acquire(), 200, RateLimitHeaders(10, left))
+    finally:
+        await opener.aclose()
+    events: list[object] = []
+    budget = RedisBudget(
+        f"redis://127.0.0.1:{other.port}/0", base_url, token, window_seconds=60, on_event=events.append
+    )
+    try:
+        tickets = await asyncio.gather(budget.acquire(), budget.acquire(priority="bulk"))
+        assert all(ticket.lease is not None for ticket in tickets)
+        assert not [e for e in events if isinstance(e, BudgetEvent)]
+        for ticket in tickets:
+            await budget.release(ticket)
+    finally:
+        await budget.aclose()
+
+
+async def test_the_fleets_learned_maximum_is_forgotten_when_it_has_held_its_time(
+    cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A maximum shared by a batch holds for the fleet's later batches, and is forgotten once it has held
+    MAXIMUM_HOLDS_SECONDS (so a server that now takes more is probed again)."""
+    import wemasy_async.budgets._redis as fleet
+
+    budget = RedisBudget(cluster.url, "http://127.0.0.1/api", f"sizes-{id(monkeypatch)}", window_seconds=60)
+    try:
+        assert await budget.share_chunk_sizes(LearnedSizes(4000, 4000)) == LearnedSizes(4000, 4000)
+        assert await budget.share_chunk_sizes(LearnedSizes(None, 0)) == LearnedSizes(4000, 4000)
+        monkeypatch.setattr(fleet, "MAXIMUM_HOLDS_SECONDS", -1)
+        assert await budget.share_chunk_sizes(LearnedSizes(None, 0)) == LearnedSizes(None, 4000)
+    finally:
+        await budget.aclose()

@@ -37,12 +37,22 @@ LUA_SOURCE = importlib.resources.files(__package__).joinpath("_redis_window.lua"
 
 #: What the fleet learned of a token's chunk sizes: merged (the least maximum, the largest proven size)
 #: and returned in one step. KEYS[1] the hash; ARGV[1] this process's maximum ('' none), ARGV[2] its
-#: proven size, ARGV[3] how long the fleet remembers them (ms): a day, so a server's new maximum is found.
+#: proven size, ARGV[3] how long the fleet remembers them after the last share (ms), ARGV[4] how long a
+#: maximum holds after it was learned (s): then it is forgotten, so a server's new maximum is found.
 CHUNK_SIZES_LUA = """
+local now = tonumber(redis.call('TIME')[1])
 local most = tonumber(redis.call('HGET', KEYS[1], 'most'))
+local most_at = tonumber(redis.call('HGET', KEYS[1], 'most_at')) or now
 local proven = tonumber(redis.call('HGET', KEYS[1], 'proven')) or 0
+if most and now - most_at > tonumber(ARGV[4]) then
+  most = nil
+  redis.call('HDEL', KEYS[1], 'most', 'most_at')
+end
 local ours = tonumber(ARGV[1])
-if ours and ours > 0 and (not most or ours < most) then most = ours end
+if ours and ours > 0 and (not most or ours < most) then
+  most = ours
+  redis.call('HSET', KEYS[1], 'most_at', now)
+end
 proven = math.max(proven, tonumber(ARGV[2]) or 0)
 if most then
   proven = math.min(proven, most)
@@ -52,8 +62,10 @@ redis.call('HSET', KEYS[1], 'proven', proven)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {most and tostring(most) or '', tostring(proven)}
 """
-#: How long the fleet remembers learned chunk sizes after the last batch shared them (ms).
+#: How long the fleet remembers learned chunk sizes after the last batch shared them (ms), and how long
+#: a maximum holds after it was learned (s): a process that learned it keeps it while it lives.
 CHUNK_SIZES_TTL_MS = 24 * 3600 * 1000
+MAXIMUM_HOLDS_SECONDS = 24 * 3600
 
 
 def _key_prefix(base_url: str, token: str) -> str:
@@ -181,6 +193,7 @@ class RedisBudget:
     ) -> None:
         self._redis_url = redis_url
         self._answered = False  # Redis has answered a call (connections are made)
+        self._left_behind: list[RedisTarget] = []  # a cluster node's client, once the cluster's is used
         target = connect(redis_url, redis_timeout)
         self._use(target)
         self._keys = redis_keys(base_url, token)
@@ -235,17 +248,17 @@ class RedisBudget:
         self._script = self._redis.register_script(LUA_SOURCE)
         self._chunk_sizes_script = self._redis.register_script(CHUNK_SIZES_LUA)
 
-    async def _become_cluster(self) -> None:
-        """The one server named is a node of a Redis Cluster (it answered MOVED): go through the cluster."""
+    def _become_cluster(self) -> None:
+        """The one server named is a node of a Redis Cluster (it answered MOVED): go through the cluster.
+        The node's client is closed with the budget (calls of other callers may still be on it)."""
         logger.info("Redis at %s is a node of a cluster: the budget goes through the cluster", self.where)
-        old, listener = self._target, self._listener
+        self._left_behind.append(self._target)
+        listener = self._listener
         self._use(cluster_of(self._redis_url, self._redis_timeout))
         self._answered = False  # the cluster's connections are still to be made
         self._listener = None  # the next wait listens through the cluster
         if listener is not None:
             listener.cancel()
-        with contextlib.suppress(Exception):
-            await old.aclose()
 
     def __repr__(self) -> str:
         backend = "redis" if self._on_redis else "in-process (Redis away)"
@@ -266,6 +279,7 @@ class RedisBudget:
             *args,
         ]
         kept = self._views_kept
+        target = self._target
         call = asyncio.ensure_future(self._script(keys=self._keys, args=argv))
         call.add_done_callback(_retrieve)
         try:
@@ -281,11 +295,13 @@ class RedisBudget:
         try:
             reply = call.result()
         except redis.exceptions.MovedError:
+            if target is not self._target:
+                return await self.run(operation, *args)  # sent before another call switched to the cluster
             if self._cluster:
                 raise RedisUnavailableError("MovedError: the cluster's slots moved") from None
-            await self._become_cluster()
+            self._become_cluster()
             return await self.run(operation, *args)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from None
         self._answered = True
         result: list[Any] = reply
@@ -305,7 +321,7 @@ class RedisBudget:
         and return the fleet's (None when Redis does not answer in time: the batch goes on alone)."""
         if not self._usable():
             return None
-        argv = ["" if learned.most is None else learned.most, learned.proven, CHUNK_SIZES_TTL_MS]
+        argv = ["" if learned.most is None else learned.most, learned.proven, CHUNK_SIZES_TTL_MS, MAXIMUM_HOLDS_SECONDS]
         call = asyncio.ensure_future(self._chunk_sizes_script(keys=[self._chunk_sizes_key], args=argv))
         call.add_done_callback(_retrieve)
         try:
@@ -395,6 +411,7 @@ class RedisBudget:
                 self._went_away(error)
                 ticket = None
             if ticket is None:
+                line.unasked = 0  # the process's own budget counts the calls' demand while Redis is away
                 local = await self._local.acquire(
                     on_wait, max_gate_wait=max_gate_wait, deadline=deadline, priority=priority
                 )
@@ -404,6 +421,7 @@ class RedisBudget:
                 # The line's last caller gave up (a deadline, the gate, a cancel): its waiting mark goes now,
                 # not a second after its wait would have ended, so the fleet's bulk calls need not wait for it.
                 self._send_later(_Report("withdraw", (line.name,)))
+                line.name = uuid.uuid4().hex  # a withdraw that reaches Redis late never removes a newer mark
             raise
         finally:
             line.set_first_until(None)
@@ -544,7 +562,7 @@ class RedisBudget:
                     for woken in self._wakers:
                         if not woken.done():
                             woken.set_result(None)
-        except (redis.exceptions.RedisError, OSError):
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError):
             return  # the poll goes on; the next wait listens again
         finally:
             with contextlib.suppress(Exception):
@@ -656,4 +674,6 @@ class RedisBudget:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
-        await self._target.aclose()
+        for target in (*self._left_behind, self._target):
+            with contextlib.suppress(Exception):  # Redis away, or a cluster that never answered: nothing to keep
+                await target.aclose()

@@ -67,6 +67,8 @@ def connect(redis_url: str, timeout: float) -> RedisTarget:
 
 def cluster_of(redis_url: str, timeout: float) -> RedisTarget:
     """A Redis Cluster client starting from the node ``redis_url`` names (``redis://`` or ``rediss://``)."""
+    if urllib.parse.urlsplit(redis_url).path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
     connecting = connect_seconds(redis_url, timeout)
     client = RedisCluster.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=connecting)
     parts = urllib.parse.urlsplit(redis_url)
