@@ -759,6 +759,35 @@ def test_serve_prints_the_client_options_that_match_its_window() -> None:
         process.stdout.close()
 
 
+def test_serve_verbose_logs_each_request_and_a_summary_when_stopped() -> None:
+    """serve -v: a line per request (method, path, status, ids, what the throttle left); on Ctrl-C, the
+    requests by status and the ids pushed."""
+    process, banner = start_serve("-v", "--limit", "1", "--window", "60")
+    try:
+        base_url = banner[0].split(" at ")[1].split(" ")[0]
+        headers = {"Authorization": "Bearer t", "Accept": "application/json"}
+        status_url = base_url + "/services/webshop/v1/integrations/sendcloud/status"
+        with urllib.request.urlopen(urllib.request.Request(status_url, headers=headers), timeout=10) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as throttled:
+            urllib.request.urlopen(urllib.request.Request(status_url, headers=headers), timeout=10)
+        assert throttled.value.code == 429
+        throttled.value.close()
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        process.wait()
+    lines = out.splitlines()
+    assert re.fullmatch(
+        r" *\d+\.\d{3} GET /services/webshop/v1/integrations/sendcloud/status 200 remaining 0", lines[0]
+    )
+    assert re.fullmatch(
+        r" *\d+\.\d{3} GET /services/webshop/v1/integrations/sendcloud/status 429 .*retry-after \d+", lines[1]
+    )
+    assert lines[-1] == "served 2 requests (1 x 200, 1 x 429); 0 order ids in pushes answered 200"
+
+
 def test_serve_accepts_the_tokens_it_is_given_and_forbids_others() -> None:
     """--token lists the tokens accepted (others: 401), --forbidden-token those answered 403; the banner
     counts them without printing them."""

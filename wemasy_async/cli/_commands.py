@@ -15,8 +15,9 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._batching import DEFAULT_CHUNK_CONCURRENCY, PushStream
 from .._client import WemasyClient
@@ -29,6 +30,9 @@ from ._exit_codes import EXIT_API, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, E
 from ._ids import IdCount, ids_from_lines, order_ids
 from ._output import cli_message, print_journal_summary, print_push_result, push_result_json, redact_integration
 from ._progress import PushProgress
+
+if TYPE_CHECKING:
+    from ..testing import RequestRecord
 
 __all__ = ["check_output_file", "demo", "journal", "push", "push_and_report", "serve", "serve_banner", "status"]
 
@@ -253,6 +257,9 @@ async def serve(args: argparse.Namespace) -> int:
     emulator.faults.delay_seconds = args.delay
     emulator.faults.rate_limit_headers = not args.no_rate_limit_headers
     emulator.faults.retry_after = args.retry_after
+    if args.verbose:
+        began = time.monotonic()
+        emulator.on_request = lambda record: print(request_line(record, began), flush=True)
     await emulator.start(args.host, args.port)
     try:
         print("\n".join(serve_banner(emulator.base_url, args)))
@@ -261,7 +268,26 @@ async def serve(args: argparse.Namespace) -> int:
             await asyncio.Event().wait()
     finally:
         await emulator.close()
+        print(serve_summary(emulator.requests), flush=True)
     return EXIT_OK
+
+
+def request_line(record: RequestRecord, began: float) -> str:
+    """``serve -v``'s line for a request: when (s since start), method, path, status, ids, rate limit left."""
+    status = "dropped" if record.status is None else str(record.status)
+    ids = "" if record.order_ids is None else f" {len(record.order_ids)} ids"
+    left = record.response_headers.get("X-RateLimit-Remaining")
+    after = record.response_headers.get("Retry-After")
+    tail = (f" remaining {left}" if left is not None else "") + (f" retry-after {after}" if after is not None else "")
+    return f"{record.at - began:9.3f} {record.method} {record.path} {status}{ids}{tail}"
+
+
+def serve_summary(requests: list[RequestRecord]) -> str:
+    """What ``serve`` prints when stopped: the requests by status, and the order ids pushed."""
+    by_status = Counter("dropped" if r.status is None else str(r.status) for r in requests)
+    statuses = ", ".join(f"{count} x {status}" for status, count in sorted(by_status.items())) or "none"
+    ids = sum(len(r.order_ids) for r in requests if r.order_ids is not None and r.status == 200)
+    return f"served {len(requests)} requests ({statuses}); {ids} order ids in pushes answered 200"
 
 
 async def demo(args: argparse.Namespace) -> int:

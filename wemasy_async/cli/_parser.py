@@ -232,6 +232,9 @@ def _add_serve(commands: _Commands) -> None:
         "match its window.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "-v", "--verbose", action="count", default=0, help="a line on stdout for each request: status, ids, 429s"
+    )
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
     serve.add_argument("--limit", type=_COUNT, default=60, help="requests per window per token")
     serve.add_argument("--window", type=_SECONDS, default=60.0, help="window seconds")

@@ -242,6 +242,8 @@ class WemasyEmulator:
         self.unknown_order_ids = set(unknown_order_ids)
         self.failed_order_ids = set(failed_order_ids)
         self.poison_order_ids = set(poison_order_ids)
+        #: Called with each request's record as it is logged (``serve -v`` prints them).
+        self.on_request: Callable[[RequestRecord], None] | None = None
         self.integration: dict[str, Any] = dict(
             integration
             if integration is not None
@@ -553,20 +555,21 @@ class WemasyEmulator:
         return web.json_response(reply.payload, status=status, headers=rate_headers)
 
     def _log(self, exchange: _Exchange, status: int | None, response_headers: Mapping[str, str] | None = None) -> None:
-        self.requests.append(
-            RequestRecord(
-                at=exchange.arrived,
-                method=exchange.request.method,
-                path=exchange.path,
-                status=status,
-                token=exchange.token,
-                order_ids=exchange.order_ids,
-                fault=exchange.fault,
-                counted=exchange.counted,
-                headers=exchange.headers,
-                response_headers=dict(response_headers or {}),
-            )
+        record = RequestRecord(
+            at=exchange.arrived,
+            method=exchange.request.method,
+            path=exchange.path,
+            status=status,
+            token=exchange.token,
+            order_ids=exchange.order_ids,
+            fault=exchange.fault,
+            counted=exchange.counted,
+            headers=exchange.headers,
+            response_headers=dict(response_headers or {}),
         )
+        self.requests.append(record)
+        if self.on_request is not None:
+            self.on_request(record)
 
     def _poisoned(self, order_ids: tuple[Any, ...] | None) -> bool:
         poison = self.poison_order_ids
