@@ -7,6 +7,7 @@ import codecs
 import io
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -757,6 +758,51 @@ def test_serve_prints_the_client_options_that_match_its_window() -> None:
         process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+@pytest.mark.wemasy_emulator(limit=2, window_seconds=2.0)
+def test_a_push_that_waits_long_for_an_assumed_window_says_how_to_give_the_servers(
+    wemasy_emulator: WemasyEmulator,
+) -> None:
+    """Against the emulator on this machine with no --window-seconds (nor WEMASY_WINDOW_SECONDS), a push
+    that must wait long for the 60 s window assumed says on stderr that the server's may be shorter and
+    how to give it (the answers cannot tell the window's length)."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-10", "--chunk-size", "1"]
+    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    env = {k: v for k, v in os.environ.items() if k != "WEMASY_WINDOW_SECONDS"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()  # the first line it writes (progress lines come every 10 s)
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=20)
+        finally:
+            process.kill()
+    assert "the rate-limit window of 60 s, the window assumed" in line
+    assert "--window-seconds or set WEMASY_WINDOW_SECONDS" in line
+
+
+@pytest.mark.parametrize(
+    ("options", "environment", "hinted"),
+    [
+        ({"base_url": "http://127.0.0.1:8080/api"}, {}, True),
+        ({"base_url": "http://127.0.0.1:8080/api", "window_seconds": 2.0}, {}, False),
+        ({"base_url": "http://127.0.0.1:8080/api"}, {"WEMASY_WINDOW_SECONDS": "2"}, False),
+        ({"base_url": "https://api.wemasy.nl/api"}, {}, False),
+    ],
+)
+def test_the_window_hint_is_for_an_assumed_window_on_this_machine_only(
+    options: dict[str, object], environment: dict[str, str], hinted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from wemasy_async.cli._commands import client_window_hint
+
+    monkeypatch.delenv("WEMASY_WINDOW_SECONDS", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    args = argparse.Namespace(**{"window_seconds": None, **options})
+    assert (client_window_hint(args) is not None) is hinted
 
 
 def test_serve_verbose_logs_each_request_and_a_summary_when_stopped() -> None:

@@ -15,17 +15,19 @@ import math
 import os
 import sys
 import time
+import urllib.parse
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._batching import DEFAULT_CHUNK_CONCURRENCY, PushStream
-from .._client import WemasyClient
+from .._client import BASE_URL_ENV_VAR, WINDOW_SECONDS_ENV_VAR, WemasyClient
 from .._errors import AuthenticationError, ConfigurationError, PermissionDeniedError, UsageError, WemasyError
 from .._journal import read_journal
 from .._models import PushResult
 from .._protocol import TOKEN_ENV_VAR
 from .._retry import RetryPolicy
+from ..budgets import SchedulerEvent, WaitEvent
 from ._exit_codes import EXIT_API, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ._ids import IdCount, ids_from_lines, order_ids
 from ._output import cli_message, print_journal_summary, print_push_result, push_result_json, redact_integration
@@ -53,6 +55,45 @@ def client_from_args(args: argparse.Namespace, **options: Any) -> WemasyClient:
         allow_insecure_http=args.allow_insecure_http,
         **options,
     )
+
+
+#: A wait for the window at least this long, with the window assumed, gets the hint below (once).
+HINT_AFTER_SECONDS = 10.0
+
+
+def client_window_hint(args: argparse.Namespace) -> str | None:
+    """The line to write when a push against a server on this machine (the emulator) waits long for a window
+    whose length was assumed (no --window-seconds, no WEMASY_WINDOW_SECONDS): the server's window cannot be
+    read from its answers, and a client that assumes 60 s against a 2 s emulator waits 58 s a window."""
+    if args.window_seconds is not None or os.environ.get(WINDOW_SECONDS_ENV_VAR, "").strip():
+        return None
+    host = urllib.parse.urlsplit(args.base_url or os.environ.get(BASE_URL_ENV_VAR) or "").hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (
+        "wemasy-async: waiting for the rate-limit window of 60 s, the window assumed: if the server's is "
+        f"shorter (wemasy-async serve prints its own), give --window-seconds or set {WINDOW_SECONDS_ENV_VAR}"
+    )
+
+
+def _with_window_hint(hint: str | None, on_event: Callable[[SchedulerEvent], None]) -> Callable[[SchedulerEvent], None]:
+    if hint is None:
+        return on_event
+    told = False
+
+    def on_event_with_hint(event: SchedulerEvent) -> None:
+        nonlocal told
+        waiting = (
+            isinstance(event, WaitEvent)
+            and event.reason in ("window", "reserve")  # the window's end, or its last tenth
+            and (event.seconds or 0) >= HINT_AFTER_SECONDS
+        )
+        if waiting and not told:
+            told = True
+            print(hint, file=sys.stderr, flush=True)
+        on_event(event)
+
+    return on_event_with_hint
 
 
 async def status(args: argparse.Namespace) -> int:
@@ -126,7 +167,7 @@ async def push_and_report(
             sys.stderr, enabled=not args.json and not args.no_progress, line_seconds=args.progress_every
         )
     if client is None:
-        client = client_from_args(args, on_event=progress.on_event)
+        client = client_from_args(args, on_event=_with_window_hint(client_window_hint(args), progress.on_event))
     try:
         stream = _open_push(args, client)
         interrupted = await _follow_push(stream, progress)
