@@ -1,4 +1,5 @@
-"""Every check of the project: `nox` runs lint, typecheck and the tests on each of Python 3.10 to 3.13.
+"""Every check of the project: `nox` runs lint, typecheck and the tests on each of Python 3.10 to 3.13 (and
+`nox -s dist` builds the distributions and checks them with twine check --strict).
 
 Each Python is looked for on the machine (`python3.12` on PATH, pyenv's versions, ...), never downloaded
 (`nox --download-python auto` lets uv fetch the missing ones). One that is not found is skipped with a
@@ -10,6 +11,8 @@ as .ci/run does) a missing Python fails the run instead: CI must test all four.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -72,3 +75,12 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_fleet.py")
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_batch.py")
+
+
+@nox.session(python="3.11")
+def dist(session: nox.Session) -> None:
+    """Build the sdist and the wheel (into dist/) and check them as PyPI would: twine check --strict."""
+    session.install("build>=1.2", "twine>=5")
+    shutil.rmtree("dist", ignore_errors=True)  # only this build's files are checked
+    session.run("python", "-m", "build", "--outdir", "dist", ".")
+    session.run("twine", "check", "--strict", *sorted(str(path) for path in Path("dist").glob("wemasy_async-*")))
