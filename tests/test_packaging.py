@@ -93,6 +93,7 @@ def test_the_sdist_holds_the_license_the_examples_and_what_the_tests_need(tmp_pa
     expected = {
         "LICENSE",
         "README.md",
+        "CHANGELOG.md",
         "pyproject.toml",
         "noxfile.py",
         ".ci/run",
