@@ -589,7 +589,7 @@ class HostBudget(RateLimitBudget):
                     alive = verdicts[pid] = _alive(pid)
             else:
                 alive = True
-            if alive and lease > now:
+            if (alive and lease > now) or state._in_flight <= 0:  # (none in flight: not a ticket of this state)
                 continue
             self._dirty(file)
             _SLOT.pack_into(mm, at, ident, made, self._next, epoch, answers_before, lease, pid, bulk)
