@@ -93,8 +93,8 @@ async def test_a_killed_holders_tickets_come_back_at_once(
     tmp_path: Path, processes: list[multiprocessing.process.BaseProcess]
 ) -> None:
     """Another process holds the window's first request (leases of an hour) and is SIGKILLed: a caller
-    here, waiting for that request's answer, is served once the holder is gone, and only its own ticket is
-    in flight then."""
+    here, waiting for that request's answer, is served once the holder is gone (before its parent has
+    reaped it), and only its own ticket is in flight then."""
     mine, theirs = spawn.Pipe()
     holder = spawn.Process(target=host_child.hold_a_ticket, args=(str(tmp_path), theirs))
     processes.append(holder)
@@ -107,8 +107,8 @@ async def test_a_killed_holders_tickets_come_back_at_once(
     assert budget.try_acquire() is None
     assert holder.pid is not None
     os.kill(holder.pid, signal.SIGKILL)
+    ticket = await within(caller.task)  # the holder is not reaped yet (a zombie): gone all the same
     assert await ended(holder) == -signal.SIGKILL
-    ticket = await within(caller.task)
     assert budget.view().in_flight == 1
     await budget.release(ticket)
 

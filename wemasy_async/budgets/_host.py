@@ -78,10 +78,12 @@ FILE_SIZE = _SLOTS_AT + SLOTS * _SLOT.size
 #: How long an interactive waiter's mark holds bulk calls back without being renewed (its first waiter renews
 #: it at every poll).
 MARK_SECONDS = 1.0
-#: The first waiter of a process looks at the shared state this often at first, then less, up to POLL_MAX.
-POLL_MIN, POLL_MAX = 0.005, 0.05
+#: The first waiter of a process looks at the shared state this often at first, then less, up to POLL_MAX
+#: while it waits for an answer (another process's), or POLL_MAX_TIMED while its wait has a known end (a
+#: window, a gate: only another process's give-back or mark can change it sooner).
+POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.05, 0.25
 #: Waiters look for tickets of dead processes at most this often.
-REAP_EVERY = 0.1
+REAP_EVERY = 0.25
 
 
 class HostBudgetUnavailable(Exception):
@@ -155,7 +157,13 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:  # another user's process took the pid: alive, as far as we can tell (its lease ends)
         return True
-    return True
+    # A killed process its parent has not reaped yet (a zombie) still answers kill(pid, 0).
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3] != b"Z"
 
 
 class _HostFile:
@@ -578,9 +586,10 @@ class HostBudget(RateLimitBudget):
         me, reaped = os.getpid(), False
         verdicts: dict[int, bool] = {}
         state: WindowState = self.state
-        for index in range(SLOTS):
+        with memoryview(mm) as view:
+            slots = list(_SLOT.iter_unpack(view[_SLOTS_AT:FILE_SIZE]))
+        for index, (ident, made, settled, epoch, answers_before, lease, pid, bulk) in enumerate(slots):
             at = _SLOTS_AT + index * _SLOT.size
-            ident, made, settled, epoch, answers_before, lease, pid, bulk = _SLOT.unpack_from(mm, at)
             if not ident or settled:
                 continue
             if pid != me:
@@ -640,10 +649,11 @@ class HostBudget(RateLimitBudget):
             return pause
         # Another process's answer or give-back reaches no future here: the first waiter looks again soon,
         # sooner while the shared state keeps changing (a version counter says so), up to POLL_MAX apart.
+        longest = POLL_MAX if decision is None or decision.until is None else POLL_MAX_TIMED
         if self._version != self._polled_version:
             self._polled_version, self._poll = self._version, POLL_MIN
         else:
-            self._poll = min(POLL_MAX, self._poll * 2)
+            self._poll = min(longest, self._poll * 2)
         timeout = self._poll if pause.timeout is None else min(pause.timeout, self._poll)
         return attrs.evolve(pause, timeout=timeout)
 
