@@ -6,6 +6,10 @@ It sits at the top level, beside ``wemasy_async``, because importing any module 
 first imports the package, and with it aiohttp (hypothesis's plugin is a top-level module for the same
 reason).
 
+For the session it also points ``WEMASY_BUDGET_DIR`` (where the host's budget files are) at a fresh temporary
+directory, unless it is set: a test's budget never meets one of the user's running programs, or one a
+stopped test server left.
+
 ``wemasy_emulator`` is a running :class:`wemasy_async.testing.WemasyEmulator` on a free loopback port.
 It serves from its own thread, so it works in sync tests and under any async test runner. Configure it
 with a marker::
@@ -18,6 +22,9 @@ with a marker::
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -29,10 +36,25 @@ if TYPE_CHECKING:
 __all__ = ["wemasy_emulator"]
 
 
+_BUDGET_DIR = "WEMASY_BUDGET_DIR"  # wemasy_async.budgets.BUDGET_DIR_ENV_VAR (not imported: see above)
+_made_budget_dir: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "wemasy_emulator(**options): options for the wemasy_emulator fixture (WemasyEmulator's)"
     )
+    if not os.environ.get(_BUDGET_DIR):
+        os.environ[_BUDGET_DIR] = tempfile.mkdtemp(prefix="wemasy-budgets-")
+        _made_budget_dir.append(os.environ[_BUDGET_DIR])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _made_budget_dir:
+        made = _made_budget_dir.pop()
+        if os.environ.get(_BUDGET_DIR) == made:
+            del os.environ[_BUDGET_DIR]
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture

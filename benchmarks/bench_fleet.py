@@ -9,8 +9,10 @@ has its own User-Agent word), so requests and 429s are counted on the server's s
 server window, and cross-checked with the clients' own counters (``client.rate_limit.sent`` and
 ``.throttled``).
 
-  fleet                 P = 2, 4, 8 with ``redis_url``; beside it, from the same run, the baselines
-                        per-process (the SDK without Redis: a budget per process) and static-limiter
+  fleet                 P = 2, 4, 8 with ``redis_url``; beside it, from the same run, the host budget (no
+                        Redis: the default, one budget for the host's processes through a file; started
+                        together, and 0.5 s apart; same target), and the baselines per-process (the SDK
+                        with ``budget="process"``: a budget per process) and static-limiter
                         (``AsyncLimiter(L/P, W)`` per process). Target: every call succeeds, exactly N
                         requests, no 429, makespan <= 1.03 x ideal, ideal = (ceil(N/L)-1)*W.
   fleet, staggered      P = 4, worker i begins its calls 0.5*i s after the release (same target).
@@ -48,6 +50,7 @@ import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections import Counter
@@ -219,6 +222,21 @@ def fleet_jobs(
     return jobs
 
 
+def run_host(calls: Sequence[int], time_limit: float, **per_worker: Callable[[int], Any]) -> Run:
+    """sdk jobs without Redis sharing the budget through the host's file (a fresh directory for each run, so
+    no file of an earlier run's server on the same port is met)."""
+    os.environ["WEMASY_BUDGET_DIR"] = tempfile.mkdtemp(prefix="bench-fleet-host-")  # the spawned workers' too
+    jobs = []
+    for i, share in enumerate(calls):
+        extra = {name: value(i) for name, value in per_worker.items()}
+        job = Job("", share, LIMIT, WINDOW, len(calls), time_limit, timeout=TIMEOUT, budget="host", **extra)
+        jobs.append(("sdk", attrs.evolve(job, agent=agent(i))))
+    try:
+        return run_workers(jobs, limit=LIMIT, window=WINDOW, time_limit=time_limit, log_requests=True)
+    finally:
+        shutil.rmtree(os.environ.pop("WEMASY_BUDGET_DIR"), ignore_errors=True)
+
+
 def run_fleet(
     store: RedisServer | RedisClusterServers,
     calls: Sequence[int],
@@ -345,7 +363,8 @@ async def measure_latency(redis_url: str, calls: int) -> Latency:
         if urllib.parse.urlsplit(base_url).hostname != "127.0.0.1":
             raise RuntimeError(f"the emulator is not on 127.0.0.1: {base_url}")
         options: dict[str, Any] = {"token": TOKEN, "base_url": base_url, "window_seconds": WINDOW, "timeout": TIMEOUT}
-        async with WemasyClient(**options) as local, WemasyClient(**options, redis_url=redis_url) as fleet:
+        local_client = WemasyClient(**options, budget="process")
+        async with local_client as local, WemasyClient(**options, redis_url=redis_url) as fleet:
             for client in (local, fleet):
                 for _ in range(20):  # connections open, script loaded
                     await client.sendcloud.status()
@@ -401,10 +420,16 @@ class Bench:
         return row
 
     def fleet(self, processes: Sequence[int]) -> None:
-        """1, 2: the fleet beside the baselines, for each P."""
+        """1, 2: the fleet beside the host budget (no Redis; started together and STAGGER s apart) and the
+        baselines, for each P."""
         for count in processes:
             split = shares(CALLS, count)
             row = fleet_row("fleet", run_fleet(self.store, split, self.time_limit), range(count), split)
+            self.add(row, fleet_verdict(row, self.ideal))
+            row = fleet_row("host (no Redis)", run_host(split, self.time_limit), range(count), split)
+            self.add(row, fleet_verdict(row, self.ideal))
+            run = run_host(split, self.time_limit, start_delay=lambda i: STAGGER * i)
+            row = fleet_row(f"host, staggered (+{STAGGER:g} s each)", run, range(count), split)
             self.add(row, fleet_verdict(row, self.ideal))
             for approach, name in (("sdk", "per-process"), ("static-limiter", "static-limiter")):
                 case = run_case(
@@ -570,7 +595,9 @@ def main() -> None:
         f"{CALLS} calls of `sendcloud.status()`, one token, split over P spawned processes released together; "
         f"limit {LIMIT} per {WINDOW:g} s window; the emulator in a process of its own with its default settings, "
         f"fresh for each row; ideal makespan (ceil(N/L)-1)*W = {ideal:.2f} s. fleet: the SDK with `redis_url` (a "
-        f"private redis-server) and `timeout={TIMEOUT:g}` (leases {LEASE:g} s); per-process: the SDK without Redis; "
+        f"private redis-server) and `timeout={TIMEOUT:g}` (leases {LEASE:g} s); host: the SDK without Redis, its "
+        "default budget shared by the host's processes through a file; per-process: the SDK without Redis and "
+        '`budget="process"`; '
         "static-limiter: AsyncLimiter(L/P, W) per process. Fleet rows: requests and 429s per process per server "
         "window from the emulator's log (each worker has its own User-Agent), 429s also from the clients' "
         "counters (they agree); baselines: from the workers' side. Fleet target: every call succeeds, exactly N "

@@ -76,6 +76,9 @@ class Job:
     time_limit: float
     #: sdk: share the budget through this Redis (``redis://127.0.0.1:port/0``); None: the process's own.
     redis_url: str | None = None
+    #: sdk: the client's ``budget=``: ``process`` (each worker on its own, as before the host budget) or
+    #: ``host`` (the workers share one through a file).
+    budget: str = "process"
     #: sdk: the client's ``timeout`` (its Redis leases last ``max(10, timeout + 5)`` seconds).
     timeout: float = 30.0
     #: Seconds after the release at which the worker begins its calls.
@@ -184,6 +187,7 @@ async def via_sdk(job: Job, release: Release, report: WorkerReport) -> None:
             window_seconds=job.window,
             on_event=on_event,
             redis_url=job.redis_url,
+            budget=job.budget,
             timeout=job.timeout,
             user_agent=job.agent,
             session=session,
@@ -368,6 +372,7 @@ async def via_sdk_mixed(job: Job, release: Release, report: WorkerReport) -> Non
         window_seconds=job.window,
         on_event=on_event,
         redis_url=job.redis_url,
+        budget=job.budget,
         timeout=job.timeout,
         user_agent=job.agent,
     )

@@ -1,8 +1,9 @@
 """What every budget must do, run against each backend through the ``Budget`` protocol only.
 
-A new backend joins by adding one entry to ``BACKENDS``. The in-process budget runs on a settable clock;
-the Redis one decides on Redis's ``TIME``, so the tests assert order and outcomes, never durations: windows
-are either long (nothing ends during a test) or short (the test waits for them to end, whatever it takes).
+A new backend joins by adding one entry to ``BACKENDS``. The in-process budget runs on a settable clock,
+and so does the host one (its "processes" are budgets on one file); the Redis one decides on Redis's
+``TIME``, so the tests assert order and outcomes, never durations: windows are either long (nothing ends
+during a test) or short (the test waits for them to end, whatever it takes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from tests.budget_helpers import Caller, FakeClock, OtherLoop, take, within
 from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
 from wemasy_async.budgets import Priority
+from wemasy_async.budgets._host import HostBudget
 from wemasy_async.budgets._redis import RedisBudget
 
 #: A window no test sees the end of.
@@ -58,7 +60,20 @@ def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> tuple[Make, Shar
     return make, (lambda _, window_seconds: make(window_seconds))  # another process's, on the same token
 
 
-BACKENDS = {"in-process": _in_process, "redis": _redis}
+def _host(request: pytest.FixtureRequest, clock: FakeClock) -> tuple[Make, Share]:
+    directory = request.getfixturevalue("tmp_path")
+    token = f"contract-{next(_tokens)}"
+
+    def make(window_seconds: float) -> Budget[Any]:
+        # Another process's budget is another object on the same file (a lock and a mapping of its own).
+        return HostBudget(
+            "http://127.0.0.1/api", token, window_seconds=window_seconds, directory=directory, clock=clock
+        )
+
+    return make, (lambda _, window_seconds: make(window_seconds))
+
+
+BACKENDS = {"in-process": _in_process, "redis": _redis, "host": _host}
 
 
 @pytest.fixture(params=list(BACKENDS))

@@ -146,7 +146,8 @@ class WemasyClient:
     ...     result = await client.sendcloud.push_shipments([1001, 1002])
 
     Every request goes through one rate-limit budget per (base URL, token), shared by all clients and
-    tasks of the process, which learns the server's fixed window from its ``X-RateLimit-*`` headers.
+    tasks of the process and, by default, by this user's other processes on the machine (through a small
+    file), which learns the server's fixed window from its ``X-RateLimit-*`` headers.
 
     A client belongs to the event loop it is first used in: make it inside the coroutine that
     ``asyncio.run`` runs. Used in another loop (a second ``asyncio.run``), or after :meth:`close`, every
@@ -178,11 +179,13 @@ class WemasyClient:
             comes, a 429 included (no wait for the rate-limit window). Not together with ``retry``.
         on_event: called with a :class:`WaitEvent` before each wait for the budget and a
             :class:`RetryEvent` before each retry (both are also logged at debug level).
-        budget: a budget to use instead of the process-wide one (any :class:`Budget`); the client does not
-            close it.
+        budget: ``"host"`` (the default: the token's budget is shared by this user's processes on this
+            machine, through a file in ``$XDG_RUNTIME_DIR``), ``"process"`` (each process on its own, as
+            ``WEMASY_BUDGET=process`` does), or a budget to use instead (any :class:`Budget`; the client does
+            not close it). Where the host's file cannot be used the process's budget is, with one log line.
         redis_url: share the token's budget with every process and host that names the same Redis
             (``redis://host:6379/0``; default: ``WEMASY_REDIS_URL``). Needs ``wemasy-async[redis]``. If
-            Redis stops answering, the client carries on with the process's own budget until it is back.
+            Redis stops answering, the client carries on with the host's budget until it is back.
         max_redirects: same-origin redirects followed per call. Redirects to another origin are never
             followed, since they would carry the token.
         user_agent: a product token put before the SDK's own in ``User-Agent`` (one line of text).
@@ -209,7 +212,7 @@ class WemasyClient:
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         on_event: Callable[[SchedulerEvent], None] | None = None,
-        budget: Budget[Any] | None = None,
+        budget: Budget[Any] | str | None = None,
         redis_url: str | None = None,
         allow_insecure_http: bool = False,
         max_redirects: int = 3,

@@ -1,13 +1,16 @@
 """The rate-limit budgets: the :class:`Budget` protocol, the pure state machine, one module per backend.
 
 Shaped as ``limits.storage``: ``base`` (the protocol and its events), ``_window`` (the state machine, pure),
-``_local`` (in-process), ``_redis`` with its Lua beside it (a fleet; needs the ``redis`` extra).
+``_local`` (in-process), ``_host`` (this user's processes on one host, through a file: the default),
+``_redis`` with its Lua beside it (a fleet; needs the ``redis`` extra).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -15,15 +18,27 @@ import attrs
 
 from .._errors import ConfigurationError
 from .._protocol import RateLimitHeaders
-from ._local import RateLimitBudget, forget_shared_budgets, shared_budget
+from . import _local
+from ._host import (
+    BUDGET_DIR_ENV_VAR,
+    HostBudget,
+    HostBudgetUnavailable,
+    forget_host_budgets,
+    shared_host_budget,
+    tell_once,
+)
+from ._local import RateLimitBudget, shared_budget
 from ._window import RETRY_AFTER_ROUNDING, Priority, RateLimitStats, RateLimitView, Ticket, Wait, WindowState
 from .base import Budget, BudgetEvent, RetryEvent, SchedulerEvent, WaitEvent, gate_closed_error
 
 __all__ = [
+    "BUDGET_DIR_ENV_VAR",
+    "BUDGET_ENV_VAR",
     "RETRY_AFTER_ROUNDING",
     "Budget",
     "BudgetChoice",
     "BudgetEvent",
+    "HostBudget",
     "Priority",
     "RateLimitBudget",
     "RateLimitStats",
@@ -40,6 +55,18 @@ __all__ = [
     "gate_closed_error",
     "shared_budget",
 ]
+
+
+#: ``process`` keeps each process on its own budget; ``host`` (the default) shares it through a file.
+BUDGET_ENV_VAR = "WEMASY_BUDGET"
+BUDGET_KINDS = ("host", "process")
+
+
+def forget_shared_budgets(base_url: str | None = None) -> None:
+    """Drop the shared budgets (of one base URL, or all), the process's and the host's (whose files are
+    removed), e.g. when a test server at that address stops."""
+    _local.forget_shared_budgets(base_url)
+    forget_host_budgets(base_url)
 
 
 def checked_priority(priority: object) -> Priority | None:
@@ -61,32 +88,61 @@ def budget_for(
     base_url: str,
     token: str,
     *,
-    budget: Budget[Any] | None = None,
+    budget: Budget[Any] | str | None = None,
     redis_url: str | None = None,
     window_seconds: float | None = None,
     lease_seconds: float = 35.0,
     on_event: Callable[[SchedulerEvent], None] | None = None,
 ) -> BudgetChoice:
-    """The budget for a client of ``token`` at ``base_url``: ``budget`` if given, else one shared through
-    Redis if ``redis_url`` names one (on the process's budget while Redis is away), else the process's.
+    """The budget for a client of ``token`` at ``base_url``: ``budget`` if it is one, else one shared through
+    Redis if ``redis_url`` names one, else the host's (shared by this user's processes on this machine) or,
+    with ``budget="process"`` or ``WEMASY_BUDGET=process``, the process's own. While Redis is away the host's
+    (or the process's) stands in; where the host's cannot be used, the process's, with one log line.
 
     The process's budget is looked up (and given ``window_seconds``) in every case, as clients always did.
     """
     local = shared_budget(base_url, token, window_seconds=window_seconds)
-    if budget is not None:
+    if budget is not None and not isinstance(budget, str):
         return BudgetChoice(budget if _takes_priority(budget) else _OneClass(budget), owned=False)
+    kind = _budget_kind(budget)
+    own = local if kind == "process" else _host_budget(base_url, token, window_seconds, lease_seconds, local)
     if redis_url is None:
-        return BudgetChoice(local, owned=False)
+        return BudgetChoice(own, owned=False)
     fleet = _redis_budget(
         redis_url,
         base_url,
         token,
-        window_seconds=window_seconds or local.window_seconds,
+        window_seconds=window_seconds or own.window_seconds,
         lease_seconds=lease_seconds,
-        fallback=local,
+        fallback=own,
         on_event=on_event,
     )
     return BudgetChoice(fleet, owned=True)
+
+
+def _budget_kind(budget: str | None) -> str:
+    """``host`` or ``process``: ``budget`` if given, else ``WEMASY_BUDGET``, else ``host``."""
+    named, where = (budget, "budget") if budget is not None else (os.environ.get(BUDGET_ENV_VAR), BUDGET_ENV_VAR)
+    if named is None or named == "":
+        return "host"
+    if named not in BUDGET_KINDS:
+        raise ConfigurationError(f"{where} must be 'host' or 'process' (or a Budget object), got {named!r}")
+    return named
+
+
+def _host_budget(
+    base_url: str, token: str, window_seconds: float | None, lease_seconds: float, local: RateLimitBudget
+) -> RateLimitBudget:
+    """The host's budget of the token, or ``local`` (with one log line saying why) where it cannot be used."""
+    try:
+        return shared_host_budget(
+            base_url, token, window_seconds=window_seconds or local.window_seconds, lease_seconds=lease_seconds
+        )
+    except HostBudgetUnavailable as exc:
+        tell_once(str(exc))
+    except (OSError, ValueError, struct.error) as exc:  # anything else the file system says: never a failed call
+        tell_once(f"{type(exc).__name__}: {exc}")
+    return local
 
 
 def _takes_priority(budget: Budget[Any]) -> bool:

@@ -1,0 +1,718 @@
+"""The host's budget: one token's budget shared by this user's processes on one machine, through a small file.
+
+The in-process budget's queue and rules, around :class:`WindowState` kept in a memory-mapped file under an
+``fcntl`` lock: each step loads the state (when another process changed it), decides, and commits it. No
+server to run; the design, the file's layout and the measured costs: docs/design/host.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import mmap
+import operator
+import os
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from .._protocol import RateLimitHeaders
+from ._local import RateLimitBudget, _Line, _Pause, _Waiter
+from ._window import Ticket, Wait, WindowState
+
+try:
+    import fcntl
+except ImportError:  # Windows: no fcntl, so no host budget (the process's own is used)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "BUDGET_DIR_ENV_VAR",
+    "FORMAT_VERSION",
+    "HostBudget",
+    "HostBudgetUnavailable",
+    "budget_directory",
+    "budget_file",
+    "forget_host_budgets",
+    "shared_host_budget",
+    "tell_once",
+]
+
+logger = logging.getLogger("wemasy_async")
+
+#: Where the budget files are kept, instead of ``$XDG_RUNTIME_DIR/wemasy-async`` (tests point it elsewhere).
+BUDGET_DIR_ENV_VAR = "WEMASY_BUDGET_DIR"
+MAGIC = b"WMSYHOST"
+#: The file's layout; a file of another version is left alone (the process uses its own budget).
+FORMAT_VERSION = 1
+
+# The header (never checksummed as a whole: each state copy has its own checksum). ``active`` is the version of
+# the committed state copy (copy ``active % 2``); ``dirty`` is set while a step writes slots, cleared by its
+# commit: a step killed half-way is undone by the next (see _recover).
+_HEADER = struct.Struct("<8sI4x16sQQII")  # magic, format, boot id, active, dirty, next mark index, slots used
+# One state copy: the WindowState fields (see _FIELDS), then its version, then a CRC-32 of the bytes before it.
+_STATE = struct.Struct("<qddqqqqqqqqqqqdqdqqqqqq")
+_CHECK = struct.Struct("<QI4x")  # the copy's version, and a CRC-32 of the state and the version
+_MARK = struct.Struct("<i4xd")  # an interactive waiter's process and when its mark lapses
+# An in-flight ticket: id, state version that made it and that settled it (0: not yet), epoch, answers
+# before, lease deadline, holder's pid, bulk.
+_SLOT = struct.Struct("<QQQqqdiB3x")
+MARKS, SLOTS = 64, 1024
+_COMMIT, _COMMIT_AT = struct.Struct("<QQ"), 32  # active and dirty, inside the header
+_STATE_AT = _HEADER.size
+_COPY = _STATE.size + _CHECK.size
+_MARKS_AT = _STATE_AT + 2 * _COPY
+_SLOTS_AT = _MARKS_AT + MARKS * _MARK.size
+FILE_SIZE = _SLOTS_AT + SLOTS * _SLOT.size
+
+#: How long an interactive waiter's mark holds bulk calls back without being renewed (its first waiter renews
+#: it at every poll).
+MARK_SECONDS = 1.0
+#: The first waiter of a process looks at the shared state this often at first, then less, up to POLL_MAX
+#: while it waits for an answer (another process's), or POLL_MAX_TIMED while its wait has a known end (a
+#: window, a gate: only another process's give-back or mark can change it sooner).
+POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.05, 0.25
+#: Waiters look for tickets of dead processes at most this often.
+REAP_EVERY = 0.25
+
+
+class HostBudgetUnavailable(Exception):
+    """The host budget cannot be used here (no fcntl, a directory that cannot be written, a file of another
+    version or damaged): the process's own budget stands in. The message says why, never the token."""
+
+
+@attrs.define(eq=False)
+class HostTicket(Ticket):
+    """A ticket whose slot in the file records the holder's pid, so that others can settle it if it dies."""
+
+    slot: int = -1
+    ident: int = 0
+
+
+def budget_directory() -> Path:
+    """``$WEMASY_BUDGET_DIR``, else ``$XDG_RUNTIME_DIR/wemasy-async``, else a per-user directory (mode 0700)
+    under the temp directory. Made if missing; HostBudgetUnavailable if it is not this user's alone."""
+    named = os.environ.get(BUDGET_DIR_ENV_VAR)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if named:
+        directory = Path(named)
+    elif runtime:
+        directory = Path(runtime) / "wemasy-async"
+    else:
+        directory = Path(tempfile.gettempdir()) / f"wemasy-async-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError as exc:
+        raise HostBudgetUnavailable(f"cannot make {directory}: {exc.strerror}") from None
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise HostBudgetUnavailable(f"{directory} is not this user's alone (owner or mode)")
+    return directory
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def budget_file(directory: Path, base_url: str, token: str) -> Path:
+    """The file of one token's budget: named from hashes (the base URL's first, so that one server's files
+    can be found and removed), never the token."""
+    base = base_url.rstrip("/")
+    both = _digest(base + "\n" + token, 24)
+    return directory / f"{_digest(base, 12)}-{both}.budget"
+
+
+def _boot_id() -> bytes:
+    # The monotonic clock starts again at each boot: a file from an earlier boot (a temp directory that
+    # survived it) holds times of another clock, and is started afresh.
+    try:
+        return bytes.fromhex(Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", ""))[:16]
+    except (OSError, ValueError):
+        return bytes(16)
+
+
+_BOOT_ID = _boot_id()
+
+
+#: Forks of this process's ancestors so far: a child's first step opens the file anew (see _forked).
+_forks = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process took the pid: alive, as far as we can tell (its lease ends)
+        return True
+    # A killed process its parent has not reaped yet (a zombie) still answers kill(pid, 0).
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3] != b"Z"
+
+
+class _HostFile:
+    """The open budget file of one process: the mapped bytes, the lock, and the committed version."""
+
+    def __init__(self, path: Path) -> None:
+        if fcntl is None:
+            raise HostBudgetUnavailable("this platform has no fcntl")
+        self.path = path
+        self.pid = os.getpid()
+        self.forks = _forks[0]
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise HostBudgetUnavailable(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                self.mm = self._map()
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _map(self) -> mmap.mmap:
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            os.ftruncate(self.fd, FILE_SIZE)
+            mm = mmap.mmap(self.fd, FILE_SIZE)
+            self._start(mm)
+            return mm
+        if size < _HEADER.size:
+            raise HostBudgetUnavailable(f"{self.path} is damaged (too short); remove it to share the budget again")
+        magic, version, *_ = _HEADER.unpack(os.pread(self.fd, _HEADER.size, 0))
+        if magic != MAGIC:
+            raise HostBudgetUnavailable(f"{self.path} is damaged (not a budget file); remove it to share again")
+        if version != FORMAT_VERSION or size != FILE_SIZE:
+            raise HostBudgetUnavailable(
+                f"{self.path} is of format {version}, not {FORMAT_VERSION} (another version of wemasy-async)"
+            )
+        mm = mmap.mmap(self.fd, FILE_SIZE)
+        boot = _HEADER.unpack_from(mm, 0)[2]
+        if boot != _BOOT_ID:
+            self._start(mm)  # from an earlier boot: its times are of another clock
+        elif _read_state(mm, _HEADER.unpack_from(mm, 0)[3]) is None:
+            mm.close()
+            raise HostBudgetUnavailable(f"{self.path} is damaged (checksum); remove it to share the budget again")
+        return mm
+
+    @staticmethod
+    def _start(mm: mmap.mmap) -> None:
+        mm[:] = bytes(FILE_SIZE)
+        _write_state(mm, 1, _pack(WindowState()))
+        _HEADER.pack_into(mm, 0, MAGIC, FORMAT_VERSION, _BOOT_ID, 1, 0, 0, 0)
+
+    def close(self) -> None:
+        try:
+            self.mm.close()
+        finally:
+            os.close(self.fd)
+
+
+# The WindowState fields kept in the file, in _STATE's order (None is -1 for counts and NaN for times). The
+# window's length, the assumed limit, the counters and the mismatch note stay each process's own.
+_FIELDS = (
+    "limit",
+    "gate_until",
+    "_window_end",
+    "_epoch",
+    "_granted",
+    "_others",
+    "_others_learned",
+    "_others_before",
+    "_others_expected",
+    "_expected_from",
+    "_answers",
+    "_sent",
+    "_settled",
+    "_in_flight",
+    "_last_settled",
+    "_unclear_epoch",
+    "_first_sent",
+    "_carried_in",
+    "_asked",
+)
+
+
+_GET_FIELDS = operator.attrgetter(*_FIELDS)
+
+
+def _pack(state: WindowState) -> bytes:
+    values = list(_GET_FIELDS(state))
+    if values[0] is None:
+        values[0] = -1
+    if values[2] is None:
+        values[2] = math.nan
+    if values[7] is None:
+        values[7] = -1
+    recent: Any = state._asked_recent
+    values.append(len(recent))
+    values.extend(recent)
+    values.extend((0, 0, 0)[len(recent) :])
+    return _STATE.pack(*values)
+
+
+def _unpack_into(state: WindowState, data: bytes) -> None:
+    s: Any = state
+    values = _STATE.unpack(data)
+    for name, value in zip(_FIELDS, values[: len(_FIELDS)], strict=True):
+        setattr(s, name, value)
+    if s.limit < 0:
+        s.limit = None
+    if math.isnan(s._window_end):
+        s._window_end = None
+    if s._others_before < 0:
+        s._others_before = None
+    count = values[19]
+    s._asked_recent = deque(values[20 : 20 + count], maxlen=s._asked_recent.maxlen)
+
+
+def _read_state(mm: mmap.mmap, version: int) -> bytes | None:
+    """The state copy of ``version``, or None if it fails its checksum or is of another version."""
+    at = _STATE_AT + (version % 2) * _COPY
+    data = mm[at : at + _STATE.size]
+    copy_version, check = _CHECK.unpack_from(mm, at + _STATE.size)
+    if copy_version != version or zlib.crc32(data) ^ version != check:
+        return None
+    return data
+
+
+def _write_state(mm: mmap.mmap, version: int, data: bytes) -> None:
+    at = _STATE_AT + (version % 2) * _COPY
+    mm[at : at + _STATE.size] = data
+    _CHECK.pack_into(mm, at + _STATE.size, version, (zlib.crc32(data) ^ version) & 0xFFFFFFFF)
+
+
+class DamagedFileError(OSError):
+    """The committed state fails its checksum: the file was written by something else."""
+
+
+class HostWindowState(WindowState):
+    """A WindowState whose in-flight tickets are slots of the budget file, and whose bulk calls wait while
+    another process has interactive callers waiting. Used only under :class:`_StepLock`."""
+
+    def __init__(self, window_seconds: float, budget: HostBudget) -> None:
+        super().__init__(window_seconds)
+        self._budget = budget
+        self._next_reap = -math.inf
+
+    def peek(self, now: float, bulk: bool = False) -> Wait | None:
+        decision = super().peek(now, bulk)
+        file = self._budget._file
+        if file is None:
+            return decision
+        if decision is not None and self._in_flight:
+            # Only a caller that waits looks for tickets of dead processes, and not at every step.
+            looked = time.monotonic()
+            if looked >= self._next_reap:
+                self._next_reap = looked + REAP_EVERY
+                if self._budget._reap(now):
+                    decision = super().peek(now, bulk)
+        if decision is None and bulk and self._budget._others_waiting(now, file):
+            return Wait(None, "queue")  # an interactive caller of another process waits: it goes first
+        return decision
+
+    def try_acquire(self, now: float, bulk: bool = False, *, asking: bool = False) -> Ticket | Wait:
+        file = self._budget._file
+        if file is None:
+            return super().try_acquire(now, bulk, asking=asking)
+        slot = self._budget._free_slot(file)
+        if slot < 0:
+            return Wait(None, "probe")  # every slot of the file is in flight: wait for an answer
+        decision = super().try_acquire(now, bulk, asking=asking)
+        if isinstance(decision, Wait):
+            return decision
+        return self._budget._hold(file, slot, decision, now)
+
+    def release(self, ticket: Ticket) -> None:
+        if self._budget._let_go(ticket):
+            super().release(ticket)
+        else:
+            ticket.settled = True
+
+    def no_answer(self, ticket: Ticket, now: float) -> None:
+        if self._budget._let_go(ticket):
+            super().no_answer(ticket, now)
+        else:
+            ticket.settled = True
+
+    def answered(self, ticket: Ticket, now: float, status: int, hints: RateLimitHeaders) -> float:
+        if self._budget._let_go(ticket):
+            return super().answered(ticket, now, status, hints)
+        ticket.settled = True
+        return max(0.0, self.gate_until - now)
+
+
+class _StepLock:
+    """``with`` it, a step of the budget is one atomic step on the file: lock, load what others committed,
+    decide, commit. Any OSError, or a file that stops making sense, ends the sharing (one log line): the
+    process then goes on with the state it has, as its own budget."""
+
+    def __init__(self, budget: HostBudget) -> None:
+        self._budget = budget
+        self._thread_lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        budget = self._budget
+        if budget._file is None:
+            return
+        try:
+            budget._begin()
+        except (OSError, ValueError, struct.error) as exc:
+            budget._detach(exc)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        budget = self._budget
+        try:
+            if budget._file is not None and budget._stepping:
+                budget._commit()
+        except (OSError, ValueError, struct.error) as error:
+            budget._detach(error)
+        finally:
+            self._thread_lock.release()
+
+
+class HostBudget(RateLimitBudget):
+    """A token's budget shared by this user's processes on this host through a file (see the module docstring).
+
+    Made by :class:`WemasyClient` by default (one per token in each process: :func:`shared_host_budget`);
+    HostBudgetUnavailable when the file cannot be used. Thread-safe, as the in-process budget.
+
+    Args:
+        base_url, token: whose budget it is (the file's name is hashed from them).
+        window_seconds: the server's window (60 s for Wemasy).
+        lease_seconds: how long a ticket of a process that is gone, but whose pid was taken by another, holds
+            its place (a dead holder's tickets are settled at once).
+        directory: where the file is (default: :func:`budget_directory`).
+        clock: the monotonic clock every process of the host shares.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        window_seconds: float = 60.0,
+        lease_seconds: float = 35.0,
+        directory: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(window_seconds, clock=clock)
+        self.path = budget_file(directory if directory is not None else budget_directory(), base_url, token)
+        self._file: _HostFile | None = _HostFile(self.path)
+        self.state = HostWindowState(window_seconds, self)
+        self._lock = _StepLock(self)  # type: ignore[assignment]
+        self.lease_seconds = lease_seconds
+        self._version = 0  # the state version this process last loaded or committed
+        self._next = 0  # the version this step commits
+        self._stepping = False
+        self._touched = False  # slots or marks written in this step
+        self._packed = b""
+        self._slot_hint = 0
+        self._next_id = (os.getpid() << 32) | 1
+        self._mark = -1  # this process's interactive-waiting mark (index), or -1
+        self._poll = POLL_MIN
+        self._polled_version = -1
+        self.detached: str | None = None  # why the file is no longer used, once it is not
+
+    def __repr__(self) -> str:
+        shared = "host" if self._file is not None else "in-process (host file unusable)"
+        return f"HostBudget(file={self.path.name}, window_seconds={self.window_seconds:g}, now={shared})"
+
+    # --- one step on the file --------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        file = self._file
+        assert file is not None
+        assert fcntl is not None
+        if _forks[0] != file.forks:
+            self._forked(file)
+            file = self._file
+            assert file is not None
+        fcntl.flock(file.fd, fcntl.LOCK_EX)
+        self._stepping = True
+        mm = file.mm
+        active, dirty = _COMMIT.unpack_from(mm, _COMMIT_AT)
+        if dirty:
+            self._recover(file, active)
+        if active != self._version:
+            values = _read_state(mm, active)
+            if values is None:
+                raise DamagedFileError(f"{self.path} is damaged (checksum)")
+            _unpack_into(self.state, values)
+            self._packed = values
+            self._version = active
+        self._next = active + 1
+
+    def _commit(self) -> None:
+        file = self._file
+        assert file is not None
+        assert fcntl is not None
+        self._stepping = False
+        try:
+            self._sync_mark(file)
+            packed = _pack(self.state)
+            if packed != self._packed or self._touched:
+                mm = file.mm
+                _write_state(mm, self._next, packed)
+                _COMMIT.pack_into(mm, _COMMIT_AT, self._next, 0)  # the commit: active = next, dirty = 0
+                self._version = self._next
+                self._packed = packed
+                self._touched = False
+        finally:
+            fcntl.flock(file.fd, fcntl.LOCK_UN)
+
+    def _dirty(self, file: _HostFile) -> None:
+        if not self._touched:
+            self._touched = True
+            struct.pack_into("<Q", file.mm, 40, 1)
+
+    def _recover(self, file: _HostFile, active: int) -> None:
+        """A step was killed between writing slots and committing: undo what it wrote."""
+        mm = file.mm
+        for index in range(SLOTS):
+            at = _SLOTS_AT + index * _SLOT.size
+            ident, made, settled, *rest = _SLOT.unpack_from(mm, at)
+            if ident and made > active:
+                _SLOT.pack_into(mm, at, 0, 0, 0, 0, 0, 0.0, 0, 0)
+            elif ident and settled > active:
+                _SLOT.pack_into(mm, at, ident, made, 0, *rest)
+        struct.pack_into("<Q", mm, 40, 0)
+
+    def _forked(self, file: _HostFile) -> None:
+        # A child of fork shares the parent's open file, and so its lock: it opens its own, and starts with
+        # no waiters (the parent's are not its own) and holds no mark.
+        self._file = _HostFile(self.path)
+        self._queue = _Line()
+        self._mark = -1
+        self._next_id = (os.getpid() << 32) | 1
+        self._version = 0  # load what the file holds
+        with contextlib.suppress(OSError, BufferError):
+            file.close()
+
+    def _detach(self, error: BaseException) -> None:
+        """Stop sharing: the process goes on with the state it has, as its own budget, expecting the others."""
+        file, self._file = self._file, None
+        self._stepping = False
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        reason = str(error) or type(error).__name__
+        self.detached = reason
+        logger.warning(
+            "the host's rate-limit budget file cannot be used (%s): this process counts on its own budget now",
+            reason,
+        )
+        self.state.expect_others()
+        self._wake_first()
+
+    def _let_file_go(self) -> None:
+        with self._lock:
+            file, self._file = self._file, None
+            self.detached = "forgotten"
+            if file is not None:
+                file.close()
+
+    # --- slots and marks (under the step lock) -------------------------------------------------------
+
+    def _free_slot(self, file: _HostFile) -> int:
+        mm = file.mm
+        active = self._version
+        for step in range(SLOTS):
+            index = (self._slot_hint + step) % SLOTS
+            ident, _, settled = struct.unpack_from("<QQQ", mm, _SLOTS_AT + index * _SLOT.size)
+            if not ident or (settled and settled <= active):
+                return index
+        return -1
+
+    def _hold(self, file: _HostFile, slot: int, ticket: Ticket, now: float) -> HostTicket:
+        self._dirty(file)
+        ident = self._next_id
+        self._next_id += 1
+        held = HostTicket(ticket.epoch, ticket.answers_before, ticket.bulk, slot=slot, ident=ident)
+        lease = now + self.lease_seconds
+        at = _SLOTS_AT + slot * _SLOT.size
+        _SLOT.pack_into(
+            file.mm, at, ident, self._next, 0, held.epoch, held.answers_before, lease, os.getpid(), held.bulk
+        )
+        self._slot_hint = (slot + 1) % SLOTS
+        return held
+
+    def _let_go(self, ticket: Ticket) -> bool:
+        """Free the ticket's slot; False if it is no longer held (settled by another as its holder's gone,
+        or its lease ran out): the state then has it settled already."""
+        if ticket.settled:
+            return False
+        file = self._file
+        if not isinstance(ticket, HostTicket) or ticket.slot < 0:
+            return True  # granted while the file was not used: the state here counts it
+        if file is None:
+            return True  # the file is gone: the state here counts what it last loaded, this one included
+        at = _SLOTS_AT + ticket.slot * _SLOT.size
+        ident, made, settled, *rest = _SLOT.unpack_from(file.mm, at)
+        if ident != ticket.ident or settled:
+            return False
+        self._dirty(file)
+        _SLOT.pack_into(file.mm, at, ident, made, self._next, *rest)
+        return True
+
+    def _reap(self, now: float) -> bool:
+        """Settle, as unanswered, the tickets of processes that are gone and those whose lease ran out;
+        True if there were any."""
+        file = self._file
+        assert file is not None
+        mm = file.mm
+        me, reaped = os.getpid(), False
+        verdicts: dict[int, bool] = {}
+        state: WindowState = self.state
+        with memoryview(mm) as view:
+            slots = list(_SLOT.iter_unpack(view[_SLOTS_AT:FILE_SIZE]))
+        for index, (ident, made, settled, epoch, answers_before, lease, pid, bulk) in enumerate(slots):
+            at = _SLOTS_AT + index * _SLOT.size
+            if not ident or settled:
+                continue
+            if pid != me:
+                alive = verdicts.get(pid)
+                if alive is None:
+                    alive = verdicts[pid] = _alive(pid)
+            else:
+                alive = True
+            if (alive and lease > now) or state._in_flight <= 0:  # (none in flight: not a ticket of this state)
+                continue
+            self._dirty(file)
+            _SLOT.pack_into(mm, at, ident, made, self._next, epoch, answers_before, lease, pid, bulk)
+            WindowState.no_answer(state, Ticket(epoch, answers_before, bool(bulk)), now)
+            reaped = True
+        return reaped
+
+    def _others_waiting(self, now: float, file: _HostFile) -> bool:
+        mm = file.mm
+        used = _HEADER.unpack_from(mm, 0)[5]
+        me = os.getpid()
+        for index in range(min(used, MARKS)):
+            pid, until = _MARK.unpack_from(mm, _MARKS_AT + index * _MARK.size)
+            if pid and pid != me and until > now and _alive(pid):
+                return True
+        return False
+
+    def _sync_mark(self, file: _HostFile) -> None:
+        """Hold the host's bulk calls back while this process has interactive callers waiting."""
+        mm = file.mm
+        if self._queue.interactive:
+            if self._mark < 0:
+                self._mark = self._take_mark(file)
+                if self._mark < 0:
+                    return  # no room: this process's interactive calls only go first among its own
+            _MARK.pack_into(mm, _MARKS_AT + self._mark * _MARK.size, os.getpid(), self._clock() + MARK_SECONDS)
+        elif self._mark >= 0:
+            _MARK.pack_into(mm, _MARKS_AT + self._mark * _MARK.size, 0, 0.0)
+            self._mark = -1
+
+    def _take_mark(self, file: _HostFile) -> int:
+        mm = file.mm
+        used = _HEADER.unpack_from(mm, 0)[5]
+        now = self._clock()
+        for index in range(MARKS):
+            pid, until = _MARK.unpack_from(mm, _MARKS_AT + index * _MARK.size)
+            if not pid or until <= now or not _alive(pid):
+                if index >= used:
+                    struct.pack_into("<I", mm, 48, index + 1)
+                return index
+        return -1
+
+    # --- waiting across processes --------------------------------------------------------------------
+
+    def _pause(self, waiter: _Waiter, decision: Wait | None, first: bool, now: float, deadline: float | None) -> _Pause:
+        pause = super()._pause(waiter, decision, first, now, deadline)
+        if not first or self._file is None:
+            return pause
+        # Another process's answer or give-back reaches no future here: the first waiter looks again soon,
+        # sooner while the shared state keeps changing (a version counter says so), up to POLL_MAX apart.
+        longest = POLL_MAX if decision is None or decision.until is None else POLL_MAX_TIMED
+        if self._version != self._polled_version:
+            self._polled_version, self._poll = self._version, POLL_MIN
+        else:
+            self._poll = min(longest, self._poll * 2)
+        timeout = self._poll if pause.timeout is None else min(pause.timeout, self._poll)
+        return attrs.evolve(pause, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Nothing to let go of: the file stays open for the process's other clients of the token."""
+
+
+_registry_lock = threading.Lock()
+_registry: dict[Path, HostBudget] = {}
+_told: set[str] = set()
+
+
+def shared_host_budget(
+    base_url: str, token: str, *, window_seconds: float | None = None, lease_seconds: float = 35.0
+) -> HostBudget:
+    """The process's host budget for this token at this base URL, opened on first use; HostBudgetUnavailable
+    (once logged by the caller) when the file cannot be used."""
+    path = budget_file(budget_directory(), base_url, token)
+    with _registry_lock:
+        budget = _registry.get(path)
+        if budget is None:
+            budget = HostBudget(
+                base_url,
+                token,
+                window_seconds=window_seconds or 60.0,
+                lease_seconds=lease_seconds,
+                directory=path.parent,
+            )
+            _registry[path] = budget
+        elif window_seconds is not None and window_seconds != budget.window_seconds:
+            budget.window_seconds = window_seconds
+        return budget
+
+
+def tell_once(reason: str) -> None:
+    """Log, once per reason in this process, why the host budget is not used."""
+    with _registry_lock:
+        if reason in _told:
+            return
+        _told.add(reason)
+    logger.warning("the host's rate-limit budget cannot be used (%s): this process counts on its own budget", reason)
+
+
+def forget_host_budgets(base_url: str | None = None) -> None:
+    """Drop this process's host budgets (of one base URL, or all) and remove their files, e.g. when a test
+    server at that address stops (a later one on the same port is another server)."""
+    with _registry_lock:
+        paths = list(_registry) if base_url is None else []
+        if base_url is not None:
+            prefix = _digest(base_url.rstrip("/"), 12) + "-"
+            paths = [path for path in _registry if path.name.startswith(prefix)]
+            try:
+                directory = budget_directory()
+                paths += [p for p in directory.glob(f"{prefix}*.budget") if p not in paths]
+            except HostBudgetUnavailable:
+                pass
+        for path in paths:
+            budget = _registry.pop(path, None)
+            if budget is not None:
+                budget._let_file_go()
+            with contextlib.suppress(OSError):
+                path.unlink()
