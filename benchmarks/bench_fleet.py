@@ -10,7 +10,7 @@ server window, and cross-checked with the clients' own counters (``client.rate_l
 ``.throttled``).
 
   fleet                 P = 2, 4, 8 with ``redis_url``; beside it, from the same run, the host budget (no
-                        Redis: the default, one budget for the host's processes through a file; started
+                        Redis: ``budget="host"``, one budget for the host's processes through a file; started
                         together, and 0.5 s apart; same target), and the baselines per-process (the SDK
                         with ``budget="process"``: a budget per process) and static-limiter
                         (``AsyncLimiter(L/P, W)`` per process). Target: every call succeeds, exactly N

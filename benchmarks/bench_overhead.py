@@ -11,8 +11,8 @@ difference between a 200-call and a 1200-call run, so start-up cancels out). Tha
 1% but sees neither system calls, page faults nor memory stalls, so CPU per call (user + system) is
 compared as well, with the minor page faults per call that explain much of any gap.
 
-The SDK runs twice: with ``budget="process"`` (the in-process budget) and with the host budget (the
-default: a file shared by the host's processes); the difference is the host budget's cost per call.
+The SDK runs twice: with ``budget="process"`` (the in-process budget, the default) and with
+``budget="host"`` (a file shared by the host's processes); the difference is the host budget's cost per call.
 
     python benchmarks/bench_overhead.py [--calls 4000] [--concurrency 32] [--rounds 7] [--no-instructions]
 """
@@ -71,7 +71,7 @@ async def sdk_host(base_url: str, calls: int, concurrency: int) -> None:
 CLIENTS: dict[str, Callable[[str, int, int], Awaitable[None]]] = {
     "bare aiohttp loop": bare_loop,
     "sdk": sdk,
-    "sdk, host budget (the default)": sdk_host,
+    'sdk, budget="host"': sdk_host,
 }
 
 
@@ -176,7 +176,7 @@ async def main() -> None:
         f"({_verdict(cpu_ratio <= 1.1)}; target <= 1.10x); the median of each round's ratio: {paired:.3f}x "
         f"({_verdict(paired <= 1.1)}).",
     ]
-    host = "sdk, host budget (the default)"
+    host = 'sdk, budget="host"'
     host_extra = cpu[host] - cpu["sdk"]
     lines.append(
         f"Host budget / in-process budget, client CPU per call: {host_extra:+.1f} us "

@@ -3,7 +3,7 @@
 A client belongs to the event loop it first runs in, so each worker makes its own as it starts (never one
 made at import time and shared). Handlers' calls are interactive: they go before a batch's requests on the
 same token, which leave them the slots they use; the push started in the background is bulk. Workers on
-one host share the token's budget by themselves; give WEMASY_REDIS_URL to share it across hosts.
+one host share the token's budget with WEMASY_BUDGET=host; give WEMASY_REDIS_URL to share it across hosts.
 
     WEMASY_API_TOKEN=... uvicorn examples.fastapi_app:app --workers 2
     curl localhost:8000/sendcloud

@@ -56,8 +56,8 @@ def make_calls(
     ready: multiprocessing.Queue[str],
     start: multiprocessing.synchronize.Event,
 ) -> None:
-    """``calls`` status calls at once on the default budget (its type is sent to ``ready``), once the test
-    says go."""
+    """``calls`` status calls at once on the budget WEMASY_BUDGET names (its type is sent to ``ready``), once
+    the test says go."""
 
     async def run() -> None:
         async with WemasyClient(token=TOKEN, base_url=base_url, window_seconds=window) as client:

@@ -44,6 +44,12 @@ def processes() -> Iterator[list[multiprocessing.process.BaseProcess]]:
         process.join(10)
 
 
+@pytest.fixture(autouse=True)
+def host_budget_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients here (and the processes these tests spawn) ask for the host's budget: it is not the default."""
+    monkeypatch.setenv("WEMASY_BUDGET", "host")
+
+
 def _receive(conn: multiprocessing.connection.Connection) -> object:
     if not conn.poll(HANG):
         raise Hung(f"nothing from the other process after {HANG} s")
@@ -74,7 +80,7 @@ def budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_processes_of_one_host_share_the_budget_with_no_429(
     emulator: WemasyEmulator, processes: list[multiprocessing.process.BaseProcess]
 ) -> None:
-    """Three spawned processes with the default budget and nothing else in common send 8 calls each at
+    """Three spawned processes with WEMASY_BUDGET=host and nothing else in common send 8 calls each at
     once: exactly 24 requests reach the server, none of them refused."""
     start, ready = spawn.Event(), spawn.Queue()
     for _ in range(3):
@@ -254,8 +260,12 @@ async def test_a_directory_others_can_write_to_is_not_used(
 async def test_budget_process_keeps_each_process_on_its_own(
     emulator: WemasyEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """budget="process" (or WEMASY_BUDGET=process) is the process's own budget and makes no file; "host"
-    and the default are the host's; anything else is a ConfigurationError before any request."""
+    """The default, budget="process" and WEMASY_BUDGET=process are the process's own budget and make no
+    file; budget="host" and WEMASY_BUDGET=host are the host's (budget= wins over the environment); anything
+    else is a ConfigurationError before any request."""
+    monkeypatch.delenv("WEMASY_BUDGET")
+    async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
+        assert type(client._budget) is RateLimitBudget
     async with WemasyClient(token=TOKEN, base_url=emulator.base_url, budget="process") as client:
         assert type(client._budget) is RateLimitBudget
     assert not host_file(emulator.base_url).exists()
@@ -264,7 +274,7 @@ async def test_budget_process_keeps_each_process_on_its_own(
         assert type(client._budget) is RateLimitBudget
         async with WemasyClient(token=TOKEN, base_url=emulator.base_url, budget="host") as host:
             assert isinstance(host._budget, HostBudget)
-    monkeypatch.delenv("WEMASY_BUDGET")
+    monkeypatch.setenv("WEMASY_BUDGET", "host")
     async with WemasyClient(token=TOKEN, base_url=emulator.base_url) as client:
         assert isinstance(client._budget, HostBudget)
         assert TOKEN not in repr(client._budget)
@@ -278,6 +288,11 @@ async def test_budget_process_keeps_each_process_on_its_own(
 
 
 async def test_the_redis_budgets_stand_in_is_the_hosts(emulator: WemasyEmulator) -> None:
-    """With redis_url, while Redis is away, the host's budget stands in (not the process's alone)."""
+    """With redis_url and the host's budget asked for, while Redis is away the host's budget stands in (not
+    the process's alone); by default, the process's."""
     async with WemasyClient(token=TOKEN, base_url=emulator.base_url, redis_url="redis://127.0.0.1:1/0") as client:
         assert isinstance(client._budget._local, HostBudget)  # type: ignore[attr-defined]
+    async with WemasyClient(
+        token=TOKEN, base_url=emulator.base_url, redis_url="redis://127.0.0.1:1/0", budget="process"
+    ) as client:
+        assert type(client._budget._local) is RateLimitBudget  # type: ignore[attr-defined]

@@ -179,13 +179,14 @@ class WemasyClient:
             comes, a 429 included (no wait for the rate-limit window). Not together with ``retry``.
         on_event: called with a :class:`WaitEvent` before each wait for the budget and a
             :class:`RetryEvent` before each retry (both are also logged at debug level).
-        budget: ``"host"`` (the default: the token's budget is shared by this user's processes on this
-            machine, through a file in ``$XDG_RUNTIME_DIR``), ``"process"`` (each process on its own, as
-            ``WEMASY_BUDGET=process`` does), or a budget to use instead (any :class:`Budget`; the client does
+        budget: ``"process"`` (the default: each process has the token's budget of its own), ``"host"``
+            (shared by this user's processes on this machine, through a file in ``$XDG_RUNTIME_DIR``, as
+            ``WEMASY_BUDGET=host`` does), or a budget to use instead (any :class:`Budget`; the client does
             not close it). Where the host's file cannot be used the process's budget is, with one log line.
         redis_url: share the token's budget with every process and host that names the same Redis
             (``redis://host:6379/0``; default: ``WEMASY_REDIS_URL``). Needs ``wemasy-async[redis]``. If
-            Redis stops answering, the client carries on with the host's budget until it is back.
+            Redis stops answering, the client carries on with its own (the process's, or the host's) until it
+            is back.
         max_redirects: same-origin redirects followed per call. Redirects to another origin are never
             followed, since they would carry the token.
         user_agent: a product token put before the SDK's own in ``User-Agent`` (one line of text).

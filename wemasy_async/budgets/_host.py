@@ -396,7 +396,7 @@ class _StepLock:
 class HostBudget(RateLimitBudget):
     """A token's budget shared by this user's processes on this host through a file (see the module docstring).
 
-    Made by :class:`WemasyClient` by default (one per token in each process: :func:`shared_host_budget`);
+    Made by :class:`WemasyClient` with ``budget="host"`` (one per token in each process: :func:`shared_host_budget`);
     HostBudgetUnavailable when the file cannot be used. Thread-safe, as the in-process budget.
 
     Args:
