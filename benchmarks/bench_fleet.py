@@ -595,9 +595,9 @@ def main() -> None:
         f"{CALLS} calls of `sendcloud.status()`, one token, split over P spawned processes released together; "
         f"limit {LIMIT} per {WINDOW:g} s window; the emulator in a process of its own with its default settings, "
         f"fresh for each row; ideal makespan (ceil(N/L)-1)*W = {ideal:.2f} s. fleet: the SDK with `redis_url` (a "
-        f"private redis-server) and `timeout={TIMEOUT:g}` (leases {LEASE:g} s); host: the SDK without Redis, its "
-        "default budget shared by the host's processes through a file; per-process: the SDK without Redis and "
-        '`budget="process"`; '
+        f"private redis-server) and `timeout={TIMEOUT:g}` (leases {LEASE:g} s); host: the SDK without Redis and "
+        '`budget="host"`, shared by the host\'s processes through a file; per-process: the SDK without Redis and '
+        '`budget="process"` (the default); '
         "static-limiter: AsyncLimiter(L/P, W) per process. Fleet rows: requests and 429s per process per server "
         "window from the emulator's log (each worker has its own User-Agent), 429s also from the clients' "
         "counters (they agree); baselines: from the workers' side. Fleet target: every call succeeds, exactly N "
