@@ -427,6 +427,25 @@ async def test_a_name_abandoned_before_its_acquire_runs_is_granted_nothing(redis
         await fleet.aclose()
 
 
+async def test_an_acquire_that_reaches_redis_again_after_its_give_back_is_granted_nothing(redis_url: str) -> None:
+    """redis-py sends a command again after a timeout, so an acquire may run twice, before its give-back or
+    after it. A copy never grants a second ticket (its lease would be no one's, holding a slot until it ran
+    out, and the window's next caller would wait for it)."""
+    fleet = RedisBudget(redis_url, "http://127.0.0.1/api", "t-twice", window_seconds=W)
+    try:
+        kind, first, *_ = await fleet.run("acquire", "n1")
+        assert kind == b"ticket"
+        kind, again, *_ = await fleet.run("acquire", "n1")  # both copies ran before the give-back: one ticket
+        assert (kind, again) == (b"ticket", first)
+        assert await _leases(redis_url, "t-twice") == 1
+        kind, *_ = await fleet.run("abandon", "n1")
+        kind, *_ = await fleet.run("acquire", "n1")  # a copy that runs after it: nothing
+        assert kind == b"gone"
+        assert await _leases(redis_url, "t-twice") == 0
+    finally:
+        await fleet.aclose()
+
+
 async def test_an_interactive_caller_that_gives_up_lets_the_fleets_bulk_calls_go_at_once(redis_url: str) -> None:
     """While an interactive caller waits, the fleet's bulk callers wait behind it ("queue"); when it gives
     up (here cancelled), its mark goes at once and they are woken to wait for what they would have without

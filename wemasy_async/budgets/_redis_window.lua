@@ -17,8 +17,8 @@
 --   line keeps its place when this one is granted).
 -- withdraw: ARGV[7] the name of an interactive line none of whose callers waits any more: its waiting
 --   mark goes (before its time), and the bulk callers held back for it may go.
--- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent); if it was not
---   granted yet, the name is kept (lease seconds) so that its acquire, when run, grants nothing.
+-- abandon: ARGV[7] a ticket's name: its lease is released (the request was never sent), and the name is
+--   kept (lease seconds) so that its acquire, if run later (not yet run, or run again), grants nothing.
 -- answered / no_answer / release: ARGV[7] ticket (its lease's member: epoch:answers_before:id),
 --   ARGV[8] status, ARGV[9] X-RateLimit-Limit, ARGV[10] X-RateLimit-Remaining, ARGV[11] Retry-After
 --   seconds ('' when absent)
@@ -208,8 +208,10 @@ local result
 local member = ARGV[7] or ''
 if op == 'abandon' then
   local found = lease_named(member)
+  -- The name is kept either way: the acquire may reach Redis again (a client that re-sends a command after
+  -- a timeout sends it twice), and a later copy must grant nothing either.
+  redis.call('ZADD', gone_key, now + lease_seconds, member)
   if found == nil then
-    redis.call('ZADD', gone_key, now + lease_seconds, member)
     result = {'settled', str(gate_left()), ''}
     op = 'abandoned'
   else
@@ -227,6 +229,9 @@ elseif op == 'withdraw' then
   result = {'ok', str(gate_left()), ''}
 elseif op == 'acquire' and member ~= '' and redis.call('ZREM', gone_key, member) == 1 then
   result = {'gone', '', ''}  -- its caller left before this ran: no ticket
+elseif op == 'acquire' and member ~= '' and lease_named(member) ~= nil then
+  -- This acquire ran before (a client re-sends a command after a timeout): the same ticket, not a second.
+  result = {'ticket', lease_named(member), ''}
 elseif op == 'acquire' then
   local bulk = ARGV[8] == '1'
   local waiter = ARGV[10] or ''
