@@ -19,6 +19,8 @@ from wemasy_async.resources.sendcloud import PUSH_PATH, STATUS_PATH
 from wemasy_async.testing import WemasyEmulator
 
 ROOT = Path(__file__).parent.parent
+#: Run once in CI, on the coverage Python (noxfile.py): uvicorn and FastAPI in processes of their own.
+pytestmark = pytest.mark.once
 
 
 def _get(url: str, method: str = "GET") -> tuple[int, object]:

@@ -25,6 +25,9 @@ from wemasy_async.testing import WemasyEmulator
 
 LIMIT, WINDOW = 5, 0.5
 spawn = multiprocessing.get_context("spawn")
+#: Run once in CI, on the coverage Python (noxfile.py): other processes on the host, not this Python (the
+#: budget's steps run on every Python in the contract suite).
+pytestmark = pytest.mark.once
 
 
 @pytest.fixture

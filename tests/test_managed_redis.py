@@ -23,7 +23,7 @@ from wemasy_async.testing import WemasyEmulator
 LIMIT, WINDOW = 5, 0.5
 #: Run once in CI, on the coverage Python (noxfile.py): these test the servers and redis-py's clients of
 #: them, not this Python, and start five Redis deployments.
-pytestmark = pytest.mark.managed_redis
+pytestmark = pytest.mark.once
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -137,6 +139,7 @@ def test_importing_the_plugin_imports_nothing_of_the_sdk() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.once  # a pytest in a subprocess: the plugin, not this Python
 def test_pytest_starts_without_the_sdk_and_the_fixture_brings_it(tmp_path: Path) -> None:
     """The plugin alone (as its entry point loads it): collecting and a test without the fixture import
     nothing heavy; the fixture then serves a working emulator."""
@@ -170,6 +173,7 @@ def _readme_pytest_example() -> tuple[str, str]:
     return _fenced_blocks(after, "python")[0], _fenced_blocks(after, "toml")[0]
 
 
+@pytest.mark.once  # a pytest in a subprocess: the plugin, not this Python
 def test_the_readme_pytest_example_runs_as_written_in_a_users_project(tmp_path: Path) -> None:
     """The README's example, in a directory with a user's own bare pytest.ini (none of this project's
     settings), with the plugins installed in this environment loaded as pytest loads them for a user."""
@@ -181,6 +185,7 @@ def test_the_readme_pytest_example_runs_as_written_in_a_users_project(tmp_path: 
     assert re.search(r"^1 passed in ", result.stdout, flags=re.MULTILINE), result.stdout
 
 
+@pytest.mark.once  # a pytest in a subprocess: the plugin, not this Python
 def test_the_readme_pytest_example_runs_without_its_marker_under_the_readmes_auto_mode(tmp_path: Path) -> None:
     """The README says the asyncio marker can go with the pyproject.toml lines it shows, and that those
     lines keep pytest-asyncio quiet: a user's pyproject.toml of just those lines, the example less its marker."""
