@@ -24,7 +24,7 @@ import redis.exceptions
 from .._chunk_size import LearnedSizes
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget
-from ._redis_connect import RedisTarget, cluster_of, connect, connect_seconds
+from ._redis_connect import RedisTarget, cluster_of, connect
 from ._window import Priority, RateLimitView, Ticket
 from .base import BudgetEvent, SchedulerEvent, WaitEvent, gate_closed_error, report_wait
 
@@ -233,10 +233,10 @@ class RedisBudget:
 
     def _patience(self) -> float:
         """How long a call waits for Redis: ``redis_timeout``, but until Redis has answered once, as long as
-        making a connection may take (a TLS handshake: see connect_seconds)."""
+        the first contact may take (a TLS handshake, a cluster's topology: see RedisTarget)."""
         if self._answered:
             return self._redis_timeout
-        return connect_seconds(self._redis_url, self._redis_timeout)
+        return max(self._redis_timeout, self._target.first_contact_seconds)
 
     def _use(self, target: RedisTarget) -> None:
         """Run the scripts through ``target``'s client (one server, a cluster, a Sentinel's master)."""

@@ -39,6 +39,9 @@ class RedisTarget:
     cluster: bool = False
     #: Other clients it holds, closed with it (a Sentinel's connections to its sentinels).
     others: tuple[Any, ...] = ()
+    #: How long a call may wait until Redis has answered once: connections to make, a TLS handshake, a
+    #: cluster's nodes and slots to learn (see connect_seconds).
+    first_contact_seconds: float = 0.0
 
     async def aclose(self) -> None:
         """Close every connection it holds."""
@@ -62,7 +65,8 @@ def connect(redis_url: str, timeout: float) -> RedisTarget:
     # failing (and sending this process to its own budget for a while).
     client = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1), **options)
     pool = client.connection_pool.connection_kwargs
-    return RedisTarget(client, f"{pool.get('host', pool.get('path', '?'))}:{pool.get('port', '?')}")
+    where = f"{pool.get('host', pool.get('path', '?'))}:{pool.get('port', '?')}"
+    return RedisTarget(client, where, first_contact_seconds=options["socket_connect_timeout"])
 
 
 def cluster_of(redis_url: str, timeout: float) -> RedisTarget:
@@ -72,7 +76,10 @@ def cluster_of(redis_url: str, timeout: float) -> RedisTarget:
     connecting = connect_seconds(redis_url, timeout)
     client = RedisCluster.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=connecting)
     parts = urllib.parse.urlsplit(redis_url)
-    return RedisTarget(client, f"cluster {parts.hostname or '?'}:{parts.port or 6379}", cluster=True)
+    where = f"cluster {parts.hostname or '?'}:{parts.port or 6379}"
+    # The first call learns the cluster's nodes and slots and connects to them: the allowance a TLS
+    # connection has, whatever the scheme.
+    return RedisTarget(client, where, cluster=True, first_contact_seconds=max(timeout, TLS_CONNECT_SECONDS))
 
 
 def connect_seconds(redis_url: str, timeout: float) -> float:
@@ -107,7 +114,10 @@ def _sentinel_master(parts: urllib.parse.SplitResult, *, tls: bool, options: dic
     )
     client = sentinel.master_for(service, db=db, retry=Retry(NoBackoff(), 1))
     first = sentinels[0]
-    return RedisTarget(client, f"sentinel {first[0]}:{first[1]}/{service}", others=tuple(sentinel.sentinels))
+    where = f"sentinel {first[0]}:{first[1]}/{service}"
+    # The first call asks a sentinel for the master, then connects to it.
+    first_contact = max(float(options["socket_timeout"]), TLS_CONNECT_SECONDS)
+    return RedisTarget(client, where, others=tuple(sentinel.sentinels), first_contact_seconds=first_contact)
 
 
 def _host_port(text: str) -> tuple[str, int]:
