@@ -69,6 +69,15 @@ def recorded() -> Iterator[Recorded]:
     made.meter_provider.shutdown()
 
 
+async def spend_the_window(base_url: str, limit: int) -> None:
+    """Another client (a bare aiohttp session on the token) sends the window's ``limit`` requests."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as other:
+        for _ in range(limit):
+            async with other.get(base_url + STATUS_PATH) as response:
+                assert response.status == 200
+
+
 def tree(spans: list[ReadableSpan]) -> str:
     """The spans as an indented tree: name, kind, status code and the events, for the docs."""
     children: dict[int | None, list[ReadableSpan]] = {}
@@ -143,11 +152,7 @@ async def test_a_throttled_push_shows_the_429_the_wait_and_the_resend(recorded: 
     gate (an event of the batch's span, and the budget-wait histogram), the request goes again (its span
     says resend_count 1), and the batch's span carries its counts; the docs show this tree."""
     async with WemasyEmulator(limit=3, window_seconds=1.0) as emulator:
-        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
-        async with aiohttp.ClientSession(headers=headers) as other:
-            for _ in range(3):
-                async with other.get(emulator.base_url + STATUS_PATH) as response:
-                    assert response.status == 200
+        await spend_the_window(emulator.base_url, 3)
         async with recorded.client(emulator.base_url, window_seconds=1.0) as client:
             result = await client.sendcloud.push_shipments([1, 2, 3])
         assert result.ok
@@ -259,11 +264,7 @@ async def test_a_resend_is_counted_on_its_own_attempt_only(recorded: Recorded) -
     """A batch whose first request was throttled: only that request's re-send says resend_count; the
     chunks after it, sent once each, say nothing of re-sends."""
     async with WemasyEmulator(limit=3, window_seconds=1.0) as emulator:
-        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
-        async with aiohttp.ClientSession(headers=headers) as other:
-            for _ in range(3):
-                async with other.get(emulator.base_url + STATUS_PATH) as response:
-                    assert response.status == 200
+        await spend_the_window(emulator.base_url, 3)
         async with recorded.client(emulator.base_url, window_seconds=1.0) as client:
             result = await client.sendcloud.push_shipments([1, 2, 3], chunk_size=1, max_concurrency=1)
         assert result.ok

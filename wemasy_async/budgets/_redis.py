@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -280,17 +280,8 @@ class RedisBudget:
         ]
         kept = self._views_kept
         target = self._target
-        call = asyncio.ensure_future(self._script(keys=self._keys, args=argv))
-        call.add_done_callback(_retrieve)
-        try:
-            # Not asyncio.wait_for: before Python 3.12 it returns the answer when the caller is cancelled as
-            # Redis answers, and the cancel is lost (a cancelled acquire would go on and return a ticket).
-            # A cancel raises here, always; a ticket Redis granted meanwhile is abandoned by its caller.
-            done, _ = await asyncio.wait((call,), timeout=self._patience())
-        finally:
-            if not call.done():
-                call.cancel()
-        if not done:
+        call = await self._in_time(self._script(keys=self._keys, args=argv))
+        if call is None:
             raise RedisUnavailableError(f"TimeoutError: no answer within {self._patience():g} s")
         try:
             reply = call.result()
@@ -316,20 +307,29 @@ class RedisBudget:
             self._views_kept += 1
         return result
 
+    async def _in_time(self, command: Awaitable[Any]) -> asyncio.Future[Any] | None:
+        """Run a Redis command for as long as the budget waits for Redis (see _patience): its finished future,
+        or None (then cancelled) when Redis did not answer in time."""
+        call = asyncio.ensure_future(command)
+        call.add_done_callback(_retrieve)
+        try:
+            # Not asyncio.wait_for: before Python 3.12 it returns the answer when the caller is cancelled as
+            # Redis answers, and the cancel is lost (a cancelled acquire would go on and return a ticket).
+            # A cancel raises here, always; a ticket Redis granted meanwhile is abandoned by its caller.
+            done, _ = await asyncio.wait((call,), timeout=self._patience())
+        finally:
+            if not call.done():
+                call.cancel()
+        return call if done else None
+
     async def share_chunk_sizes(self, learned: LearnedSizes) -> LearnedSizes | None:
         """Merge what this process's batches learned of the token's chunk sizes with what the fleet's did,
         and return the fleet's (None when Redis does not answer in time: the batch goes on alone)."""
         if not self._usable():
             return None
         argv = ["" if learned.most is None else learned.most, learned.proven, CHUNK_SIZES_TTL_MS, MAXIMUM_HOLDS_SECONDS]
-        call = asyncio.ensure_future(self._chunk_sizes_script(keys=[self._chunk_sizes_key], args=argv))
-        call.add_done_callback(_retrieve)
-        try:
-            done, _ = await asyncio.wait((call,), timeout=self._patience())
-        finally:
-            if not call.done():
-                call.cancel()
-        if not done or call.exception() is not None:
+        call = await self._in_time(self._chunk_sizes_script(keys=[self._chunk_sizes_key], args=argv))
+        if call is None or call.exception() is not None:
             return None
         most, proven = call.result()
         return LearnedSizes(int(most) if most else None, int(proven))
