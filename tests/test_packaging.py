@@ -1,5 +1,5 @@
 """What a user of the package gets beyond its code: the files in the sdist and the wheel, the pytest plugin
-(light at pytest's start, working as the README shows it) and the README's two commands, as CI runs them.
+(light at pytest's start, working as docs/testing.md shows it) and the README's two commands, as CI runs them.
 
 Nothing here needs the network: the sdist and the wheel are built in-process by hatchling (a test
 dependency), and pytest runs in subprocesses in a temporary directory with a user's configuration.
@@ -27,20 +27,21 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+TESTING_PAGE = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
 PLUGIN_MODULE = PYPROJECT["project"]["entry-points"]["pytest11"]["wemasy_async"]
 
 
 def _fenced_blocks(text: str, language: str) -> list[str]:
-    """The bodies of the README's ```language fences, in order."""
+    """The bodies of the ```language fences of a page's text, in order."""
     return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
 
 
-def _section(heading: str) -> str:
-    """The README's text under ``heading`` up to the next heading of the same level."""
+def _section(heading: str, text: str = README) -> str:
+    """The text (the README's unless given) under ``heading`` up to the next heading of the same level."""
     level = heading.split(" ")[0]
-    start = README.index(f"\n{heading}\n")
-    end = README.find(f"\n{level} ", start + 1)
-    return README[start : end if end != -1 else len(README)]
+    start = text.index(f"\n{heading}\n")
+    end = text.find(f"\n{level} ", start + 1)
+    return text[start : end if end != -1 else len(text)]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -165,19 +166,19 @@ def test_pytest_starts_without_the_sdk_and_the_fixture_brings_it(tmp_path: Path)
     assert re.search(r"^2 passed in ", result.stdout, flags=re.MULTILINE), result.stdout
 
 
-def _readme_pytest_example() -> tuple[str, str]:
-    """The README's pytest example (the first Python fence after "With pytest") and the pyproject.toml lines
-    it shows for asyncio_mode=auto (the TOML fence after it)."""
-    testing = _section("## Testing your code: the emulator")
+def _docs_pytest_example() -> tuple[str, str]:
+    """The pytest example of docs/testing.md (the first Python fence after "With pytest") and the pyproject.toml
+    lines it shows for asyncio_mode=auto (the TOML fence after it)."""
+    testing = _section("## The pytest fixture", TESTING_PAGE)
     after = testing[testing.index("With pytest") :]
     return _fenced_blocks(after, "python")[0], _fenced_blocks(after, "toml")[0]
 
 
 @pytest.mark.once  # a pytest in a subprocess: the plugin, not this Python
-def test_the_readme_pytest_example_runs_as_written_in_a_users_project(tmp_path: Path) -> None:
-    """The README's example, in a directory with a user's own bare pytest.ini (none of this project's
+def test_the_docs_pytest_example_runs_as_written_in_a_users_project(tmp_path: Path) -> None:
+    """The example of docs/testing.md, in a directory with a user's own bare pytest.ini (none of this project's
     settings), with the plugins installed in this environment loaded as pytest loads them for a user."""
-    example, _ = _readme_pytest_example()
+    example, _ = _docs_pytest_example()
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     (tmp_path / "test_readme_example.py").write_text(example, encoding="utf-8")
     result = _pytest_in(tmp_path, "test_readme_example.py")
@@ -186,10 +187,10 @@ def test_the_readme_pytest_example_runs_as_written_in_a_users_project(tmp_path: 
 
 
 @pytest.mark.once  # a pytest in a subprocess: the plugin, not this Python
-def test_the_readme_pytest_example_runs_without_its_marker_under_the_readmes_auto_mode(tmp_path: Path) -> None:
-    """The README says the asyncio marker can go with the pyproject.toml lines it shows, and that those
+def test_the_docs_pytest_example_runs_without_its_marker_under_the_pages_auto_mode(tmp_path: Path) -> None:
+    """docs/testing.md says the asyncio marker can go with the pyproject.toml lines it shows, and that those
     lines keep pytest-asyncio quiet: a user's pyproject.toml of just those lines, the example less its marker."""
-    example, config = _readme_pytest_example()
+    example, config = _docs_pytest_example()
     (marker,) = (line for line in example.splitlines() if line.startswith("@pytest.mark.asyncio"))
     (tmp_path / "pyproject.toml").write_text(config, encoding="utf-8")
     (tmp_path / "test_readme_example.py").write_text(example.replace(marker + "\n", ""), encoding="utf-8")
