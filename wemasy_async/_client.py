@@ -194,9 +194,10 @@ class WemasyClient:
             or ``HTTP_PROXY`` (for http) names, unless ``NO_PROXY`` lists the host, as requests and httpx
             do; read once, when the session is made. ``False``: connect directly whatever the environment
             says. (A session you pass keeps its own settings.)
-        tracer_provider, meter_provider: OpenTelemetry providers for the client's spans and metrics (see
-            docs/telemetry.md); by default the global ones, if set when the client is made. With neither,
-            or without ``opentelemetry-api`` (the ``otel`` extra), the client records nothing, at no cost.
+        tracer_provider: the OpenTelemetry provider for the client's spans (see docs/telemetry.md); by
+            default the global one, if set when the client is made. With neither provider, or without
+            ``opentelemetry-api`` (the ``otel`` extra), the client records nothing, at no cost.
+        meter_provider: the OpenTelemetry provider for the client's metrics; by default the global one.
     """
 
     def __init__(  # noqa: PLR0913 -- every option after the token is keyword-only, each with a default

@@ -188,13 +188,15 @@ class WemasyEmulator:
     ...         await client.sendcloud.push_shipments([1, 2, 3])
 
     Args:
-        limit, window_seconds: the throttle: ``limit`` requests per window per token.
+        limit: the throttle's requests per window per token.
+        window_seconds: the throttle's window.
         max_ids_per_request: more order ids than this in one push is a 422 on ``order_ids`` (Laravel's
             ``max`` rule); ``None``: no maximum.
-        seconds_per_id, seconds_per_id_pair: the time a push takes to validate its n ids, ``seconds_per_id
-            * n + seconds_per_id_pair * n * n`` (Laravel validates each id, and its ``distinct`` rule
-            compares pairs), before it is answered, whatever the answer; 0 and 0 by default. A real app
-            measured 0.03 s for 500 ids and 0.45 s for 4,000: about ``5.25e-5`` and ``1.5e-8``.
+        seconds_per_id: with ``seconds_per_id_pair``, the time a push takes to validate its n ids,
+            ``seconds_per_id * n + seconds_per_id_pair * n * n`` (Laravel validates each id, and its
+            ``distinct`` rule compares pairs), before it is answered, whatever the answer; 0 by default. A
+            real app measured 0.03 s for 500 ids and 0.45 s for 4,000: about ``5.25e-5`` and ``1.5e-8``.
+        seconds_per_id_pair: see ``seconds_per_id``; 0 by default.
         max_body_bytes: a larger request body is a 413, as Laravel's ``ValidatePostSize`` (``None``: no limit).
         valid_tokens: the tokens that authenticate (401 for others); ``None`` accepts any bearer token.
         forbidden_tokens: tokens that authenticate but lack permission (403).
@@ -206,9 +208,9 @@ class WemasyEmulator:
         integration: the ``integration`` object the status endpoint returns.
         error_bodies: ``documented`` (``{"error": true, "message"}``) or ``laravel`` (``{"message"}``).
         seed: seeds the random fault switches.
-        clock: a monotonic clock for the throttle and the request log; ``wall_clock`` for unix times (the
-            ``Date`` header, ``X-RateLimit-Reset`` and HTTP-date ``Retry-After``): give it an offset to
-            model a server whose clock is wrong.
+        clock: a monotonic clock for the throttle and the request log.
+        wall_clock: the clock of unix times (the ``Date`` header, ``X-RateLimit-Reset`` and HTTP-date
+            ``Retry-After``): give it an offset to model a server whose clock is wrong.
     """
 
     def __init__(  # noqa: PLR0913  (keyword-only options, each a knob of the emulated server)
