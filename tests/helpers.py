@@ -1,5 +1,6 @@
 """Helpers the test modules share (no test module imports another): the account of every id, the CLI
-under a pseudo-terminal, and journals written through their own interface, on a real or a faulty disk."""
+under a pseudo-terminal, journals written through their own interface, on a real or a faulty disk, and
+the clients of a Redis fleet."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from wemasy_async import OrderRejection, PushDetails, PushResult, PushSummary
+from tests.conftest import TOKEN
+from wemasy_async import OrderRejection, PushDetails, PushResult, PushSummary, RetryPolicy, WemasyClient
 from wemasy_async._journal import BatchJournal, open_journal
 from wemasy_async._journal._writer import JournalDisk
 from wemasy_async.testing import WemasyEmulator
@@ -149,3 +151,29 @@ def push_journals_on(monkeypatch: pytest.MonkeyPatch, disk: JournalDisk) -> list
 
     monkeypatch.setattr(sendcloud_module, "open_journal", open_on_disk)
     return opened
+
+
+# --- the clients of a Redis fleet ----------------------------------------------------------------------
+
+#: The fleet tests' server: 5 requests per 0.5 s.
+FLEET_LIMIT, FLEET_WINDOW = 5, 0.5
+
+
+def at_fleet_pace(emulator: WemasyEmulator) -> WemasyEmulator:
+    """The emulator at the fleet tests' limit and window."""
+    emulator.limit, emulator.window_seconds = FLEET_LIMIT, FLEET_WINDOW
+    return emulator
+
+
+def fleet_client(emulator: WemasyEmulator, redis_url: str, name: str, **options: object) -> WemasyClient:
+    """A "process" of the fleet: a client with a budget of its own, shared with the others only through
+    ``redis_url``; ``name`` is its User-Agent, which the emulator's log shows."""
+    return WemasyClient(
+        token=TOKEN,
+        base_url=emulator.base_url,
+        redis_url=redis_url,
+        window_seconds=FLEET_WINDOW,
+        user_agent=name,
+        retry=RetryPolicy(backoff_base=0.001),
+        **options,  # type: ignore[arg-type]
+    )

@@ -10,30 +10,18 @@ import sys
 import pytest
 
 from tests.conftest import TOKEN
+from tests.helpers import FLEET_LIMIT, FLEET_WINDOW, at_fleet_pace, fleet_client
 from tests.redis_server import RedisServer
 from wemasy_async import BudgetEvent, ConfigurationError, RetryPolicy, WemasyClient
 from wemasy_async.testing import WemasyEmulator
 
-LIMIT, WINDOW = 5, 0.5
+LIMIT, WINDOW = FLEET_LIMIT, FLEET_WINDOW
 FAST_RETRIES = RetryPolicy(backoff_base=0.001)
 
 
 @pytest.fixture
 def emulator(wemasy_emulator: WemasyEmulator) -> WemasyEmulator:
-    wemasy_emulator.limit, wemasy_emulator.window_seconds = LIMIT, WINDOW
-    return wemasy_emulator
-
-
-def fleet_client(emulator: WemasyEmulator, redis_url: str, name: str, **options: object) -> WemasyClient:
-    return WemasyClient(
-        token=TOKEN,
-        base_url=emulator.base_url,
-        redis_url=redis_url,
-        window_seconds=WINDOW,
-        user_agent=name,
-        retry=FAST_RETRIES,
-        **options,  # type: ignore[arg-type]
-    )
+    return at_fleet_pace(wemasy_emulator)
 
 
 async def test_clients_sharing_redis_never_meet_a_429(emulator: WemasyEmulator, redis_url: str) -> None:

@@ -14,13 +14,14 @@ import redis
 from redis.cluster import RedisCluster
 
 from tests.conftest import TOKEN
+from tests.helpers import FLEET_LIMIT, FLEET_WINDOW, at_fleet_pace, fleet_client
 from tests.redis_server import RedisClusterServers, RedisServer, SentinelServers, Tls
-from wemasy_async import BudgetEvent, ConfigurationError, RateLimitHeaders, RetryPolicy, WemasyClient
+from wemasy_async import BudgetEvent, ConfigurationError, RateLimitHeaders, WemasyClient
 from wemasy_async._chunk_size import LearnedSizes
 from wemasy_async.budgets._redis import RedisBudget, redis_keys
 from wemasy_async.testing import WemasyEmulator
 
-LIMIT, WINDOW = 5, 0.5
+LIMIT, WINDOW = FLEET_LIMIT, FLEET_WINDOW
 #: Run once in CI, on the coverage Python (noxfile.py): these test the servers and redis-py's clients of
 #: them, not this Python, and start five Redis deployments.
 pytestmark = pytest.mark.once
@@ -82,20 +83,7 @@ def deployments(cluster: RedisClusterServers, tls: Tls) -> Iterator[dict[str, st
 
 @pytest.fixture
 def emulator(wemasy_emulator: WemasyEmulator) -> WemasyEmulator:
-    wemasy_emulator.limit, wemasy_emulator.window_seconds = LIMIT, WINDOW
-    return wemasy_emulator
-
-
-def fleet_client(emulator: WemasyEmulator, redis_url: str, name: str, **options: object) -> WemasyClient:
-    return WemasyClient(
-        token=TOKEN,
-        base_url=emulator.base_url,
-        redis_url=redis_url,
-        window_seconds=WINDOW,
-        user_agent=name,
-        retry=RetryPolicy(backoff_base=0.001),
-        **options,  # type: ignore[arg-type]
-    )
+    return at_fleet_pace(wemasy_emulator)
 
 
 @pytest.mark.parametrize(
