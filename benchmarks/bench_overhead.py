@@ -4,7 +4,8 @@ Both send the same GET of the status endpoint to the same emulator (in its own p
 high to matter), at the same concurrency; the bare loop also decodes the JSON. Rounds alternate, each
 order in turn, so drift on a shared machine hits both alike; the medians of the rounds are compared, and
 for CPU also the median of each round's own ratio (its two runs are next to each other in time). Client
-CPU per call is reported too: it is the SDK's own cost, whatever the server's speed.
+CPU per call is reported too: it is the SDK's own cost, whatever the server's speed. With two cores or
+more, the emulator runs on a core of its own and the clients on the others.
 
 Where valgrind is installed the client's instructions per call are counted with callgrind too (the
 difference between a 200-call and a 1200-call run, so start-up cancels out). That count repeats to about
@@ -37,7 +38,7 @@ from typing import NamedTuple
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from emulator_process import emulator_in_subprocess
+from emulator_process import emulator_in_subprocess, pin_to_other_cores
 from results import machine, record
 
 from wemasy_async import WemasyClient
@@ -128,7 +129,9 @@ async def main() -> None:
     # The host budget's file in a directory of this run's (the callgrind runs' too), not the user's.
     budget_dir = tempfile.mkdtemp(prefix="bench-overhead-")
     os.environ["WEMASY_BUDGET_DIR"] = budget_dir
-    with emulator_in_subprocess(limit=1_000_000_000, window_seconds=60.0) as base_url:
+    # The emulator on a core of its own, the clients on the others (callgrind's runs too).
+    emulator_cpu = pin_to_other_cores()
+    with emulator_in_subprocess(limit=1_000_000_000, window_seconds=60.0, cpu=emulator_cpu) as base_url:
         for client in CLIENTS.values():  # warm every path up
             await timed(client, base_url, 500, args.concurrency)
         results: dict[str, list[Round]] = {name: [] for name in CLIENTS}
@@ -147,7 +150,8 @@ async def main() -> None:
     ratio = rate["sdk"] / rate["bare aiohttp loop"]
     lines = [
         f"{args.calls} calls of the status endpoint per round, concurrency {args.concurrency}, median of "
-        f"{args.rounds} alternating rounds; the emulator in its own process. Targets: SDK >= 0.9x the bare loop's "
+        f"{args.rounds} alternating rounds; the emulator in its own process"
+        f"{', on a core of its own' if emulator_cpu is not None else ''}. Targets: SDK >= 0.9x the bare loop's "
         "calls per second, and client CPU (user + system) per call <= 1.10x its.",
         "",
         "| client | calls/s (median) | calls/s (each round) | client CPU us/call (median) | "

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,9 @@ def _serve(conn: multiprocessing.connection.Connection, options: dict[str, Any])
 
     log_requests = bool(options.pop("log_requests", False))
     delay_seconds = float(options.pop("delay_seconds", 0.0))
+    cpu = options.pop("cpu", None)
+    if cpu is not None:  # the emulator on a core of its own (see pin_to_other_cores)
+        os.sched_setaffinity(0, {cpu})
 
     async def main() -> None:
         emulator = WemasyEmulator(**options)
@@ -131,3 +135,16 @@ def emulator_with_stats_in_subprocess(**options: Any) -> Iterator[tuple[str, Cal
     finally:
         process.terminate()
         process.join(10)
+
+
+def pin_to_other_cores() -> int | None:
+    """Keep this process off one core and return that core, for the emulator (``cpu=`` option), where the
+    platform allows it and the machine has at least two cores: then neither process's scheduling lands in
+    the other's CPU figures, which makes a client's CPU per call repeat more closely between rounds."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    os.sched_setaffinity(0, set(cores[:-1]))
+    return cores[-1]
