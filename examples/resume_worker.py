@@ -43,11 +43,15 @@ async def push(ids: list[int], journal: Path, chunk_size: int | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ids_file", type=Path, help="order ids, one per line or separated by spaces")
+    parser.add_argument("ids_file", type=Path, help="order ids, one per line or separated by spaces or commas")
     parser.add_argument("journal", type=Path, help="the batch's journal (SQLite); made on the first run")
     parser.add_argument("--chunk-size", type=int, default=None, help="ids per request, at most (default: learned)")
     args = parser.parse_args()
-    ids = [int(word) for word in args.ids_file.read_text(encoding="utf-8").split()]
+    words = args.ids_file.read_text(encoding="utf-8").replace(",", " ").split()
+    bad = next((word for word in words if not word.isdigit()), None)
+    if bad is not None:
+        parser.error(f"{args.ids_file}: {bad!r} is not an order id")
+    ids = [int(word) for word in words]
     if args.journal.exists():
         before = read_journal(args.journal)  # what the runs before this one settled
         print(f"resuming: {before.accepted} accepted, {before.to_send} to send, run {before.runs + 1}", flush=True)

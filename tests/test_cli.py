@@ -3,6 +3,7 @@ the terminal matters (the progress bar)."""
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import io
 import json
@@ -21,8 +22,9 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.helpers import run_in_terminal, terminal_lines
-from wemasy_async import ConfigurationError, WemasyClient
+from wemasy_async import ConfigurationError, PushDetails, PushResult, PushSummary, WemasyClient
 from wemasy_async.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, main
+from wemasy_async.cli._commands import _carry_on
 from wemasy_async.testing import WemasyEmulator
 
 
@@ -197,6 +199,19 @@ def test_ctrl_c_stops_a_push_and_still_prints_what_was_done(wemasy_emulator: Wem
     assert sorted(written) == sorted(
         [i for f in document["failed"] for i in f["order_ids"]] + document["in_doubt"] + document["not_sent"]
     )
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_after_ctrl_c_without_a_file_the_way_on_is_the_same_command(as_json: bool) -> None:
+    """Interrupted with neither --journal nor --failed-out, the ids left are in no file: stderr says so and
+    gives the command that carries on (pushing again is safe: queued ids come back skipped), and points
+    at retry_order_ids only where the output has them (--json)."""
+    args = argparse.Namespace(journal=None, failed_out=None, json=as_json)
+    result = PushResult(summary=PushSummary(0, 0, 0, 0, 0), details=PushDetails(), not_sent=(1, 2, 3))
+    message = _carry_on(args, result, written=False)
+    assert message.startswith("the 3 ids left")
+    assert "run the same command again" in message
+    assert ("retry_order_ids" in message) is as_json
 
 
 def test_the_window_comes_from_the_environment(env: WemasyEmulator, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,9 +237,11 @@ def _carry_on(args: argparse.Namespace, result: PushResult, *, written: bool) ->
     if written:
         path = args.failed_out
         return f"the {left} ids to push again are in {path}; to carry on: wemasy-async push --file {path}"
+    where = " (the result's retry_order_ids)" if getattr(args, "json", False) else ""
     return (
-        f"the {left} ids to push again are in the result above (retry_order_ids); give --journal FILE or "
-        "--failed-out FILE to keep them in a file"
+        f"the {left} ids left{where} were not written to a file; to carry on, run the same command again (ids "
+        "already queued come back as skipped, never as a second shipment), with --journal FILE to send only "
+        "what is left if it is stopped again"
     )
 
 
@@ -377,7 +379,7 @@ async def demo(args: argparse.Namespace) -> int:
     windows = math.ceil(len(pushes) / args.limit)
     ideal = (windows - 1) * args.window
     print(
-        f"scheduler: {view.sent} requests, {view.throttled} answered 429, {elapsed:.2f} s "
+        f"scheduler: {view.sent} requests sent (422s and retries too), {view.throttled} answered 429, {elapsed:.2f} s "
         f"(ideal for {len(pushes)} requests at {args.limit} per {args.window:g} s: {ideal:.2f} s)"
     )
     return code

@@ -62,7 +62,7 @@ def print_push_result(result: PushResult, out: TextIO) -> None:
     s = result.summary
     print(
         f"accepted {s.total_orders}: {s.new_orders} new, {s.retry_orders} retry, {s.skipped_orders} skipped "
-        f"({s.queued_orders} queued) in {result.requests} requests",
+        f"({s.queued_orders} queued) in {result.requests} requests answered 200",
         file=out,
     )
     if result.duplicates:
@@ -117,7 +117,7 @@ def print_journal_summary(summary: JournalSummary, out: TextIO) -> None:
     )
     print(
         f"accepted {summary.accepted}: {summary.new} new, {summary.retry} retry, {summary.skipped} skipped "
-        f"in {summary.requests} requests",
+        f"in {summary.requests} requests answered 200",
         file=out,
     )
     for place in UNACCEPTED:
