@@ -579,3 +579,24 @@ async def test_a_client_s_options_set_after_a_call_apply_to_its_next_calls(wemas
         with pytest.raises(ServerError):
             await client.sendcloud.status()
         assert len(wemasy_emulator.requests) == 4  # once: the policy set after the first call
+
+
+def test_an_error_is_named_where_users_import_it_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A traceback names an error by its public path (wemasy_async.ConfigurationError), never by the
+    private module that defines it; every exported error, and each still pickles (multiprocessing)."""
+    import pickle
+    import traceback
+
+    import wemasy_async
+
+    monkeypatch.delenv("WEMASY_API_TOKEN", raising=False)
+    with pytest.raises(wemasy_async.ConfigurationError) as caught:
+        WemasyClient()
+    last = traceback.format_exception(caught.value)[-1]
+    assert last.startswith("wemasy_async.ConfigurationError: no API token")
+    errors = [getattr(wemasy_async, name) for name in wemasy_async.__all__]
+    errors = [error for error in errors if isinstance(error, type) and issubclass(error, Exception)]
+    assert len(errors) > 10
+    assert {error.__module__ for error in errors} == {"wemasy_async"}
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is wemasy_async.ConfigurationError

@@ -96,3 +96,11 @@ __all__ = [
     "partial_result",
     "read_journal",
 ]
+
+# The errors are raised to users' code: a traceback names them where users import them from
+# (``wemasy_async.ConfigurationError``), not by the private module that defines them.
+for _name in __all__:
+    _error = globals()[_name]
+    if isinstance(_error, type) and issubclass(_error, Exception):
+        _error.__module__ = __name__
+del _name, _error
