@@ -104,6 +104,20 @@ def test_the_configuration_page_lists_every_environment_variable_the_package_rea
     assert read <= set(_table_keys("configuration.md", "# Configuration and environment variables"))
 
 
+def test_the_errors_page_has_a_row_for_every_exported_error() -> None:
+    import wemasy_async
+
+    exported = {
+        name
+        for name in wemasy_async.__all__
+        if isinstance(error := getattr(wemasy_async, name), type) and issubclass(error, Exception)
+    }
+    text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert exported - {"APIResponseError"} <= named  # APIResponseError: the paragraph under the table
+
+
 # --- the README as a landing page ----------------------------------------------------------------------
 
 
