@@ -75,6 +75,7 @@ _SLOT = struct.Struct("<QQQHH4xQqqdiB3x")
 _SETTLE = struct.Struct("<QQQHH")  # the slot's first fields: what settling one ticket of the group changes
 _SLOT_MADE_AT = 32  # offset of "made" inside a slot
 _FREE = struct.Struct("<QQ")  # a slot's id and settled version: whether it is free
+_USED, _USED_AT = struct.Struct("<I"), 52  # slots ever used (the header's last field)
 MARKS, SLOTS = 64, 1024
 _COMMIT, _COMMIT_AT = struct.Struct("<QQ"), 32  # active and dirty, inside the header
 _STATE_AT = _HEADER.size
@@ -97,9 +98,12 @@ MARK_SECONDS = 1.0
 #: The first waiter of a process looks at the shared state this often at first, then less, up to POLL_MAX
 #: while it waits for an answer (another process's), or POLL_MAX_TIMED while its wait has a known end (a
 #: window, a gate: only another process's give-back or mark can change it sooner).
-POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.05, 0.25
+POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.1, 0.25
 #: Waiters look for tickets of dead processes at most this often.
 REAP_EVERY = 0.25
+#: The first waiter of a process takes a step at least this often while it waits (between, it only looks at
+#: the file's committed version, a read of 16 bytes).
+STEP_EVERY = 0.5
 
 
 class HostBudgetUnavailable(Exception):
@@ -471,6 +475,7 @@ class HostBudget(RateLimitBudget):
         self._turn_steps = self._turn_taken = self._turn_pooled = 0
         self._poll = POLL_MIN
         self._polled_version = -1
+        self._watch: asyncio.TimerHandle | None = None  # the first waiter's next look at the file
         self.detached: str | None = None  # why the file is no longer used, once it is not
 
     def __repr__(self) -> str:
@@ -780,14 +785,22 @@ class HostBudget(RateLimitBudget):
     # --- slots and marks (under the step lock) -------------------------------------------------------
 
     def _free_slot(self, file: _HostFile) -> int:
+        """A free slot among the first ``used`` (the header's count of slots ever used), else the next one
+        (counted then): the slots stay packed at the start, so that a waiter's look for holders that are
+        gone reads only those."""
         mm = file.mm
         active = self._version
-        for step in range(SLOTS):
-            index = (self._slot_hint + step) % SLOTS
+        (used,) = _USED.unpack_from(mm, _USED_AT)
+        hint = self._slot_hint if self._slot_hint < used else 0
+        for step in range(used):
+            index = (hint + step) % used
             ident, settled = _FREE.unpack_from(mm, _SLOTS_AT + index * _SLOT.size)
             if not ident or (settled and settled <= active):
-                return index
-        return -1
+                return int(index)
+        if used >= SLOTS:
+            return -1
+        _USED.pack_into(mm, _USED_AT, used + 1)
+        return int(used)
 
     def _hold(self, file: _HostFile, slot: int, ticket: Ticket, now: float) -> HostTicket:
         self._dirty(file)
@@ -835,8 +848,9 @@ class HostBudget(RateLimitBudget):
         me, reaped = os.getpid(), False
         verdicts: dict[int, bool] = {}
         state: WindowState = self.state
+        (used,) = _USED.unpack_from(mm, _USED_AT)
         with memoryview(mm) as view:
-            slots = list(_SLOT.iter_unpack(view[_SLOTS_AT:FILE_SIZE]))
+            slots = list(_SLOT.iter_unpack(view[_SLOTS_AT : _SLOTS_AT + min(used, SLOTS) * _SLOT.size]))
         for index, (ident, settled, changed, count, before, _, epoch, answers_before, lease, pid, bulk) in enumerate(
             slots
         ):
@@ -891,7 +905,7 @@ class HostBudget(RateLimitBudget):
             if not pid or until <= now or not _alive(pid):
                 if index >= used:
                     struct.pack_into("<I", mm, 48, index + 1)
-                return index
+                return int(index)
         return -1
 
     # --- waiting across processes --------------------------------------------------------------------
@@ -900,15 +914,38 @@ class HostBudget(RateLimitBudget):
         pause = super()._pause(waiter, decision, first, now, deadline)
         if not first or self._file is None:
             return pause
-        # Another process's answer or give-back reaches no future here: the first waiter looks again soon,
-        # sooner while the shared state keeps changing (a version counter says so), up to POLL_MAX apart.
+        # Another process's answer or give-back reaches no future here: the first waiter's loop looks at the
+        # file's committed version soon, then less often (up to POLL_MAX apart, or POLL_MAX_TIMED while the
+        # wait has a known end), and wakes the waiter when another process has committed since. A look is a
+        # read of 16 bytes, not a step; the waiter takes a step at least every STEP_EVERY all the same (its
+        # mark is renewed, holders that are gone are looked for).
         longest = POLL_MAX if decision is None or decision.until is None else POLL_MAX_TIMED
         if self._version != self._polled_version:
             self._polled_version, self._poll = self._version, POLL_MIN
         else:
             self._poll = min(longest, self._poll * 2)
-        timeout = self._poll if pause.timeout is None else min(pause.timeout, self._poll)
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = waiter.loop.call_later(self._poll, self._look, pause.future, self._poll, longest)
+        timeout = STEP_EVERY if pause.timeout is None else min(pause.timeout, STEP_EVERY)
         return attrs.evolve(pause, timeout=timeout)
+
+    def _look(self, future: asyncio.Future[None], interval: float, longest: float) -> None:
+        """Wake the waiter of ``future`` if another process committed since this one's last step, else look
+        again later (on the waiter's loop)."""
+        self._watch = None
+        if future.done():
+            return
+        file = self._file
+        try:
+            changed = file is None or _COMMIT.unpack_from(file.mm, _COMMIT_AT)[0] != self._version
+        except (ValueError, OSError):  # the mapping was closed meanwhile: the waiter's step finds out why
+            changed = True
+        if changed:
+            future.set_result(None)
+            return
+        interval = min(longest, interval * 2)
+        self._watch = future.get_loop().call_later(interval, self._look, future, interval, longest)
 
     async def aclose(self) -> None:
         """Write what the process kept (the file stays open for the process's other clients of the token)."""
