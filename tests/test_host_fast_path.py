@@ -114,3 +114,21 @@ async def test_a_kept_answer_serves_another_processs_waiter_after_the_turn(tmp_p
     await mine.answered(probe, 200, RateLimitHeaders(LIMIT, LIMIT - 1))
     ticket = await asyncio.wait_for(waiter, 10)  # a stall detector: its poll finds the answer written
     await other.release(ticket)
+
+
+async def test_a_waiters_look_wakes_it_once_another_process_has_committed(tmp_path: Path) -> None:
+    """Between its steps a waiter only looks at the file's committed version: a look finds nothing new
+    while no one else committed (and looks again later), and wakes the waiter once another process has."""
+    clock = FakeClock(1000.0)
+    mine, other = budgets(tmp_path, clock)
+    probe = other.try_acquire()
+    assert probe is not None
+    mine.view()  # a step: this process has read the file as it is
+    woken = asyncio.get_running_loop().create_future()
+    mine._look(woken, 60.0, 60.0)
+    assert not woken.done()
+    assert mine._watch is not None  # it looks again later
+    mine._watch.cancel()
+    await other.answered(probe, 429, RateLimitHeaders(LIMIT, 0, retry_after=1.0))  # written at once
+    mine._look(woken, 60.0, 60.0)
+    assert woken.done()
