@@ -29,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from .._chunk_size import LearnedSizes
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget, _Line, _Pause, _Waiter
 from ._window import Priority, RateLimitView, Ticket, Wait, WindowState
@@ -101,6 +102,10 @@ MARK_SECONDS = 1.0
 POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.1, 0.25
 #: Waiters look for tickets of dead processes at most this often.
 REAP_EVERY = 0.25
+#: How long the host remembers learned chunk sizes after the last batch shared them, and how long a maximum
+#: holds after it was learned (as the Redis budget's fleet does).
+CHUNK_SIZES_KEPT_SECONDS = 24 * 3600.0
+MAXIMUM_HOLDS_SECONDS = 24 * 3600.0
 #: The first waiter of a process takes a step at least this often while it waits (between, it only looks at
 #: the file's committed version, a read of 16 bytes).
 STEP_EVERY = 0.5
@@ -946,6 +951,36 @@ class HostBudget(RateLimitBudget):
             return
         interval = min(longest, interval * 2)
         self._watch = future.get_loop().call_later(interval, self._look, future, interval, longest)
+
+    async def share_chunk_sizes(self, learned: LearnedSizes) -> LearnedSizes | None:
+        """Merge what this process's batches learned of the token's chunk sizes with what the host's other
+        processes did (the least maximum, the largest proven size within it), as the Redis budget does for
+        a fleet, and return the host's (None once the file is not used: the batch goes on alone)."""
+        with self._lock:
+            file = self._file
+            if file is None:
+                return None
+            try:
+                return self._merge_sizes(file, learned)
+            except (OSError, ValueError, struct.error) as exc:
+                self._detach(exc)
+                return None
+
+    def _merge_sizes(self, file: _HostFile, learned: LearnedSizes) -> LearnedSizes:
+        now = self._clock()
+        mm = file.mm
+        most, most_at, proven, shared_at = _SIZES.unpack_from(mm, _SIZES_AT)
+        if proven < 0 or (shared_at and now - shared_at > CHUNK_SIZES_KEPT_SECONDS):
+            most, proven = -1, 0  # nobody shared for a day (or nonsense): forgotten
+        if most > 0 and now - most_at > MAXIMUM_HOLDS_SECONDS:
+            most = -1  # a maximum holds its time, then the server is probed again
+        if learned.most is not None and learned.most > 0 and (most <= 0 or learned.most < most):
+            most, most_at = learned.most, now
+        proven = max(proven, learned.proven)
+        if most > 0:
+            proven = min(proven, most)
+        _SIZES.pack_into(mm, _SIZES_AT, most, most_at, proven, now)
+        return LearnedSizes(most if most > 0 else None, proven)
 
     async def aclose(self) -> None:
         """Write what the process kept (the file stays open for the process's other clients of the token)."""
