@@ -18,6 +18,7 @@ import pytest
 
 from tests.budget_helpers import Caller, FakeClock, OtherLoop, take, within
 from wemasy_async import Budget, RateLimitBudget, RateLimitError, RateLimitHeaders, WaitEvent
+from wemasy_async._chunk_size import LearnedSizes
 from wemasy_async.budgets import Priority
 from wemasy_async.budgets._host import HostBudget
 from wemasy_async.budgets._redis import RedisBudget
@@ -429,3 +430,26 @@ async def test_a_window_whose_requests_went_unanswered_still_ends(backend: Backe
     backend.clock.now += SHORT
     await within(caller.task)
     assert all(event.seconds is not None for event in waits)
+
+
+# --- learned chunk sizes ---------------------------------------------------------------------------------
+
+
+async def test_a_sharing_budget_keeps_the_least_maximum_and_the_largest_proven_size(backend: Backend) -> None:
+    """A budget shared beyond the process keeps what the token's batches learned of the server's request
+    sizes: another client of it (another process) gets the least maximum and the largest proven size within
+    it, and a higher maximum is never taken (never probed past)."""
+    budget = backend.make(LONG)
+    share = getattr(budget, "share_chunk_sizes", None)
+    if share is None:
+        pytest.skip("the process's own budget shares nothing: its clients share the process's sizer")
+    other_budget = backend.share(budget, LONG)
+    other = other_budget.share_chunk_sizes  # type: ignore[attr-defined]
+    try:
+        assert await share(LearnedSizes(None, 2000)) == LearnedSizes(None, 2000)
+        assert await other(LearnedSizes(None, 0)) == LearnedSizes(None, 2000)
+        assert await other(LearnedSizes(4000, 4000)) == LearnedSizes(4000, 4000)
+        assert await share(LearnedSizes(3000, 0)) == LearnedSizes(3000, 3000)
+        assert await other(LearnedSizes(5000, 5000)) == LearnedSizes(3000, 3000)
+    finally:
+        await other_budget.aclose()

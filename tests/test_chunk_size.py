@@ -4,6 +4,7 @@ maximum the server names and never probes past it again, and shrinks when answer
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -195,6 +196,30 @@ def test_a_fleet_through_redis_shares_what_its_batches_learned(wemasy_emulator: 
 
     async def second_batch() -> None:
         async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, redis_url=redis_url) as client:
+            assert client.chunk_sizer.learned() == LearnedSizes(None, 0)  # this process has learned nothing
+            result = await client.sendcloud.push_shipments(range(50_001, 90_001))
+            assert result.ok
+
+    asyncio.run(second_batch())
+    assert pushes(wemasy_emulator)[before:] == [4000] * 10
+    assert refused_for_size(wemasy_emulator, 4000) == 1
+
+
+@pytest.mark.once  # another process on the host: run once in CI (the coverage run), as the host budget's
+@pytest.mark.wemasy_emulator(limit=10_000, max_ids_per_request=4000)
+def test_the_hosts_processes_share_what_their_batches_learned(wemasy_emulator: WemasyEmulator) -> None:
+    """A batch in another process (the CLI) on the host's budget learns the server's maximum; a batch of a
+    new process on the same host and token then starts at it: the fewest requests, no probe, no refusal."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-40000", "--json"]
+    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
+    environment = {**os.environ, "WEMASY_BUDGET": "host"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert refused_for_size(wemasy_emulator, 4000) == 1  # it probed past the maximum once, and learned it
+    before = len(pushes(wemasy_emulator))
+
+    async def second_batch() -> None:
+        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, budget="host") as client:
             assert client.chunk_sizer.learned() == LearnedSizes(None, 0)  # this process has learned nothing
             result = await client.sendcloud.push_shipments(range(50_001, 90_001))
             assert result.ok

@@ -7,7 +7,9 @@ server to run; the design, the file's layout and the measured costs: docs/design
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -27,9 +29,10 @@ from typing import Any
 
 import attrs
 
+from .._chunk_size import LearnedSizes
 from .._protocol import RateLimitHeaders
 from ._local import RateLimitBudget, _Line, _Pause, _Waiter
-from ._window import Ticket, Wait, WindowState
+from ._window import Priority, RateLimitView, Ticket, Wait, WindowState
 
 try:
     import fcntl
@@ -53,8 +56,9 @@ logger = logging.getLogger("wemasy_async")
 #: Where the budget files are kept, instead of ``$XDG_RUNTIME_DIR/wemasy-async`` (tests point it elsewhere).
 BUDGET_DIR_ENV_VAR = "WEMASY_BUDGET_DIR"
 MAGIC = b"WMSYHOST"
-#: The file's layout; a file of another version is left alone (the process uses its own budget).
-FORMAT_VERSION = 1
+#: The file's layout; a file of another version is left alone (the process uses its own budget). 2: a slot
+#: holds a group of tickets (one step's), and the token's learned chunk sizes are kept.
+FORMAT_VERSION = 2
 
 # The header (never checksummed as a whole: each state copy has its own checksum). ``active`` is the version of
 # the committed state copy (copy ``active % 2``); ``dirty`` is set while a step writes slots, cleared by its
@@ -64,16 +68,30 @@ _HEADER = struct.Struct("<8sI4x16sQQII")  # magic, format, boot id, active, dirt
 _STATE = struct.Struct("<qddqqqqqqqqqqqdqdqqqqqq")
 _CHECK = struct.Struct("<QI4x")  # the copy's version, and a CRC-32 of the state and the version
 _MARK = struct.Struct("<i4xd")  # an interactive waiter's process and when its mark lapses
-# An in-flight ticket: id, state version that made it and that settled it (0: not yet), epoch, answers
-# before, lease deadline, holder's pid, bulk.
-_SLOT = struct.Struct("<QQQqqdiB3x")
+# A group of in-flight tickets granted by one step (of one epoch, answers before and class): id, the state
+# version that settled the last of them (0: not yet), the version that last changed the count, the count
+# of tickets not yet settled and the count before that change (so that a step killed half-way is undone),
+# the version that made it, epoch, answers before, lease deadline, holder's pid, bulk.
+_SLOT = struct.Struct("<QQQHH4xQqqdiB3x")
+_SETTLE = struct.Struct("<QQQHH")  # the slot's first fields: what settling one ticket of the group changes
+_SLOT_MADE_AT = 32  # offset of "made" inside a slot
+_FREE = struct.Struct("<QQ")  # a slot's id and settled version: whether it is free
+_USED, _USED_AT = struct.Struct("<I"), 52  # slots ever used (the header's last field)
 MARKS, SLOTS = 64, 1024
 _COMMIT, _COMMIT_AT = struct.Struct("<QQ"), 32  # active and dirty, inside the header
 _STATE_AT = _HEADER.size
 _COPY = _STATE.size + _CHECK.size
 _MARKS_AT = _STATE_AT + 2 * _COPY
-_SLOTS_AT = _MARKS_AT + MARKS * _MARK.size
+# The token's learned chunk sizes (issue 20): the most ids a request may carry (-1: none known) and when
+# that was learned, the largest size taken whole and quickly and when; written under the lock, no version.
+_SIZES = struct.Struct("<qdqd")
+_SIZES_AT = _MARKS_AT + MARKS * _MARK.size
+_SLOTS_AT = _SIZES_AT + 64
 FILE_SIZE = _SLOTS_AT + SLOTS * _SLOT.size
+#: A step of the fast path that grants a ticket may take up to this many more for the process's next
+#: callers in the same turn of its event loop (handed out with no step; those left are given back at the
+#: turn's end), while more than POOL_MARGIN slots beyond the reserve stay free.
+POOL, POOL_MARGIN = 16, 32
 
 #: How long an interactive waiter's mark holds bulk calls back without being renewed (its first waiter renews
 #: it at every poll).
@@ -81,9 +99,16 @@ MARK_SECONDS = 1.0
 #: The first waiter of a process looks at the shared state this often at first, then less, up to POLL_MAX
 #: while it waits for an answer (another process's), or POLL_MAX_TIMED while its wait has a known end (a
 #: window, a gate: only another process's give-back or mark can change it sooner).
-POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.05, 0.25
+POLL_MIN, POLL_MAX, POLL_MAX_TIMED = 0.005, 0.1, 0.25
 #: Waiters look for tickets of dead processes at most this often.
 REAP_EVERY = 0.25
+#: How long the host remembers learned chunk sizes after the last batch shared them, and how long a maximum
+#: holds after it was learned (as the Redis budget's fleet does).
+CHUNK_SIZES_KEPT_SECONDS = 24 * 3600.0
+MAXIMUM_HOLDS_SECONDS = 24 * 3600.0
+#: The first waiter of a process takes a step at least this often while it waits (between, it only looks at
+#: the file's committed version, a read of 16 bytes).
+STEP_EVERY = 0.5
 
 
 class HostBudgetUnavailable(Exception):
@@ -218,6 +243,7 @@ class _HostFile:
     def _start(mm: mmap.mmap) -> None:
         mm[:] = bytes(FILE_SIZE)
         _write_state(mm, 1, _pack(WindowState()))
+        _SIZES.pack_into(mm, _SIZES_AT, -1, 0.0, 0, 0.0)
         _HEADER.pack_into(mm, 0, MAGIC, FORMAT_VERSION, _BOOT_ID, 1, 0, 0, 0)
 
     def close(self) -> None:
@@ -256,18 +282,18 @@ _GET_FIELDS = operator.attrgetter(*_FIELDS)
 
 
 def _pack(state: WindowState) -> bytes:
-    values = list(_GET_FIELDS(state))
-    if values[0] is None:
-        values[0] = -1
-    if values[2] is None:
-        values[2] = math.nan
-    if values[7] is None:
-        values[7] = -1
+    values = _GET_FIELDS(state)
+    if values[0] is None or values[2] is None or values[7] is None:
+        fixed = list(values)
+        fixed[0] = -1 if values[0] is None else values[0]
+        fixed[2] = math.nan if values[2] is None else values[2]
+        fixed[7] = -1 if values[7] is None else values[7]
+        values = tuple(fixed)
     recent: Any = state._asked_recent
-    values.append(len(recent))
-    values.extend(recent)
-    values.extend((0, 0, 0)[len(recent) :])
-    return _STATE.pack(*values)
+    return _STATE.pack(*values, len(recent), *recent, *_PADS[len(recent)])
+
+
+_PADS = ((0, 0, 0), (0, 0), (0,), ())
 
 
 def _unpack_into(state: WindowState, data: bytes) -> None:
@@ -373,12 +399,16 @@ class _StepLock:
     def __enter__(self) -> None:
         self._thread_lock.acquire()
         budget = self._budget
-        if budget._file is None:
-            return
-        try:
-            budget._begin()
-        except (OSError, ValueError, struct.error) as exc:
-            budget._detach(exc)
+        if budget._file is not None:
+            try:
+                budget._begin()
+            except (OSError, ValueError, struct.error) as exc:
+                budget._detach(exc)
+        if budget._pending or budget._pending_asked or (budget._pooled and (budget._drop or budget._queue)):
+            try:
+                budget._settle_local()
+            except (OSError, ValueError, struct.error) as exc:
+                budget._detach(exc)
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
@@ -432,8 +462,25 @@ class HostBudget(RateLimitBudget):
         self._slot_hint = 0
         self._next_id = (os.getpid() << 32) | 1
         self._mark = -1  # this process's interactive-waiting mark (index), or -1
+        self._thread_lock = self._lock._thread_lock  # type: ignore[attr-defined]
+        # Tickets a step took for this process's next callers of each class (interactive, bulk), handed out
+        # with no step while nothing changed in the file; given back at the end of the event loop's turn.
+        self._pools: tuple[list[HostTicket], list[HostTicket]] = ([], [])
+        self._pooled = 0  # tickets in the pools
+        self._drop = False  # the pools go back at the next step (another process's step, a turn not using them)
+        # Answers (ticket, status, hints) not yet written to the file, and interactive calls served from a
+        # pool, not yet counted in the window's demand: the process's next step, or the turn's end, does.
+        # Each answer is written as of when it came.
+        self._pending: list[tuple[Ticket, float, int, RateLimitHeaders]] = []
+        self._pending_asked = 0
+        self._asked_at = 0.0
+        self._flush_scheduled = False
+        self._carried = False  # the kept answers have waited a turn already
+        self._want = 0  # how many tickets a step takes beyond its caller's (learned from the last turns)
+        self._turn_steps = self._turn_taken = self._turn_pooled = 0
         self._poll = POLL_MIN
         self._polled_version = -1
+        self._watch: asyncio.TimerHandle | None = None  # the first waiter's next look at the file
         self.detached: str | None = None  # why the file is no longer used, once it is not
 
     def __repr__(self) -> str:
@@ -457,6 +504,7 @@ class HostBudget(RateLimitBudget):
         if dirty:
             self._recover(file, active)
         if active != self._version:
+            self._drop = True  # another process's step: what the pools were taken on has changed
             values = _read_state(mm, active)
             if values is None:
                 raise DamagedFileError(f"{self.path} is damaged (checksum)")
@@ -491,13 +539,17 @@ class HostBudget(RateLimitBudget):
     def _recover(self, file: _HostFile, active: int) -> None:
         """A step was killed between writing slots and committing: undo what it wrote."""
         mm = file.mm
+        empty = bytes(_SLOT.size)
         for index in range(SLOTS):
             at = _SLOTS_AT + index * _SLOT.size
-            ident, made, settled, *rest = _SLOT.unpack_from(mm, at)
-            if ident and made > active:
-                _SLOT.pack_into(mm, at, 0, 0, 0, 0, 0, 0.0, 0, 0)
-            elif ident and settled > active:
-                _SLOT.pack_into(mm, at, ident, made, 0, *rest)
+            ident, _, changed, _, before = _SETTLE.unpack_from(mm, at)
+            if not ident:
+                continue
+            (made,) = struct.unpack_from("<Q", mm, at + _SLOT_MADE_AT)
+            if made > active:
+                mm[at : at + _SLOT.size] = empty
+            elif changed > active:
+                _SETTLE.pack_into(mm, at, ident, 0, 0, before, before)
         struct.pack_into("<Q", mm, 40, 0)
 
     def _forked(self, file: _HostFile) -> None:
@@ -507,6 +559,10 @@ class HostBudget(RateLimitBudget):
         self._queue = _Line()
         self._mark = -1
         self._next_id = (os.getpid() << 32) | 1
+        self._pools = ([], [])  # the parent's tickets: its own to settle
+        self._pooled = self._pending_asked = 0
+        self._pending = []
+        self._flush_scheduled = False
         self._version = 0  # load what the file holds
         with contextlib.suppress(OSError, BufferError):
             file.close()
@@ -534,17 +590,222 @@ class HostBudget(RateLimitBudget):
             if file is not None:
                 file.close()
 
+    # --- the fast path: a few tickets per step, answers written a turn later --------------------------
+
+    def try_acquire(self, priority: Priority = "interactive") -> Ticket | None:
+        """A ticket if one is free right now and nobody waits before us: from the tickets the process's last
+        step took for this turn of the event loop if nothing changed in the file since, else by a step (which
+        may take a few more for the turn's next callers)."""
+        bulk = priority == "bulk"
+        pool = self._pools[bulk]
+        if pool:
+            ticket = self._from_pool(pool, bulk)
+            if ticket is not None:
+                return ticket
+        with self._lock:
+            queue = self._queue
+            if queue.interactive or (bulk and queue.bulk):
+                return None  # acquire counts the call's demand as it begins to wait
+            now = self._clock()
+            decision = self.state.try_acquire(now, bulk, asking=True)
+            if not isinstance(decision, HostTicket) or self._file is None:
+                return decision if isinstance(decision, Ticket) else None
+            if self._schedule_flush():
+                self._turn_steps += 1
+                if self._want:
+                    self._fill(pool, decision, now, bulk)
+            return decision
+
+    def _from_pool(self, pool: list[HostTicket], bulk: bool) -> HostTicket | None:
+        with self._thread_lock:
+            queue = self._queue
+            file = self._file
+            if not pool or queue.interactive or (bulk and queue.bulk) or file is None or file.forks != _forks[0]:
+                return None
+            # Another process's step since (an answer, a 429, a mark): a step decides, with what it wrote.
+            if _COMMIT.unpack_from(file.mm, _COMMIT_AT) != (self._version, 0):
+                return None
+            now = self._clock()
+            state = self.state
+            end = state._window_end
+            if now < state.gate_until or (end is not None and now >= end):
+                self._drop = True
+                return None
+            self._pooled -= 1
+            self._turn_taken += 1
+            if not bulk:
+                self._pending_asked += 1
+                self._asked_at = now
+            return pool.pop()
+
+    def _fill(self, pool: list[HostTicket], first: HostTicket, now: float, bulk: bool) -> None:
+        """Take up to ``self._want`` more tickets like ``first`` (one slot holds them all), while plenty are free."""
+        state = self.state
+        limit = state.limit
+        file = self._file
+        if limit is None or file is None:
+            return
+        room = min(self._want - len(pool), limit - state._granted - state._others - state.reserved(limit) - POOL_MARGIN)
+        # What WindowState.try_acquire does, for tickets like the first (one epoch, no answer between them);
+        # a bulk one asks the host's peek (other processes' interactive callers' marks).
+        peek = state.peek if bulk else functools.partial(WindowState.peek, state)
+        taken = 0
+        epoch, before, slot, ident = first.epoch, first.answers_before, first.slot, first.ident
+        while taken < room and peek(now, bulk) is None:
+            state._granted += 1
+            state._sent += 1
+            state._in_flight += 1
+            pool.append(HostTicket(epoch, before, bulk, slot=slot, ident=ident))
+            taken += 1
+        if taken:
+            stats = state.stats
+            stats.sent += taken
+            if not bulk:
+                stats.interactive_sent += taken
+            at = _SLOTS_AT + first.slot * _SLOT.size
+            struct.pack_into("<H", file.mm, at + 24, 1 + taken)  # the group's count (made in this step)
+            self._pooled += taken
+            self._turn_pooled += taken
+
+    async def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> float:
+        if status != 429 and isinstance(ticket, HostTicket):
+            # Written by the process's next step, or at the end of this turn of the event loop: as if it came
+            # then. A 429 closes the gate for everyone at once.
+            with self._thread_lock:
+                if (
+                    self._file is not None
+                    and not self._queue
+                    and not ticket.settled
+                    and (self._flush_scheduled or self._schedule_flush())
+                ):
+                    now = self._clock()
+                    self._pending.append((ticket, now, status, hints))
+                    return max(0.0, self.state.gate_until - now)
+        return await super().answered(ticket, status, hints)
+
+    def _schedule_flush(self) -> bool:
+        """Make sure the end of this turn of the running event loop writes what the process keeps; False
+        with no running loop (nothing is kept then)."""
+        if self._flush_scheduled:
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        loop.call_soon(self._flush)
+        self._flush_scheduled = True
+        return True
+
+    def _flush(self) -> None:
+        """The end of a turn: the answers it kept are written, the tickets it took and did not use go back,
+        and the number taken per step follows what the turn used."""
+        with self._thread_lock:
+            self._flush_scheduled = False
+            steps, taken = self._turn_steps, self._turn_taken
+            self._turn_steps = self._turn_taken = self._turn_pooled = 0
+            if steps:  # the next turn's first step takes as many as this turn's callers on the fast path
+                self._want = min(POOL - 1, steps + taken - 1)
+            if self._pooled:
+                if steps or taken:  # still in use: kept for the next turn, which looks again
+                    if self._pending and not self._carried and len(self._pending) < POOL:
+                        # Busy: the next turn's step may write them; they wait one turn at most.
+                        self._carried = True
+                        self._schedule_flush()
+                        return
+                    self._schedule_flush()
+                else:
+                    self._drop = True  # a turn that used none: they go back
+            self._carried = False
+            if not (self._pending or self._pending_asked or (self._pooled and self._drop)):
+                return
+        with self._lock:  # its start writes them
+            if self._queue:
+                self._hand_out()
+
+    def _settle_local(self) -> None:
+        """Write what the process kept (answers, interactive calls served from a pool) and give back the
+        pooled tickets; done at the start of every step, under the lock."""
+        state = self.state
+        if self._pending_asked:
+            state.asked(self._asked_at, self._pending_asked)
+            self._pending_asked = 0
+        pending, self._pending = self._pending, []
+        unused: list[HostTicket] = []
+        if self._pooled and (self._drop or self._queue):
+            self._drop = False
+            self._pooled = 0
+            for pool in self._pools:
+                unused += pool
+                pool.clear()
+        file = self._file
+        # The tickets of one slot are let go of together: one read and one write of it.
+        groups: dict[int, int] = {}
+        for ticket, at, status, hints in pending:
+            if file is None or self._counted(file, ticket, groups):
+                WindowState.answered(state, ticket, at, status, hints)
+        for ticket in unused:
+            if file is None or self._counted(file, ticket, groups):
+                WindowState.release(state, ticket)
+        if file is not None:
+            for slot, count in groups.items():
+                if count:
+                    self._let_go_of(file, slot, count)
+        if state.mismatch is not None and not self._mismatch_told:
+            self._mismatch_told = True
+            logger.warning("%s", state.mismatch)
+
+    def _counted(self, file: _HostFile, ticket: Ticket, groups: dict[int, int]) -> bool:
+        """Count ``ticket`` among its group's to let go of (``groups``: slot -> tickets); False if the group is
+        no longer held (settled by another as its holder's gone, or its lease ran out: the state has it
+        settled already), or the ticket is not of a slot."""
+        held: Any = ticket
+        slot = held.slot
+        count = groups.get(slot)
+        if count is None:
+            ident, settled = _FREE.unpack_from(file.mm, _SLOTS_AT + slot * _SLOT.size)
+            count = 0 if ident == held.ident and not settled else -1
+        if count < 0 or ticket.settled:
+            groups[slot] = count
+            ticket.settled = True
+            return False
+        groups[slot] = count + 1
+        return True
+
+    def _let_go_of(self, file: _HostFile, slot: int, settling: int) -> None:
+        """Settle ``settling`` tickets of the group in ``slot`` (held by this process)."""
+        mm = file.mm
+        at = _SLOTS_AT + slot * _SLOT.size
+        ident, _, changed, count, before = _SETTLE.unpack_from(mm, at)
+        self._dirty(file)
+        step = self._next
+        if changed != step:
+            before, changed = count, step
+        count = max(0, count - settling)
+        _SETTLE.pack_into(mm, at, ident, step if count <= 0 else 0, changed, count, before)
+
+    def view(self) -> RateLimitView:
+        self._drop = True  # the pools go back first: what is in flight is what was sent
+        return super().view()
+
     # --- slots and marks (under the step lock) -------------------------------------------------------
 
     def _free_slot(self, file: _HostFile) -> int:
+        """A free slot among the first ``used`` (the header's count of slots ever used), else the next one
+        (counted then): the slots stay packed at the start, so that a waiter's look for holders that are
+        gone reads only those."""
         mm = file.mm
         active = self._version
-        for step in range(SLOTS):
-            index = (self._slot_hint + step) % SLOTS
-            ident, _, settled = struct.unpack_from("<QQQ", mm, _SLOTS_AT + index * _SLOT.size)
+        (used,) = _USED.unpack_from(mm, _USED_AT)
+        hint = self._slot_hint if self._slot_hint < used else 0
+        for step in range(used):
+            index = (hint + step) % used
+            ident, settled = _FREE.unpack_from(mm, _SLOTS_AT + index * _SLOT.size)
             if not ident or (settled and settled <= active):
-                return index
-        return -1
+                return int(index)
+        if used >= SLOTS:
+            return -1
+        _USED.pack_into(mm, _USED_AT, used + 1)
+        return int(used)
 
     def _hold(self, file: _HostFile, slot: int, ticket: Ticket, now: float) -> HostTicket:
         self._dirty(file)
@@ -554,8 +815,9 @@ class HostBudget(RateLimitBudget):
         lease = now + self.lease_seconds
         at = _SLOTS_AT + slot * _SLOT.size
         _SLOT.pack_into(
-            file.mm, at, ident, self._next, 0, held.epoch, held.answers_before, lease, os.getpid(), held.bulk
-        )
+            file.mm, at, ident, 0, self._next, 1, 0, self._next, held.epoch, held.answers_before, lease, file.pid,
+            held.bulk,
+        )  # fmt: skip
         self._slot_hint = (slot + 1) % SLOTS
         return held
 
@@ -570,11 +832,16 @@ class HostBudget(RateLimitBudget):
         if file is None:
             return True  # the file is gone: the state here counts what it last loaded, this one included
         at = _SLOTS_AT + ticket.slot * _SLOT.size
-        ident, made, settled, *rest = _SLOT.unpack_from(file.mm, at)
+        mm = file.mm
+        ident, settled, changed, count, before = _SETTLE.unpack_from(mm, at)
         if ident != ticket.ident or settled:
             return False
         self._dirty(file)
-        _SLOT.pack_into(file.mm, at, ident, made, self._next, *rest)
+        step = self._next
+        if changed != step:
+            before, changed = count, step
+        count -= 1
+        _SETTLE.pack_into(mm, at, ident, step if count <= 0 else 0, changed, count, before)
         return True
 
     def _reap(self, now: float) -> bool:
@@ -586,11 +853,14 @@ class HostBudget(RateLimitBudget):
         me, reaped = os.getpid(), False
         verdicts: dict[int, bool] = {}
         state: WindowState = self.state
+        (used,) = _USED.unpack_from(mm, _USED_AT)
         with memoryview(mm) as view:
-            slots = list(_SLOT.iter_unpack(view[_SLOTS_AT:FILE_SIZE]))
-        for index, (ident, made, settled, epoch, answers_before, lease, pid, bulk) in enumerate(slots):
+            slots = list(_SLOT.iter_unpack(view[_SLOTS_AT : _SLOTS_AT + min(used, SLOTS) * _SLOT.size]))
+        for index, (ident, settled, changed, count, before, _, epoch, answers_before, lease, pid, bulk) in enumerate(
+            slots
+        ):
             at = _SLOTS_AT + index * _SLOT.size
-            if not ident or settled:
+            if not ident or settled or count <= 0:
                 continue
             if pid != me:
                 alive = verdicts.get(pid)
@@ -601,8 +871,10 @@ class HostBudget(RateLimitBudget):
             if (alive and lease > now) or state._in_flight <= 0:  # (none in flight: not a ticket of this state)
                 continue
             self._dirty(file)
-            _SLOT.pack_into(mm, at, ident, made, self._next, epoch, answers_before, lease, pid, bulk)
-            WindowState.no_answer(state, Ticket(epoch, answers_before, bool(bulk)), now)
+            step = self._next
+            _SETTLE.pack_into(mm, at, ident, step, step, 0, before if changed == step else count)
+            for _ in range(count):
+                WindowState.no_answer(state, Ticket(epoch, answers_before, bool(bulk)), now)
             reaped = True
         return reaped
 
@@ -638,7 +910,7 @@ class HostBudget(RateLimitBudget):
             if not pid or until <= now or not _alive(pid):
                 if index >= used:
                     struct.pack_into("<I", mm, 48, index + 1)
-                return index
+                return int(index)
         return -1
 
     # --- waiting across processes --------------------------------------------------------------------
@@ -647,18 +919,76 @@ class HostBudget(RateLimitBudget):
         pause = super()._pause(waiter, decision, first, now, deadline)
         if not first or self._file is None:
             return pause
-        # Another process's answer or give-back reaches no future here: the first waiter looks again soon,
-        # sooner while the shared state keeps changing (a version counter says so), up to POLL_MAX apart.
+        # Another process's answer or give-back reaches no future here: the first waiter's loop looks at the
+        # file's committed version soon, then less often (up to POLL_MAX apart, or POLL_MAX_TIMED while the
+        # wait has a known end), and wakes the waiter when another process has committed since. A look is a
+        # read of 16 bytes, not a step; the waiter takes a step at least every STEP_EVERY all the same (its
+        # mark is renewed, holders that are gone are looked for).
         longest = POLL_MAX if decision is None or decision.until is None else POLL_MAX_TIMED
         if self._version != self._polled_version:
             self._polled_version, self._poll = self._version, POLL_MIN
         else:
             self._poll = min(longest, self._poll * 2)
-        timeout = self._poll if pause.timeout is None else min(pause.timeout, self._poll)
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = waiter.loop.call_later(self._poll, self._look, pause.future, self._poll, longest)
+        timeout = STEP_EVERY if pause.timeout is None else min(pause.timeout, STEP_EVERY)
         return attrs.evolve(pause, timeout=timeout)
 
+    def _look(self, future: asyncio.Future[None], interval: float, longest: float) -> None:
+        """Wake the waiter of ``future`` if another process committed since this one's last step, else look
+        again later (on the waiter's loop)."""
+        self._watch = None
+        if future.done():
+            return
+        file = self._file
+        try:
+            changed = file is None or _COMMIT.unpack_from(file.mm, _COMMIT_AT)[0] != self._version
+        except (ValueError, OSError):  # the mapping was closed meanwhile: the waiter's step finds out why
+            changed = True
+        if changed:
+            future.set_result(None)
+            return
+        interval = min(longest, interval * 2)
+        self._watch = future.get_loop().call_later(interval, self._look, future, interval, longest)
+
+    async def share_chunk_sizes(self, learned: LearnedSizes) -> LearnedSizes | None:
+        """Merge what this process's batches learned of the token's chunk sizes with what the host's other
+        processes did (the least maximum, the largest proven size within it), as the Redis budget does for
+        a fleet, and return the host's (None once the file is not used: the batch goes on alone)."""
+        with self._lock:
+            file = self._file
+            if file is None:
+                return None
+            try:
+                return self._merge_sizes(file, learned)
+            except (OSError, ValueError, struct.error) as exc:
+                self._detach(exc)
+                return None
+
+    def _merge_sizes(self, file: _HostFile, learned: LearnedSizes) -> LearnedSizes:
+        now = self._clock()
+        mm = file.mm
+        most, most_at, proven, shared_at = _SIZES.unpack_from(mm, _SIZES_AT)
+        if proven < 0 or (shared_at and now - shared_at > CHUNK_SIZES_KEPT_SECONDS):
+            most, proven = -1, 0  # nobody shared for a day (or nonsense): forgotten
+        if most > 0 and now - most_at > MAXIMUM_HOLDS_SECONDS:
+            most = -1  # a maximum holds its time, then the server is probed again
+        if learned.most is not None and learned.most > 0 and (most <= 0 or learned.most < most):
+            most, most_at = learned.most, now
+        proven = max(proven, learned.proven)
+        if most > 0:
+            proven = min(proven, most)
+        _SIZES.pack_into(mm, _SIZES_AT, most, most_at, proven, now)
+        return LearnedSizes(most if most > 0 else None, proven)
+
     async def aclose(self) -> None:
-        """Nothing to let go of: the file stays open for the process's other clients of the token."""
+        """Write what the process kept (the file stays open for the process's other clients of the token)."""
+        self._drop = True
+        if self._pending or self._pooled or self._pending_asked:
+            with self._lock:
+                if self._queue:
+                    self._hand_out()
 
 
 _registry_lock = threading.Lock()
