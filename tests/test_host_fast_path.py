@@ -5,11 +5,20 @@ the contract suite); turns of the loop are yielded with ``sleep(0)``, which wait
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.budget_helpers import FakeClock
-from wemasy_async import RateLimitHeaders
+from wemasy_async import RateLimitHeaders, WemasyClient
 from wemasy_async.budgets._host import HostBudget, HostTicket
+from wemasy_async.testing import WemasyEmulator
 
 LIMIT = 1000  # plenty: a step may take tickets for the turn's next callers
 
@@ -132,3 +141,142 @@ async def test_a_waiters_look_wakes_it_once_another_process_has_committed(tmp_pa
     await other.answered(probe, 429, RateLimitHeaders(LIMIT, 0, retry_after=1.0))  # written at once
     mine._look(woken, 60.0, 60.0)
     assert woken.done()
+
+
+# --- what a review found (each test fails on the code before its fix) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "news", [RateLimitHeaders(LIMIT, 0), RateLimitHeaders(10, 0)], ids=["window spent", "limit lowered"]
+)
+async def test_an_answer_kept_in_the_turn_stops_the_turns_pool(tmp_path: Path, news: RateLimitHeaders) -> None:
+    """An answer that says the window is spent (another host's client used it) or that the limit fell comes
+    in the turn whose first step took tickets for its next callers: none of them is handed out (each would
+    be a 429), as the in-process budget, told the same, hands out none."""
+    clock = FakeClock(1000.0)
+    mine, _ = budgets(tmp_path, clock)
+    last = await busy(mine, 6)
+    assert mine.try_acquire() is not None  # the turn's first step: it takes a few for the turn
+    assert mine._pooled
+    await mine.answered(last[0], 200, news)  # kept, to be written a turn later
+    assert [mine.try_acquire() for _ in range(5)] == [None] * 5
+
+
+def _in_a_fork(check: Callable[[], bool]) -> None:
+    """Run ``check`` in a forked child (os.fork, as a preloading server's workers are made); its verdict comes
+    back as the exit code. A child that hangs is killed after a bounded wait and fails the test."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child's coverage is not collected)
+        code = 1
+        try:
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    for _ in range(200):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)  # a bounded wait for a child process: no event to wait on across a fork
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child did not finish")
+
+
+async def test_a_forked_childs_first_step_takes_no_ticket_it_cannot_hand_out(tmp_path: Path) -> None:
+    """A child of fork starts with the pools of its own that its first step makes: tickets that step takes
+    for the turn's next callers are in them (handed out, or given back), never in the parent's list, where
+    they would stay in flight in the file and never be handed out nor given back."""
+    clock = FakeClock(1000.0)
+    parent, other = budgets(tmp_path, clock)
+    for left, ticket in enumerate(await busy(parent, 6)):
+        await parent.answered(ticket, 200, RateLimitHeaders(LIMIT, 900 - left))
+    await turns(3)
+    assert other.view().in_flight == 0
+    assert parent._want  # the child inherits it: its first step takes tickets for the turn
+
+    def child() -> bool:
+        async def main() -> bool:
+            ticket = parent.try_acquire()
+            assert ticket is not None
+            await parent.answered(ticket, 200, RateLimitHeaders(LIMIT, 800))
+            await turns(5)
+            return parent._pooled == sum(map(len, parent._pools)) and other.view().in_flight == 0
+
+        return asyncio.run(main())
+
+    _in_a_fork(child)
+
+
+def test_a_forked_child_whose_file_is_gone_falls_back_and_goes_on(tmp_path: Path) -> None:
+    """A child of fork opens the file again; when that fails (its directory was removed), the child goes on
+    with its own budget (one log line), and its next call does not hang on a lock left taken."""
+    directory = tmp_path / "budgets"
+    directory.mkdir(mode=0o700)
+    budget = HostBudget("http://127.0.0.1/api", "gone", window_seconds=60.0, directory=directory)
+    budget.view()
+    shutil.rmtree(directory)
+
+    def child() -> bool:
+        first = budget.try_acquire()
+        finished = threading.Event()
+        threading.Thread(target=lambda: (budget.try_acquire(), finished.set()), daemon=True).start()
+        return first is not None and finished.wait(10) and budget.detached is not None
+
+    _in_a_fork(child)
+
+
+def test_a_loop_closed_before_its_turns_end_leaves_nothing_unwritten(tmp_path: Path) -> None:
+    """A loop run with run_until_complete and closed while the end of its turn was still to come: the next
+    loop's turns write what the first kept (answers, tickets taken for the turn), so another process does
+    not see them in flight until a lease runs out."""
+    clock = FakeClock(1000.0)
+    mine, other = budgets(tmp_path, clock)
+
+    async def first() -> None:
+        for left, ticket in enumerate(await busy(mine, 6)):
+            await mine.answered(ticket, 200, RateLimitHeaders(LIMIT, 900 - left))
+        await turns(3)
+        ticket = mine.try_acquire()  # a step that takes a few for the turn
+        assert ticket is not None
+        assert mine._pooled
+        await mine.answered(ticket, 200, RateLimitHeaders(LIMIT, 890))  # kept: the loop ends in this turn
+
+    async def second() -> None:
+        ticket = mine.try_acquire()
+        assert ticket is not None
+        await mine.answered(ticket, 200, RateLimitHeaders(LIMIT, 889))
+        await turns(10)
+
+    for run in (first, second):
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(run())
+        finally:
+            loop.close()
+    assert other.view().in_flight == 0
+
+
+async def test_a_clients_close_writes_what_the_host_budget_keeps(
+    wemasy_emulator: WemasyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a client with budget="host" has the budget write what it keeps for the process (answers,
+    tickets taken for the turn): nothing is left in flight, and the budget stays for the process's other
+    clients of the token."""
+    closed: list[HostBudget] = []
+    close = HostBudget.aclose
+
+    async def spy(self: HostBudget) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(HostBudget, "aclose", spy)
+    async with WemasyClient(token="close", base_url=wemasy_emulator.base_url, budget="host") as client:
+        await asyncio.gather(*(client.sendcloud.status() for _ in range(8)))
+        budget = client._budget
+    assert closed == [budget]
+    assert isinstance(budget, HostBudget)
+    assert budget.view().in_flight == 0
+    async with WemasyClient(token="close", base_url=wemasy_emulator.base_url, budget="host") as again:
+        assert again._budget is budget
+        await again.sendcloud.status()

@@ -147,7 +147,8 @@ class WemasyClient:
 
     Every request goes through one rate-limit budget per (base URL, token), shared by all clients and
     tasks of the process (with ``budget="host"``, by this user's other processes on the machine too, through
-    a small file; with ``redis_url``, by every process that uses that Redis), which learns the server's fixed window from its ``X-RateLimit-*`` headers.
+    a small file; with ``redis_url``, by every process that uses that Redis), which learns the server's
+    fixed window from its ``X-RateLimit-*`` headers.
 
     A client belongs to the event loop it is first used in: make it inside the coroutine that
     ``asyncio.run`` runs. Used in another loop (a second ``asyncio.run``), or after :meth:`close`, every

@@ -78,7 +78,8 @@ def checked_priority(priority: object) -> Priority | None:
 
 @attrs.frozen
 class BudgetChoice:
-    """The budget a client uses, and whether the client made it (and so closes it)."""
+    """The budget a client uses, and whether the client closes it with itself (a budget it made; the host's,
+    whose close writes what it keeps for the process and leaves it open for the others)."""
 
     budget: Budget[Any]
     owned: bool
@@ -110,7 +111,9 @@ def budget_for(
     kind = _budget_kind(budget)
     own = local if kind == "process" else _host_budget(base_url, token, window_seconds, lease_seconds, local)
     if redis_url is None:
-        return BudgetChoice(own, owned=False)
+        # A client's close lets the host's budget write what it keeps for the process (answers, tickets taken
+        # for the turn's next callers); the budget itself stays, for the process's other clients of the token.
+        return BudgetChoice(own, owned=own is not local)
     fleet = _redis_budget(
         redis_url,
         base_url,

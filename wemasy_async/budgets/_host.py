@@ -399,16 +399,20 @@ class _StepLock:
     def __enter__(self) -> None:
         self._thread_lock.acquire()
         budget = self._budget
-        if budget._file is not None:
-            try:
-                budget._begin()
-            except (OSError, ValueError, struct.error) as exc:
-                budget._detach(exc)
-        if budget._pending or budget._pending_asked or (budget._pooled and (budget._drop or budget._queue)):
-            try:
-                budget._settle_local()
-            except (OSError, ValueError, struct.error) as exc:
-                budget._detach(exc)
+        try:
+            if budget._file is not None:
+                try:
+                    budget._begin()
+                except (OSError, ValueError, struct.error, HostBudgetUnavailable) as exc:
+                    budget._detach(exc)
+            if budget._pending or budget._pending_asked or (budget._pooled and (budget._drop or budget._queue)):
+                try:
+                    budget._settle_local()
+                except (OSError, ValueError, struct.error) as exc:
+                    budget._detach(exc)
+        except BaseException:
+            self._thread_lock.release()  # __exit__ does not run when __enter__ raises
+            raise
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
@@ -474,7 +478,7 @@ class HostBudget(RateLimitBudget):
         self._pending: list[tuple[Ticket, float, int, RateLimitHeaders]] = []
         self._pending_asked = 0
         self._asked_at = 0.0
-        self._flush_scheduled = False
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the end of the turn's flush is scheduled
         self._carried = False  # the kept answers have waited a turn already
         self._want = 0  # how many tickets a step takes beyond its caller's (learned from the last turns)
         self._turn_steps = self._turn_taken = self._turn_pooled = 0
@@ -562,7 +566,10 @@ class HostBudget(RateLimitBudget):
         self._pools = ([], [])  # the parent's tickets: its own to settle
         self._pooled = self._pending_asked = 0
         self._pending = []
-        self._flush_scheduled = False
+        self._flush_loop = None
+        # What the parent learned of its turns is not the child's: the child's first turns learn their own.
+        self._want = self._turn_steps = self._turn_taken = self._turn_pooled = 0
+        self._carried = self._drop = False
         self._version = 0  # load what the file holds
         with contextlib.suppress(OSError, BufferError):
             file.close()
@@ -612,8 +619,8 @@ class HostBudget(RateLimitBudget):
                 return decision if isinstance(decision, Ticket) else None
             if self._schedule_flush():
                 self._turn_steps += 1
-                if self._want:
-                    self._fill(pool, decision, now, bulk)
+                if self._want:  # the pools as they are now: a fork's first step (in _begin) made new ones
+                    self._fill(self._pools[bulk], decision, now, bulk)
             return decision
 
     def _from_pool(self, pool: list[HostTicket], bulk: bool) -> HostTicket | None:
@@ -621,6 +628,10 @@ class HostBudget(RateLimitBudget):
             queue = self._queue
             file = self._file
             if not pool or queue.interactive or (bulk and queue.bulk) or file is None or file.forks != _forks[0]:
+                return None
+            # An answer kept and not yet written (its limit, what the server says is left) is news the pool's
+            # tickets were not taken with: a step writes it first and decides.
+            if self._pending:
                 return None
             # Another process's step since (an answer, a 429, a mark): a step decides, with what it wrote.
             if _COMMIT.unpack_from(file.mm, _COMMIT_AT) != (self._version, 0):
@@ -672,12 +683,7 @@ class HostBudget(RateLimitBudget):
             # Written by the process's next step, or at the end of this turn of the event loop: as if it came
             # then. A 429 closes the gate for everyone at once.
             with self._thread_lock:
-                if (
-                    self._file is not None
-                    and not self._queue
-                    and not ticket.settled
-                    and (self._flush_scheduled or self._schedule_flush())
-                ):
+                if self._file is not None and not self._queue and not ticket.settled and self._schedule_flush():
                     now = self._clock()
                     self._pending.append((ticket, now, status, hints))
                     return max(0.0, self.state.gate_until - now)
@@ -685,22 +691,24 @@ class HostBudget(RateLimitBudget):
 
     def _schedule_flush(self) -> bool:
         """Make sure the end of this turn of the running event loop writes what the process keeps; False
-        with no running loop (nothing is kept then)."""
-        if self._flush_scheduled:
-            return True
+        with no running loop (nothing is kept then). A flush is scheduled on the loop that runs: one
+        scheduled on a loop closed before it ran (``run_until_complete``, then ``close``) counts for nothing."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        loop.call_soon(self._flush)
-        self._flush_scheduled = True
+        if self._flush_loop is loop:
+            return True
+        loop.call_soon(self._flush, loop)
+        self._flush_loop = loop
         return True
 
-    def _flush(self) -> None:
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """The end of a turn: the answers it kept are written, the tickets it took and did not use go back,
         and the number taken per step follows what the turn used."""
         with self._thread_lock:
-            self._flush_scheduled = False
+            if self._flush_loop is loop:
+                self._flush_loop = None
             steps, taken = self._turn_steps, self._turn_taken
             self._turn_steps = self._turn_taken = self._turn_pooled = 0
             if steps:  # the next turn's first step takes as many as this turn's callers on the fast path
@@ -733,16 +741,18 @@ class HostBudget(RateLimitBudget):
         unused: list[HostTicket] = []
         if self._pooled and (self._drop or self._queue):
             self._drop = False
-            self._pooled = 0
-            for pool in self._pools:
-                unused += pool
-                pool.clear()
+            unused = self._take_pools(lambda _bulk: True)
         file = self._file
         # The tickets of one slot are let go of together: one read and one write of it.
         groups: dict[int, int] = {}
         for ticket, at, status, hints in pending:
             if file is None or self._counted(file, ticket, groups):
                 WindowState.answered(state, ticket, at, status, hints)
+        if pending and self._pooled:
+            # The pools were taken before these answers: one stays only while the state, with them, has room
+            # beyond it (its tickets are counted granted already); else it goes back.
+            now = self._clock()
+            unused += self._take_pools(lambda bulk: state.peek(now, bulk) is not None)
         for ticket in unused:
             if file is None or self._counted(file, ticket, groups):
                 WindowState.release(state, ticket)
@@ -753,6 +763,16 @@ class HostBudget(RateLimitBudget):
         if state.mismatch is not None and not self._mismatch_told:
             self._mismatch_told = True
             logger.warning("%s", state.mismatch)
+
+    def _take_pools(self, which: Callable[[bool], bool]) -> list[HostTicket]:
+        """The pooled tickets of the classes ``which(bulk)`` names, taken out of the pools to be given back."""
+        taken: list[HostTicket] = []
+        for bulk, pool in enumerate(self._pools):
+            if pool and which(bool(bulk)):
+                taken += pool
+                pool.clear()
+        self._pooled -= len(taken)
+        return taken
 
     def _counted(self, file: _HostFile, ticket: Ticket, groups: dict[int, int]) -> bool:
         """Count ``ticket`` among its group's to let go of (``groups``: slot -> tickets); False if the group is
