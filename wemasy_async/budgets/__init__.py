@@ -100,8 +100,8 @@ def budget_for(
     ``WEMASY_BUDGET=host``, the host's (shared by this user's processes on this machine). While Redis is away
     that one stands in; where the host's cannot be used, the process's, with one log line.
 
-    The host's is not the default yet: its cost per request is still over the instruction target (0.92x the
-    bare loop against 0.95x; docs/design/host.md), and the default path must not get dearer.
+    The host's is not the default yet: its cost per request is still over the instruction target
+    (docs/design/host.md), and the default path must not get dearer.
 
     The process's budget is looked up (and given ``window_seconds``) in every case, as clients always did.
     """
