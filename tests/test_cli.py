@@ -146,6 +146,7 @@ def test_demo_pushes_a_batch_and_prints_the_figures(capsys: pytest.CaptureFixtur
     assert "accepted 395" in out
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 def test_serve_runs_the_emulator_until_ctrl_c() -> None:
     """serve answers API calls on its port and stops cleanly on SIGINT, exiting 0."""
     with subprocess.Popen(
@@ -312,6 +313,7 @@ def test_progress_on_a_terminal_fits_its_width_and_shows_rate_and_eta(env: Wemas
     assert re.search(r"200/200 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ids/s\]", lines[-1]), lines[-1]
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 def test_progress_on_a_wider_terminal_uses_its_width(env: WemasyEmulator) -> None:
     """The bar grows with the terminal (a hand-padded line would not)."""
     _, _, narrow = run_in_terminal(["push", "1-20", "--chunk-size", "10"], columns=50)
@@ -320,6 +322,7 @@ def test_progress_on_a_wider_terminal_uses_its_width(env: WemasyEmulator) -> Non
     assert 100 < max(map(len, terminal_lines(wide))) < 120
 
 
+@pytest.mark.once  # the CLI in another process, waiting real windows for its lines
 @pytest.mark.wemasy_emulator(limit=3, window_seconds=1.0)
 def test_progress_off_a_terminal_is_a_line_every_few_seconds(wemasy_emulator: WemasyEmulator) -> None:
     """stderr a pipe (cron, a container's log): no bar, but a line every --progress-every seconds with the
@@ -341,6 +344,7 @@ def test_progress_off_a_terminal_is_a_line_every_few_seconds(wemasy_emulator: We
     assert "wemasy-async:" not in done.stdout
 
 
+@pytest.mark.once  # the CLI in a pseudo-terminal, waiting a real window
 @pytest.mark.wemasy_emulator(limit=2, window_seconds=3)
 def test_progress_counts_down_a_wait_for_the_window(wemasy_emulator: WemasyEmulator) -> None:
     """When the window's budget is spent, the bar counts down the wait for the next window, second by
@@ -756,6 +760,7 @@ def start_serve(*options: str) -> tuple[subprocess.Popen[str], list[str]]:
     return process, banner
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 def test_serve_prints_the_client_options_that_match_its_window() -> None:
     """The options a client needs to keep to the emulator's window, for the shell, for Python, and for
     both through the environment."""
@@ -820,6 +825,7 @@ def test_the_window_hint_is_for_an_assumed_window_on_this_machine_only(
     assert (client_window_hint(args) is not None) is hinted
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 def test_serve_verbose_logs_each_request_and_a_summary_when_stopped() -> None:
     """serve -v: a line per request (method, path, status, ids, what the throttle left); on Ctrl-C, the
     requests by status and the ids pushed."""
@@ -849,6 +855,7 @@ def test_serve_verbose_logs_each_request_and_a_summary_when_stopped() -> None:
     assert lines[-1] == "served 2 requests (1 x 200, 1 x 429); 0 order ids in pushes answered 200"
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 def test_serve_accepts_the_tokens_it_is_given_and_forbids_others() -> None:
     """--token lists the tokens accepted (others: 401), --forbidden-token those answered 403; the banner
     counts them without printing them."""

@@ -528,6 +528,7 @@ async def test_distinct_timeouts_leave_the_timeout_cache_bounded(wemasy_emulator
         assert transport._client_timeout(7.5) is transport._client_timeout(7.5)  # still a cache
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 def test_wemasy_log_switches_the_librarys_log_on_for_a_client_in_code() -> None:
     """WEMASY_LOG=debug works for library users too, not only the command line: a client made in a program
     logs each exchange to stderr, without the token."""

@@ -39,6 +39,7 @@ def normal_port() -> Iterator[int]:
         ("error", "push", 4 * MAX_BODY_BYTES + 8 * MiB),
     ],
 )
+@pytest.mark.once  # a client in another process, its peak memory measured: not this Python's code path
 def test_a_huge_answer_costs_memory_bounded_by_the_cap(normal_port: int, mode: str, kind: str, bound: int) -> None:
     result = measure(mode, kind, normal_port)
     assert result.outcome == ("InvalidResponseError" if kind == "status" else "result: 4 failed")

@@ -117,6 +117,7 @@ def settled_in(journal: Path, ids: list[int]) -> set[int]:
 # --- kill -9 and resume ----------------------------------------------------------------------------
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 @pytest.mark.wemasy_emulator(unknown_order_ids={17, 555, 1203}, **FAST)
 def test_a_batch_killed_twice_resumes_and_accounts_for_every_id_once(
@@ -369,6 +370,7 @@ async def test_a_second_writer_in_this_process_is_refused(client: WemasyClient, 
     assert again.summary.total_orders == 100
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 @pytest.mark.wemasy_emulator(**FAST)
 async def test_a_second_writer_process_is_refused(
     client: WemasyClient, wemasy_emulator: WemasyEmulator, tmp_path: Path

@@ -141,6 +141,7 @@ async def size_of_a_new_journal(path: Path, ids: list[int], base_url: str) -> in
     return await asyncio.to_thread(os.path.getsize, path)
 
 
+@pytest.mark.once  # other processes (the CLI, killed or locked batches): not this Python's code path
 @pytest.mark.wemasy_emulator(**FAST)
 async def test_a_full_disk_under_the_cli_journal_still_prints_the_whole_result(
     wemasy_emulator: WemasyEmulator, tmp_path: Path

@@ -45,6 +45,7 @@ step = st.one_of(
 )
 
 
+@pytest.mark.once  # Redis's Lua against the Python reference: the server's behaviour, not this Python's
 @settings(max_examples=300, deadline=None)
 @given(steps=st.lists(step, max_size=80), start=st.floats(1000.0, 2000.0))
 def test_the_lua_budget_decides_as_the_python_reference(
