@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -183,26 +184,36 @@ def test_learned_sizes_are_adopted_within_the_least_maximum() -> None:
     assert sizer.learned() == LearnedSizes(3000, 3000)
 
 
-@pytest.mark.wemasy_emulator(limit=10_000, max_ids_per_request=4000)
-def test_a_fleet_through_redis_shares_what_its_batches_learned(wemasy_emulator: WemasyEmulator, redis_url: str) -> None:
-    """A batch in another process (the CLI, with --redis-url) learns the server's maximum; a batch of a new
-    process on the same Redis and token then starts at it: the fewest requests, no probe, no refusal."""
-    command = [sys.executable, "-m", "wemasy_async", "push", "1-40000", "--json", "--redis-url", redis_url]
-    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+def _a_new_process_starts_at_what_another_learned(
+    emulator: WemasyEmulator, cli: list[str], env: dict[str, str], **client_options: Any
+) -> None:
+    """A batch in another process (the CLI with ``cli`` options, ``env`` added to its environment) learns the
+    server's maximum; a batch of a client made with ``client_options`` in this new process, on the same
+    token, then starts at it: the fewest requests, no probe, no refusal."""
+    command = [sys.executable, "-m", "wemasy_async", "push", "1-40000", "--json", *cli]
+    command += ["--base-url", emulator.base_url, "--token", TOKEN]
+    environment = {**os.environ, **env}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=environment)
     assert done.returncode == 0, done.stderr
-    assert refused_for_size(wemasy_emulator, 4000) == 1  # it probed past the maximum once, and learned it
-    before = len(pushes(wemasy_emulator))
+    assert refused_for_size(emulator, 4000) == 1  # it probed past the maximum once, and learned it
+    before = len(pushes(emulator))
 
     async def second_batch() -> None:
-        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, redis_url=redis_url) as client:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, **client_options) as client:
             assert client.chunk_sizer.learned() == LearnedSizes(None, 0)  # this process has learned nothing
             result = await client.sendcloud.push_shipments(range(50_001, 90_001))
             assert result.ok
 
     asyncio.run(second_batch())
-    assert pushes(wemasy_emulator)[before:] == [4000] * 10
-    assert refused_for_size(wemasy_emulator, 4000) == 1
+    assert pushes(emulator)[before:] == [4000] * 10
+    assert refused_for_size(emulator, 4000) == 1
+
+
+@pytest.mark.wemasy_emulator(limit=10_000, max_ids_per_request=4000)
+def test_a_fleet_through_redis_shares_what_its_batches_learned(wemasy_emulator: WemasyEmulator, redis_url: str) -> None:
+    """A batch in another process (the CLI, with --redis-url) learns the server's maximum; a batch of a new
+    process on the same Redis and token then starts at it: the fewest requests, no probe, no refusal."""
+    _a_new_process_starts_at_what_another_learned(wemasy_emulator, ["--redis-url", redis_url], {}, redis_url=redis_url)
 
 
 @pytest.mark.once  # another process on the host: run once in CI (the coverage run), as the host budget's
@@ -210,23 +221,7 @@ def test_a_fleet_through_redis_shares_what_its_batches_learned(wemasy_emulator: 
 def test_the_hosts_processes_share_what_their_batches_learned(wemasy_emulator: WemasyEmulator) -> None:
     """A batch in another process (the CLI) on the host's budget learns the server's maximum; a batch of a
     new process on the same host and token then starts at it: the fewest requests, no probe, no refusal."""
-    command = [sys.executable, "-m", "wemasy_async", "push", "1-40000", "--json"]
-    command += ["--base-url", wemasy_emulator.base_url, "--token", TOKEN]
-    environment = {**os.environ, "WEMASY_BUDGET": "host"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=environment)
-    assert done.returncode == 0, done.stderr
-    assert refused_for_size(wemasy_emulator, 4000) == 1  # it probed past the maximum once, and learned it
-    before = len(pushes(wemasy_emulator))
-
-    async def second_batch() -> None:
-        async with WemasyClient(token=TOKEN, base_url=wemasy_emulator.base_url, budget="host") as client:
-            assert client.chunk_sizer.learned() == LearnedSizes(None, 0)  # this process has learned nothing
-            result = await client.sendcloud.push_shipments(range(50_001, 90_001))
-            assert result.ok
-
-    asyncio.run(second_batch())
-    assert pushes(wemasy_emulator)[before:] == [4000] * 10
-    assert refused_for_size(wemasy_emulator, 4000) == 1
+    _a_new_process_starts_at_what_another_learned(wemasy_emulator, [], {"WEMASY_BUDGET": "host"}, budget="host")
 
 
 @pytest.mark.wemasy_emulator(limit=10_000, window_seconds=60.0)
