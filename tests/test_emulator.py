@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import TOKEN
+from wemasy_async import NO_RETRIES, APIConnectionError, RateLimitError, RetryPolicy, WemasyClient
 from wemasy_async.testing import Fault, WemasyEmulator
 
 STATUS = "/services/webshop/v1/integrations/sendcloud/status"
@@ -321,3 +323,33 @@ async def test_a_push_takes_the_time_its_ids_take_to_validate(
     assert time.monotonic() - started >= 0.0001 * 3000 + 0.00000005 * 3000 * 3000
     assert status == 200
     assert data["summary"]["total_orders"] == 3000
+
+
+async def test_a_new_emulator_at_an_address_starts_with_nothing_learned_there() -> None:
+    """A port is reused: a client's request went unanswered at an address (a server that dropped it), then
+    an emulator starts there. It is another server, so a client of it starts afresh: after one answer, the
+    first window's ramp lets one request out at a time, and a spent window costs one 429, not two."""
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    dropping = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = dropping.sockets[0].getsockname()[1]
+    async with WemasyClient(token=TOKEN, base_url=f"http://127.0.0.1:{port}/api", retry=NO_RETRIES) as client:
+        with pytest.raises(APIConnectionError):
+            await client.sendcloud.status()
+    dropping.close()
+    await dropping.wait_closed()
+
+    emulator = WemasyEmulator(limit=5, window_seconds=3600.0)
+    await emulator.start(port=port)
+    try:
+        async with WemasyClient(token=TOKEN, base_url=emulator.base_url, retry=RetryPolicy(max_wait=60)) as client:
+            await client.sendcloud.status()
+            emulator.spend(TOKEN, 5)
+            results = await asyncio.gather(*(client.sendcloud.status() for _ in range(4)), return_exceptions=True)
+        assert all(isinstance(result, RateLimitError) for result in results), results
+        assert [r.status for r in emulator.requests] == [200, 429]
+    finally:
+        await emulator.close()

@@ -336,6 +336,13 @@ class WemasyEmulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (port 0: a free one) and return the base URL."""
+        base_url = await self._serve(host, port)
+        # A new server at an address where this process may have learned of another (a port reused: an
+        # earlier emulator's, or an address a client tried while nothing served it): none of it holds here.
+        self._forget_what_was_learned()
+        return base_url
+
+    async def _serve(self, host: str, port: int) -> str:
         # In-flight handlers (a slow-response fault) are cut short on close, not waited for.
         runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await runner.setup()
@@ -370,15 +377,19 @@ class WemasyEmulator:
         self.restarts += 1
 
     async def resume_serving(self) -> None:
-        """Serve again on the port :meth:`stop_serving` left."""
-        await self.start(*self._bound)
+        """Serve again on the port :meth:`stop_serving` left (the same server: what clients learned holds)."""
+        await self._serve(*self._bound)
 
     async def close(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        # A later server on the same port is another server: budgets learned here must not carry over.
+        self._forget_what_was_learned()
+
+    def _forget_what_was_learned(self) -> None:
+        """Drop this process's budgets (its own and the host's) and learned chunk sizes of this base URL."""
         if self._base_url is not None:
-            # A later server on the same port is another server: budgets learned here must not carry over.
             forget_shared_budgets(self._base_url)
             forget_chunk_sizers(self._base_url)
 
