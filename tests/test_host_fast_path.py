@@ -17,7 +17,7 @@ import pytest
 
 from tests.budget_helpers import FakeClock
 from wemasy_async import RateLimitHeaders, WemasyClient
-from wemasy_async.budgets._host import HostBudget, HostTicket
+from wemasy_async.budgets._host import _KEPT, HostBudget, HostTicket
 from wemasy_async.testing import WemasyEmulator
 
 LIMIT = 1000  # plenty: a step may take tickets for the turn's next callers
@@ -98,11 +98,11 @@ async def test_another_processs_429_voids_the_tickets_a_step_took(tmp_path: Path
     clock = FakeClock(1000.0)
     mine, other = budgets(tmp_path, clock)
     await busy(mine, 6)
-    first = mine.try_acquire()  # the turn's first step: it takes tickets for five more
+    first = mine.try_acquire()  # from what the last turn's step took for its callers
     assert isinstance(first, HostTicket)
     assert mine._pooled
-    theirs = other.try_acquire()
-    assert theirs is not None
+    # The other process waits for the answers this one keeps (its ramp): its step makes this one write them.
+    theirs = await asyncio.wait_for(other.acquire(), 10)  # a stall detector
     await other.answered(theirs, 429, RateLimitHeaders(LIMIT, 0, retry_after=30.0))
     assert mine.try_acquire() is None
     assert not mine._pooled
@@ -201,7 +201,7 @@ async def test_a_forked_childs_first_step_takes_no_ticket_it_cannot_hand_out(tmp
             assert ticket is not None
             await parent.answered(ticket, 200, RateLimitHeaders(LIMIT, 800))
             await turns(5)
-            return parent._pooled == sum(map(len, parent._pools)) and other.view().in_flight == 0
+            return parent._pooled == sum(pool.count for pool in parent._pools) and other.view().in_flight == 0
 
         return asyncio.run(main())
 
@@ -280,3 +280,34 @@ async def test_a_clients_close_writes_what_the_host_budget_keeps(
     async with WemasyClient(token="close", base_url=wemasy_emulator.base_url, budget="host") as again:
         assert again._budget is budget
         await again.sendcloud.status()
+
+
+async def test_a_busy_process_writes_what_it_keeps_once_another_process_waits(tmp_path: Path) -> None:
+    """A process busy every turn keeps its answers for a later step (nothing in them changes its pools); once
+    another process has taken a step (it waits: its ramp counts answers), the busy one writes them at the end
+    of the turn, busy or not, so others see them in a turn, not when it is done."""
+    clock = FakeClock(1000.0)
+    mine, other = budgets(tmp_path, clock)
+    tickets = await busy(mine, 6)
+    answered = 16 + 6  # busy()'s: its ramp's 1 + 1 + 2 + 4 + 8, then a turn's 6 (the next 6 are in flight)
+
+    async def busy_turn() -> None:  # one caller a turn: a step's tickets serve several turns
+        nonlocal tickets, answered
+        for ticket in tickets:
+            answered += 1
+            await mine.answered(ticket, 200, RateLimitHeaders(LIMIT, LIMIT - answered))
+        tickets = [mine.try_acquire()]  # type: ignore[list-item]
+        assert None not in tickets
+        await asyncio.sleep(0)
+
+    for _ in range(40):  # until the answers of several turns are kept and the pool has tickets for two more
+        await busy_turn()
+        if len(mine._pending) >= 3 * _KEPT and mine._pooled >= 3:
+            break
+    assert len(mine._pending) >= 3 * _KEPT, "answers are not kept across turns while busy"
+    waiter = asyncio.ensure_future(other.acquire())
+    await busy_turn()  # the other's step comes in this turn; at the next turn's end this one writes
+    await busy_turn()
+    assert len(mine._pending) <= _KEPT  # only what the last turn's answer left
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)

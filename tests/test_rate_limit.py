@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import math
 
@@ -588,3 +589,98 @@ def test_answers_without_a_count_are_no_sign_of_a_short_server_window() -> None:
     counted = grant(budget, 0.5)
     budget.answered(counted, 0.6, 200, hints(10, 8))  # count 2 after three answers
     assert budget.mismatch is None
+
+
+# --- several tickets at once -----------------------------------------------------------------------------
+
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["grant", "bulk", "answer", "release", "no answer", "429", "later", "asked", "others"]),
+        st.integers(0, 40),
+    ),
+    max_size=40,
+)
+
+
+def replay(operations: list[tuple[str, int]], limit: int) -> tuple[WindowState, float]:
+    """A state after ``operations`` (grants, answers of a random ticket in flight, time passing...), and when."""
+    state, now, flight = WindowState(W), 0.0, []
+    for operation, number in operations:
+        if operation in ("grant", "bulk"):
+            decision = state.try_acquire(now, operation == "bulk")
+            if isinstance(decision, Ticket):
+                flight.append(decision)
+            continue
+        if operation == "later":
+            now += number * W / 20
+        elif operation == "asked":
+            state.asked(now, number % 4)
+        elif operation == "others":
+            state.expect_others()
+        elif flight:
+            settle(state, flight.pop(number % len(flight)), operation, number, now, limit)
+    return state, now
+
+
+def settle(state: WindowState, ticket: Ticket, how: str, number: int, now: float, limit: int) -> None:
+    if how == "answer":
+        state.answered(ticket, now, 200, hints(limit, max(0, limit - number)))
+    elif how == "429":
+        state.answered(ticket, now, 429, hints(limit, 0, retry_after=number % 3))
+    elif how == "release":
+        state.release(ticket)
+    else:
+        state.no_answer(ticket, now)
+
+
+@settings(max_examples=500, deadline=None)
+@given(operations=OPERATIONS, limit=st.integers(1, 40), bulk=st.booleans())
+def test_room_is_how_many_grants_in_a_row_would_be_given(
+    operations: list[tuple[str, int]], limit: int, bulk: bool
+) -> None:
+    """Whatever happened before (answers with others' use, releases, lost answers, 429s, windows ending,
+    interactive demand, other processes told of), ``room`` is exactly how many tickets try_acquire would
+    grant in a row now (for bulk work, no more than that), and granting them with ``grant_more`` after the
+    first leaves the state as those grants would."""
+    state, now = replay(operations, limit)
+    room = state.room(now, bulk)
+    one_by_one = copy.deepcopy(state)
+    granted = 0
+    while granted <= limit + 1 and isinstance(one_by_one.try_acquire(now, bulk), Ticket):
+        granted += 1
+    assert room <= granted if bulk else room == granted
+    if room:
+        at_once = copy.deepcopy(state)
+        first = at_once.try_acquire(now, bulk)
+        assert isinstance(first, Ticket)
+        at_once.grant_more(room - 1, bulk)
+        in_a_row = copy.deepcopy(state)
+        for _ in range(room):
+            assert isinstance(in_a_row.try_acquire(now, bulk), Ticket)
+        assert vars(at_once) == vars(in_a_row)
+
+
+def in_a_row(state: WindowState, now: float, bulk: bool = False) -> int:
+    """How many tickets try_acquire grants in a row now (on a copy of ``state``)."""
+    trial, count = copy.deepcopy(state), 0
+    while isinstance(trial.try_acquire(now, bulk), Ticket):
+        count += 1
+    return count
+
+
+def test_room_stops_where_the_last_slots_go_one_at_a_time() -> None:
+    """With others seen on the token, the last free slots go one at a time: room counts up to there, by
+    what the others used in this window (they may use as much again) or in the last (whichever is more)."""
+    state = learned(limit=40, answered=16)  # past the ramp: 16 answered, nothing in flight
+    ticket = grant(state, 1.0)
+    state.answered(ticket, 1.0, 200, hints(40, 19))  # 21 counted, 17 ours: others used 4 in this window
+    assert state.room(1.0) == in_a_row(state, 1.0) == 6  # 19 free; the i-th grant needs 19 - i > 8 + i
+    state = learned(limit=40, answered=16)
+    ticket = grant(state, 1.0)
+    state.answered(ticket, 1.0, 200, hints(40, 40 - 17 - 20))  # others used 20 of this window
+    later, count = 1.0 + W + 1.0, 0  # the next window: expect them to use 20 again
+    while count < 16:  # its ramp, with no one else's use seen yet
+        for ticket in grants(state, later):
+            count += 1
+            state.answered(ticket, later, 200, hints(40, 40 - count))
+    assert state.room(later) == in_a_row(state, later) == 4  # 24 free, the last 20 left to them

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import math
@@ -79,6 +78,7 @@ _FREE = struct.Struct("<QQ")  # a slot's id and settled version: whether it is f
 _USED, _USED_AT = struct.Struct("<I"), 52  # slots ever used (the header's last field)
 MARKS, SLOTS = 64, 1024
 _COMMIT, _COMMIT_AT = struct.Struct("<QQ"), 32  # active and dirty, inside the header
+_ACTIVE = slice(_COMMIT_AT, _COMMIT_AT + 8)  # active alone (little-endian)
 _STATE_AT = _HEADER.size
 _COPY = _STATE.size + _CHECK.size
 _MARKS_AT = _STATE_AT + 2 * _COPY
@@ -92,6 +92,12 @@ FILE_SIZE = _SLOTS_AT + SLOTS * _SLOT.size
 #: callers in the same turn of its event loop (handed out with no step; those left are given back at the
 #: turn's end), while more than POOL_MARGIN slots beyond the reserve stay free.
 POOL, POOL_MARGIN = 16, 32
+#: A step that grants a ticket less than this after the last one finds the process busy: it may take more for
+#: the pools than the last (see HostBudget._learn_want).
+BUSY_SECONDS = 0.005
+#: Answers kept while the process is busy wait at most this long (or until KEPT_MOST of them) for a step to
+#: write them, unless one of them may change the pools (then the next caller's step writes it).
+KEPT_SECONDS, KEPT_MOST = 0.01, 64
 
 #: How long an interactive waiter's mark holds bulk calls back without being renewed (its first waiter renews
 #: it at every poll).
@@ -122,6 +128,23 @@ class HostTicket(Ticket):
 
     slot: int = -1
     ident: int = 0
+
+
+@attrs.define
+class _Pool:
+    """The tickets a step took for the process's next callers of one class: ``count`` more of its own ticket's
+    group (one slot), each made only as it is handed out."""
+
+    epoch: int = 0
+    answers_before: int = 0
+    slot: int = -1
+    ident: int = 0
+    count: int = 0
+
+
+#: A kept answer in HostBudget._pending, as plain numbers (no object the GC tracks outlives the turn that
+#: answered): slot, ident, epoch, answers before, bulk, when, status, limit and remaining (-1: None).
+_KEPT = 9
 
 
 def budget_directory() -> Path:
@@ -469,19 +492,21 @@ class HostBudget(RateLimitBudget):
         self._thread_lock = self._lock._thread_lock  # type: ignore[attr-defined]
         # Tickets a step took for this process's next callers of each class (interactive, bulk), handed out
         # with no step while nothing changed in the file; given back at the end of the event loop's turn.
-        self._pools: tuple[list[HostTicket], list[HostTicket]] = ([], [])
+        self._pools = (_Pool(), _Pool())  # interactive, bulk
         self._pooled = 0  # tickets in the pools
         self._drop = False  # the pools go back at the next step (another process's step, a turn not using them)
         # Answers (ticket, status, hints) not yet written to the file, and interactive calls served from a
         # pool, not yet counted in the window's demand: the process's next step, or the turn's end, does.
-        # Each answer is written as of when it came.
-        self._pending: list[tuple[Ticket, float, int, RateLimitHeaders]] = []
+        # Each answer is written as of when it came; _KEPT numbers each.
+        self._pending: list[float] = []
         self._pending_asked = 0
         self._asked_at = 0.0
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the end of the turn's flush is scheduled
-        self._carried = False  # the kept answers have waited a turn already
+        self._news = False  # a kept answer may leave less room than the pools were taken with
         self._want = 0  # how many tickets a step takes beyond its caller's (learned from the last turns)
         self._turn_steps = self._turn_taken = self._turn_pooled = 0
+        self._filled = self._handed = 0  # tickets the last step took for the pools, and those handed out since
+        self._last_step_at = -math.inf
         self._poll = POLL_MIN
         self._polled_version = -1
         self._watch: asyncio.TimerHandle | None = None  # the first waiter's next look at the file
@@ -563,13 +588,14 @@ class HostBudget(RateLimitBudget):
         self._queue = _Line()
         self._mark = -1
         self._next_id = (os.getpid() << 32) | 1
-        self._pools = ([], [])  # the parent's tickets: its own to settle
+        self._pools = (_Pool(), _Pool())  # the parent's tickets: its own to settle
         self._pooled = self._pending_asked = 0
         self._pending = []
         self._flush_loop = None
         # What the parent learned of its turns is not the child's: the child's first turns learn their own.
         self._want = self._turn_steps = self._turn_taken = self._turn_pooled = 0
-        self._carried = self._drop = False
+        self._filled = self._handed = 0
+        self._news = self._drop = False
         self._version = 0  # load what the file holds
         with contextlib.suppress(OSError, BufferError):
             file.close()
@@ -605,7 +631,7 @@ class HostBudget(RateLimitBudget):
         may take a few more for the turn's next callers)."""
         bulk = priority == "bulk"
         pool = self._pools[bulk]
-        if pool:
+        if pool.count:
             ticket = self._from_pool(pool, bulk)
             if ticket is not None:
                 return ticket
@@ -619,22 +645,33 @@ class HostBudget(RateLimitBudget):
                 return decision if isinstance(decision, Ticket) else None
             if self._schedule_flush():
                 self._turn_steps += 1
+                self._learn_want(now)
                 if self._want:  # the pools as they are now: a fork's first step (in _begin) made new ones
                     self._fill(self._pools[bulk], decision, now, bulk)
             return decision
 
-    def _from_pool(self, pool: list[HostTicket], bulk: bool) -> HostTicket | None:
+    def _learn_want(self, now: float) -> None:
+        """Before a step that grants a ticket takes more for the pools: twice as many (up to POOL - 1) when
+        the last step's were all handed out and calls keep coming (its step was less than BUSY_SECONDS ago),
+        as slow start grows; as many as were handed out when some went back unused."""
+        if self._handed >= self._filled and now - self._last_step_at < BUSY_SECONDS:
+            self._want = min(POOL - 1, 2 * self._want + 1)
+        self._last_step_at = now
+        self._filled = self._handed = 0
+
+    def _from_pool(self, pool: _Pool, bulk: bool) -> HostTicket | None:
         with self._thread_lock:
             queue = self._queue
             file = self._file
-            if not pool or queue.interactive or (bulk and queue.bulk) or file is None or file.forks != _forks[0]:
+            if not pool.count or queue.interactive or (bulk and queue.bulk) or file is None or file.forks != _forks[0]:
                 return None
-            # An answer kept and not yet written (its limit, what the server says is left) is news the pool's
-            # tickets were not taken with: a step writes it first and decides.
-            if self._pending:
+            # An answer kept and not yet written that may leave less room than the pool's tickets were taken
+            # with (a limit, others' use, a new window): a step writes it first and decides.
+            if self._news:
                 return None
             # Another process's step since (an answer, a 429, a mark): a step decides, with what it wrote.
-            if _COMMIT.unpack_from(file.mm, _COMMIT_AT) != (self._version, 0):
+            # (Read as bytes, not unpacked into a tuple: the fast path allocates no object the GC tracks.)
+            if int.from_bytes(file.mm[_ACTIVE], "little") != self._version:
                 return None
             now = self._clock()
             state = self.state
@@ -644,39 +681,34 @@ class HostBudget(RateLimitBudget):
                 return None
             self._pooled -= 1
             self._turn_taken += 1
+            self._handed += 1
             if not bulk:
                 self._pending_asked += 1
                 self._asked_at = now
-            return pool.pop()
+            pool.count -= 1
+            return HostTicket(pool.epoch, pool.answers_before, bulk, slot=pool.slot, ident=pool.ident)
 
-    def _fill(self, pool: list[HostTicket], first: HostTicket, now: float, bulk: bool) -> None:
-        """Take up to ``self._want`` more tickets like ``first`` (one slot holds them all), while plenty are free."""
+    def _fill(self, pool: _Pool, first: HostTicket, now: float, bulk: bool) -> None:
+        """Take up to ``self._want`` more tickets like ``first`` (one slot holds them all) into an empty pool,
+        while plenty are free."""
         state = self.state
         limit = state.limit
         file = self._file
-        if limit is None or file is None:
+        if limit is None or file is None or pool.count:
             return
-        room = min(self._want - len(pool), limit - state._granted - state._others - state.reserved(limit) - POOL_MARGIN)
-        # What WindowState.try_acquire does, for tickets like the first (one epoch, no answer between them);
-        # a bulk one asks the host's peek (other processes' interactive callers' marks).
-        peek = state.peek if bulk else functools.partial(WindowState.peek, state)
-        taken = 0
-        epoch, before, slot, ident = first.epoch, first.answers_before, first.slot, first.ident
-        while taken < room and peek(now, bulk) is None:
-            state._granted += 1
-            state._sent += 1
-            state._in_flight += 1
-            pool.append(HostTicket(epoch, before, bulk, slot=slot, ident=ident))
-            taken += 1
-        if taken:
-            stats = state.stats
-            stats.sent += taken
-            if not bulk:
-                stats.interactive_sent += taken
-            at = _SLOTS_AT + first.slot * _SLOT.size
-            struct.pack_into("<H", file.mm, at + 24, 1 + taken)  # the group's count (made in this step)
-            self._pooled += taken
-            self._turn_pooled += taken
+        free = limit - state._granted - state._others - state.reserved(limit) - POOL_MARGIN
+        taken = min(self._want, free, state.room(now, bulk))  # a bulk one's room asks the marks
+        if taken <= 0:
+            return
+        state.grant_more(taken, bulk)
+        slot = first.slot
+        pool.epoch, pool.answers_before, pool.slot, pool.ident = first.epoch, first.answers_before, slot, first.ident
+        pool.count = taken
+        at = _SLOTS_AT + slot * _SLOT.size
+        struct.pack_into("<H", file.mm, at + 24, 1 + taken)  # the group's count (made in this step)
+        self._pooled += taken
+        self._turn_pooled += taken
+        self._filled += taken
 
     async def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> float:
         if status != 429 and isinstance(ticket, HostTicket):
@@ -685,9 +717,33 @@ class HostBudget(RateLimitBudget):
             with self._thread_lock:
                 if self._file is not None and not self._queue and not ticket.settled and self._schedule_flush():
                     now = self._clock()
-                    self._pending.append((ticket, now, status, hints))
+                    if not self._news:
+                        self._news = self._is_news(ticket, hints)
+                    limit, remaining = hints.limit, hints.remaining
+                    self._pending += (
+                        ticket.slot, ticket.ident, ticket.epoch, ticket.answers_before, ticket.bulk, now, status,
+                        -1 if limit is None else limit, -1 if remaining is None else remaining,
+                    )  # fmt: skip
+                    ticket.settled = True  # to be settled by the step that writes it
                     return max(0.0, self.state.gate_until - now)
         return await super().answered(ticket, status, hints)
+
+    def _is_news(self, ticket: Ticket, hints: RateLimitHeaders) -> bool:
+        """Whether an answer may leave less room than the state shows (so than the pools were taken with):
+        a limit that differs or is not known yet, no count, the window's first answer, a count showing a new
+        window, or more use by others than known. One that only confirms the process's own use cannot."""
+        state = self.state
+        limit, remaining = state.limit, hints.remaining
+        if limit is None or remaining is None or state._window_end is None:
+            return True
+        if hints.limit is not None and hints.limit != limit:
+            return True
+        if ticket.epoch != state._epoch:
+            return False  # an earlier window's answer: the state reads only its limit
+        count = limit - remaining
+        if ticket.answers_before > 0 and count <= ticket.answers_before:
+            return True
+        return count - state._granted > state._others_learned
 
     def _schedule_flush(self) -> bool:
         """Make sure the end of this turn of the running event loop writes what the process keeps; False
@@ -711,24 +767,36 @@ class HostBudget(RateLimitBudget):
                 self._flush_loop = None
             steps, taken = self._turn_steps, self._turn_taken
             self._turn_steps = self._turn_taken = self._turn_pooled = 0
-            if steps:  # the next turn's first step takes as many as this turn's callers on the fast path
-                self._want = min(POOL - 1, steps + taken - 1)
-            if self._pooled:
-                if steps or taken:  # still in use: kept for the next turn, which looks again
-                    if self._pending and not self._carried and len(self._pending) < POOL:
-                        # Busy: the next turn's step may write them; they wait one turn at most.
-                        self._carried = True
-                        self._schedule_flush()
-                        return
-                    self._schedule_flush()
-                else:
+            if steps:  # the next turn's first step takes at least as many as this turn's callers
+                self._want = min(POOL - 1, max(self._want, steps + taken - 1))
+            if not (steps or taken):
+                if self._pooled:
                     self._drop = True  # a turn that used none: they go back
-            self._carried = False
+                    self._want = min(self._want, self._handed)
+            elif self._pooled or self._pending or self._pending_asked:
+                # Busy: the pools are looked at again at the next turn's end; what is kept waits for a step
+                # (the next caller's, or that turn's end once the callers stop) unless it may change the pools,
+                # is many or has waited long.
+                self._schedule_flush()
+                if self._may_keep(self._pending):
+                    return
             if not (self._pending or self._pending_asked or (self._pooled and self._drop)):
                 return
         with self._lock:  # its start writes them
             if self._queue:
                 self._hand_out()
+
+    def _may_keep(self, pending: list[float]) -> bool:
+        """Whether the answers kept may wait for a later step: none of them may change the pools, and they are
+        few and new. (Another process's step is a step here too: it voids the pools, so the next caller steps.)"""
+        if not pending:
+            return True
+        return (
+            self._file is not None
+            and not self._news
+            and len(pending) < KEPT_MOST * _KEPT
+            and self._clock() - pending[5] < KEPT_SECONDS
+        )
 
     def _settle_local(self) -> None:
         """Write what the process kept (answers, interactive calls served from a pool) and give back the
@@ -738,24 +806,29 @@ class HostBudget(RateLimitBudget):
             state.asked(self._asked_at, self._pending_asked)
             self._pending_asked = 0
         pending, self._pending = self._pending, []
-        unused: list[HostTicket] = []
+        self._news = False
+        unused: list[tuple[bool, _Pool]] = []
         if self._pooled and (self._drop or self._queue):
             self._drop = False
             unused = self._take_pools(lambda _bulk: True)
         file = self._file
         # The tickets of one slot are let go of together: one read and one write of it.
         groups: dict[int, int] = {}
-        for ticket, at, status, hints in pending:
-            if file is None or self._counted(file, ticket, groups):
-                WindowState.answered(state, ticket, at, status, hints)
+        for at in range(0, len(pending), _KEPT):
+            slot, ident, epoch, before, bulk, when, status, limit, remaining = pending[at : at + _KEPT]
+            if file is None or self._counted(file, int(slot), int(ident), groups):
+                hints = RateLimitHeaders(int(limit) if limit >= 0 else None, int(remaining) if remaining >= 0 else None)
+                ticket = Ticket(int(epoch), int(before), bool(bulk))
+                WindowState.answered(state, ticket, when, int(status), hints)
         if pending and self._pooled:
             # The pools were taken before these answers: one stays only while the state, with them, has room
             # beyond it (its tickets are counted granted already); else it goes back.
             now = self._clock()
             unused += self._take_pools(lambda bulk: state.peek(now, bulk) is not None)
-        for ticket in unused:
-            if file is None or self._counted(file, ticket, groups):
-                WindowState.release(state, ticket)
+        for bulk, pool in unused:
+            if file is None or self._counted(file, pool.slot, pool.ident, groups, pool.count):
+                for _ in range(pool.count):
+                    WindowState.release(state, Ticket(pool.epoch, pool.answers_before, bulk))
         if file is not None:
             for slot, count in groups.items():
                 if count:
@@ -764,31 +837,28 @@ class HostBudget(RateLimitBudget):
             self._mismatch_told = True
             logger.warning("%s", state.mismatch)
 
-    def _take_pools(self, which: Callable[[bool], bool]) -> list[HostTicket]:
-        """The pooled tickets of the classes ``which(bulk)`` names, taken out of the pools to be given back."""
-        taken: list[HostTicket] = []
+    def _take_pools(self, which: Callable[[bool], bool]) -> list[tuple[bool, _Pool]]:
+        """The pools of the classes ``which(bulk)`` names, emptied (a copy of each is returned, to be given back)."""
+        taken: list[tuple[bool, _Pool]] = []
         for bulk, pool in enumerate(self._pools):
-            if pool and which(bool(bulk)):
-                taken += pool
-                pool.clear()
-        self._pooled -= len(taken)
+            if pool.count and which(bool(bulk)):
+                taken.append((bool(bulk), attrs.evolve(pool)))
+                self._pooled -= pool.count
+                pool.count = 0
         return taken
 
-    def _counted(self, file: _HostFile, ticket: Ticket, groups: dict[int, int]) -> bool:
-        """Count ``ticket`` among its group's to let go of (``groups``: slot -> tickets); False if the group is
-        no longer held (settled by another as its holder's gone, or its lease ran out: the state has it
-        settled already), or the ticket is not of a slot."""
-        held: Any = ticket
-        slot = held.slot
+    def _counted(self, file: _HostFile, slot: int, ident: int, groups: dict[int, int], tickets: int = 1) -> bool:
+        """Count ``tickets`` of the group ``ident`` in ``slot`` among those to let go of (``groups``: slot ->
+        tickets); False if the group is no longer held (settled by another as its holder's gone, or its lease
+        ran out: the state has them settled already)."""
         count = groups.get(slot)
         if count is None:
-            ident, settled = _FREE.unpack_from(file.mm, _SLOTS_AT + slot * _SLOT.size)
-            count = 0 if ident == held.ident and not settled else -1
-        if count < 0 or ticket.settled:
+            held, settled = _FREE.unpack_from(file.mm, _SLOTS_AT + slot * _SLOT.size)
+            count = 0 if held == ident and not settled else -1
+        if count < 0:
             groups[slot] = count
-            ticket.settled = True
             return False
-        groups[slot] = count + 1
+        groups[slot] = count + tickets
         return True
 
     def _let_go_of(self, file: _HostFile, slot: int, settling: int) -> None:

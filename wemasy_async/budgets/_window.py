@@ -192,6 +192,41 @@ class WindowState:
         others_seen = self._in_flight and (self._others_before or self._others_learned)
         return self._held_for_others(free) if others_seen else None
 
+    def room(self, now: float, bulk: bool = False) -> int:
+        """How many tickets :meth:`try_acquire` would grant in a row now, with no answer between (0: it would
+        wait); for bulk work only those above the reserve are counted (a lower bound, then). For a budget
+        that takes several at once, with :meth:`grant_more`."""
+        if self.peek(now, bulk) is not None:
+            return 0
+        limit = self.limit
+        if limit is None:
+            return 1  # the probe goes alone
+        # Each grant adds one to what is granted, sent and in flight; peek's every rule is a bound "i < x" on
+        # the i-th grant after this one, so the room is the least of those bounds (and this one's grant).
+        free = limit - self._granted - self._others
+        room = free
+        in_flight = self._sent - self._settled
+        if self._others_before != 0:  # the ramp
+            room = min(room, max(1, self._settled) - in_flight)
+        if bulk:
+            room = min(room, free - self.reserved(limit))
+        learned = self._others_learned
+        if self._others_before or learned:  # the last free slots go one at a time (_held_for_others)
+            before = self._others_before or 0
+            room = min(room, free - 1, (free - 2 * learned - in_flight + 1) // 2, free - before + learned)
+        return max(1, room)
+
+    def grant_more(self, count: int, bulk: bool = False) -> None:
+        """Grant ``count`` tickets at once, at most :meth:`room` (the caller asked it with no step between):
+        each is a ticket like ``Ticket(epoch, answers_before, bulk)`` of the state as it is, made by the
+        budget when it hands one out."""
+        self._granted += count
+        self._sent += count
+        self._in_flight += count
+        self.stats.sent += count
+        if not bulk:
+            self.stats.interactive_sent += count
+
     def reserved(self, limit: int) -> int:
         """The slots of this window that bulk work leaves free, at most half the limit: for interactive calls
         the peak of their demand in recent windows (at least one) less what asked in this one, and for other
