@@ -89,7 +89,10 @@ def instructions_per_call(client: str, base_url: str, concurrency: int) -> float
             sys.executable, __file__, "--client", client, "--url", base_url,
             "--calls", str(calls), "--concurrency", str(concurrency),
         ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        # Each run with a host budget file of its own, as each with a process budget of its own: a file the
+        # last run used would carry its window into this one (which may end in the middle of it).
+        env = {**os.environ, "WEMASY_BUDGET_DIR": tempfile.mkdtemp(prefix="bench-overhead-")}
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
         found = re.search(r"Collected : (\d+)", done.stderr)
         if found is None:
             raise RuntimeError("callgrind printed no instruction count")

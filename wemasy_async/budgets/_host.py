@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import zlib
+from asyncio import _get_running_loop
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -140,11 +141,6 @@ class _Pool:
     slot: int = -1
     ident: int = 0
     count: int = 0
-
-
-#: A kept answer in HostBudget._pending, as plain numbers (no object the GC tracks outlives the turn that
-#: answered): slot, ident, epoch, answers before, bulk, when, status, limit and remaining (-1: None).
-_KEPT = 9
 
 
 def budget_directory() -> Path:
@@ -409,6 +405,10 @@ class HostWindowState(WindowState):
         ticket.settled = True
         return max(0.0, self.gate_until - now)
 
+    def _throttled(self, now: float, retry_after: float | None, limit: int) -> None:
+        super()._throttled(now, retry_after, limit)
+        self._budget._drop = True  # the gate is closed: the pools go back, none is handed out
+
 
 class _StepLock:
     """``with`` it, a step of the budget is one atomic step on the file: lock, load what others committed,
@@ -493,19 +493,20 @@ class HostBudget(RateLimitBudget):
         # Tickets a step took for this process's next callers of each class (interactive, bulk), handed out
         # with no step while nothing changed in the file; given back at the end of the event loop's turn.
         self._pools = (_Pool(), _Pool())  # interactive, bulk
-        self._pooled = 0  # tickets in the pools
         self._drop = False  # the pools go back at the next step (another process's step, a turn not using them)
         # Answers (ticket, status, hints) not yet written to the file, and interactive calls served from a
         # pool, not yet counted in the window's demand: the process's next step, or the turn's end, does.
-        # Each answer is written as of when it came; _KEPT numbers each.
-        self._pending: list[float] = []
+        # Each answer is written as of when it came.
+        self._pending: list[tuple[Ticket, float, int, RateLimitHeaders]] = []
         self._pending_asked = 0
         self._asked_at = 0.0
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the end of the turn's flush is scheduled
         self._news = False  # a kept answer may leave less room than the pools were taken with
         self._want = 0  # how many tickets a step takes beyond its caller's (learned from the last turns)
-        self._turn_steps = self._turn_taken = self._turn_pooled = 0
-        self._filled = self._handed = 0  # tickets the last step took for the pools, and those handed out since
+        self._turn_steps = 0  # steps of this turn that granted a ticket
+        self._filled = 0  # tickets the last such step took for the pools
+        # Tickets handed out from the pools, ever, and as many as at the last granting step and the last turn's end.
+        self._handed = self._handed_at_step = self._handed_at_turn = 0
         self._last_step_at = -math.inf
         self._poll = POLL_MIN
         self._polled_version = -1
@@ -589,12 +590,12 @@ class HostBudget(RateLimitBudget):
         self._mark = -1
         self._next_id = (os.getpid() << 32) | 1
         self._pools = (_Pool(), _Pool())  # the parent's tickets: its own to settle
-        self._pooled = self._pending_asked = 0
+        self._pending_asked = 0
         self._pending = []
         self._flush_loop = None
         # What the parent learned of its turns is not the child's: the child's first turns learn their own.
-        self._want = self._turn_steps = self._turn_taken = self._turn_pooled = 0
-        self._filled = self._handed = 0
+        self._want = self._turn_steps = self._filled = 0
+        self._handed = self._handed_at_step = self._handed_at_turn = 0
         self._news = self._drop = False
         self._version = 0  # load what the file holds
         with contextlib.suppress(OSError, BufferError):
@@ -654,38 +655,36 @@ class HostBudget(RateLimitBudget):
         """Before a step that grants a ticket takes more for the pools: twice as many (up to POOL - 1) when
         the last step's were all handed out and calls keep coming (its step was less than BUSY_SECONDS ago),
         as slow start grows; as many as were handed out when some went back unused."""
-        if self._handed >= self._filled and now - self._last_step_at < BUSY_SECONDS:
+        if self._handed - self._handed_at_step >= self._filled and now - self._last_step_at < BUSY_SECONDS:
             self._want = min(POOL - 1, 2 * self._want + 1)
         self._last_step_at = now
-        self._filled = self._handed = 0
+        self._filled, self._handed_at_step = 0, self._handed
 
     def _from_pool(self, pool: _Pool, bulk: bool) -> HostTicket | None:
         with self._thread_lock:
-            queue = self._queue
             file = self._file
-            if not pool.count or queue.interactive or (bulk and queue.bulk) or file is None or file.forks != _forks[0]:
-                return None
             # An answer kept and not yet written that may leave less room than the pool's tickets were taken
             # with (a limit, others' use, a new window): a step writes it first and decides.
-            if self._news:
+            # A pool the next step gives back (a 429 of this process, a turn that used none) is not used either.
+            if not pool.count or self._news or self._drop or file is None or file.forks != _forks[0]:
+                return None
+            queue = self._queue
+            if queue.interactive or (bulk and queue.bulk):
                 return None
             # Another process's step since (an answer, a 429, a mark): a step decides, with what it wrote.
-            # (Read as bytes, not unpacked into a tuple: the fast path allocates no object the GC tracks.)
+            # (Read as bytes, not unpacked into a tuple: this path makes no object but the ticket.)
             if int.from_bytes(file.mm[_ACTIVE], "little") != self._version:
                 return None
             now = self._clock()
-            state = self.state
-            end = state._window_end
-            if now < state.gate_until or (end is not None and now >= end):
+            end = self.state._window_end
+            if end is not None and now >= end:
                 self._drop = True
                 return None
-            self._pooled -= 1
-            self._turn_taken += 1
+            pool.count -= 1
             self._handed += 1
             if not bulk:
                 self._pending_asked += 1
                 self._asked_at = now
-            pool.count -= 1
             return HostTicket(pool.epoch, pool.answers_before, bulk, slot=pool.slot, ident=pool.ident)
 
     def _fill(self, pool: _Pool, first: HostTicket, now: float, bulk: bool) -> None:
@@ -706,26 +705,25 @@ class HostBudget(RateLimitBudget):
         pool.count = taken
         at = _SLOTS_AT + slot * _SLOT.size
         struct.pack_into("<H", file.mm, at + 24, 1 + taken)  # the group's count (made in this step)
-        self._pooled += taken
-        self._turn_pooled += taken
         self._filled += taken
 
     async def answered(self, ticket: Ticket, status: int, hints: RateLimitHeaders) -> float:
-        if status != 429 and isinstance(ticket, HostTicket):
-            # Written by the process's next step, or at the end of this turn of the event loop: as if it came
-            # then. A 429 closes the gate for everyone at once.
+        if status != 429 and type(ticket) is HostTicket:
+            # Written by the process's next step, or at the end of this turn of the event loop (or a later
+            # one, while the process is busy): as if it came then. A 429 closes the gate for everyone at once.
             with self._thread_lock:
-                if self._file is not None and not self._queue and not ticket.settled and self._schedule_flush():
+                queue = self._queue
+                loop = _get_running_loop()
+                kept = self._file is not None and loop is not None and not ticket.settled
+                if kept and not (queue.interactive or queue.bulk):
+                    if self._flush_loop is not loop:
+                        self._schedule_flush()
                     now = self._clock()
+                    self._pending.append((ticket, now, status, hints))
                     if not self._news:
                         self._news = self._is_news(ticket, hints)
-                    limit, remaining = hints.limit, hints.remaining
-                    self._pending += (
-                        ticket.slot, ticket.ident, ticket.epoch, ticket.answers_before, ticket.bulk, now, status,
-                        -1 if limit is None else limit, -1 if remaining is None else remaining,
-                    )  # fmt: skip
-                    ticket.settled = True  # to be settled by the step that writes it
-                    return max(0.0, self.state.gate_until - now)
+                    gate = self.state.gate_until - now
+                    return gate if gate > 0.0 else 0.0
         return await super().answered(ticket, status, hints)
 
     def _is_news(self, ticket: Ticket, hints: RateLimitHeaders) -> bool:
@@ -734,16 +732,13 @@ class HostBudget(RateLimitBudget):
         window, or more use by others than known. One that only confirms the process's own use cannot."""
         state = self.state
         limit, remaining = state.limit, hints.remaining
-        if limit is None or remaining is None or state._window_end is None:
-            return True
-        if hints.limit is not None and hints.limit != limit:
+        if limit is None or remaining is None or state._window_end is None or hints.limit not in (None, limit):
             return True
         if ticket.epoch != state._epoch:
             return False  # an earlier window's answer: the state reads only its limit
         count = limit - remaining
-        if ticket.answers_before > 0 and count <= ticket.answers_before:
-            return True
-        return count - state._granted > state._others_learned
+        before = ticket.answers_before
+        return count - state._granted > state._others_learned or (before > 0 and count <= before)
 
     def _schedule_flush(self) -> bool:
         """Make sure the end of this turn of the running event loop writes what the process keeps; False
@@ -765,14 +760,14 @@ class HostBudget(RateLimitBudget):
         with self._thread_lock:
             if self._flush_loop is loop:
                 self._flush_loop = None
-            steps, taken = self._turn_steps, self._turn_taken
-            self._turn_steps = self._turn_taken = self._turn_pooled = 0
+            steps, taken = self._turn_steps, self._handed - self._handed_at_turn
+            self._turn_steps, self._handed_at_turn = 0, self._handed
             if steps:  # the next turn's first step takes at least as many as this turn's callers
                 self._want = min(POOL - 1, max(self._want, steps + taken - 1))
             if not (steps or taken):
                 if self._pooled:
                     self._drop = True  # a turn that used none: they go back
-                    self._want = min(self._want, self._handed)
+                    self._want = min(self._want, self._handed - self._handed_at_step)
             elif self._pooled or self._pending or self._pending_asked:
                 # Busy: the pools are looked at again at the next turn's end; what is kept waits for a step
                 # (the next caller's, or that turn's end once the callers stop) unless it may change the pools,
@@ -786,7 +781,7 @@ class HostBudget(RateLimitBudget):
             if self._queue:
                 self._hand_out()
 
-    def _may_keep(self, pending: list[float]) -> bool:
+    def _may_keep(self, pending: list[tuple[Ticket, float, int, RateLimitHeaders]]) -> bool:
         """Whether the answers kept may wait for a later step: none of them may change the pools, and they are
         few and new. (Another process's step is a step here too: it voids the pools, so the next caller steps.)"""
         if not pending:
@@ -794,8 +789,8 @@ class HostBudget(RateLimitBudget):
         return (
             self._file is not None
             and not self._news
-            and len(pending) < KEPT_MOST * _KEPT
-            and self._clock() - pending[5] < KEPT_SECONDS
+            and len(pending) < KEPT_MOST
+            and self._clock() - pending[0][1] < KEPT_SECONDS
         )
 
     def _settle_local(self) -> None:
@@ -814,12 +809,7 @@ class HostBudget(RateLimitBudget):
         file = self._file
         # The tickets of one slot are let go of together: one read and one write of it.
         groups: dict[int, int] = {}
-        for at in range(0, len(pending), _KEPT):
-            slot, ident, epoch, before, bulk, when, status, limit, remaining = pending[at : at + _KEPT]
-            if file is None or self._counted(file, int(slot), int(ident), groups):
-                hints = RateLimitHeaders(int(limit) if limit >= 0 else None, int(remaining) if remaining >= 0 else None)
-                ticket = Ticket(int(epoch), int(before), bool(bulk))
-                WindowState.answered(state, ticket, when, int(status), hints)
+        self._write_kept(pending, file, groups)
         if pending and self._pooled:
             # The pools were taken before these answers: one stays only while the state, with them, has room
             # beyond it (its tickets are counted granted already); else it goes back.
@@ -837,13 +827,38 @@ class HostBudget(RateLimitBudget):
             self._mismatch_told = True
             logger.warning("%s", state.mismatch)
 
+    def _write_kept(
+        self,
+        pending: list[tuple[Ticket, float, int, RateLimitHeaders]],
+        file: _HostFile | None,
+        groups: dict[int, int],
+    ) -> None:
+        """Read the kept answers into the state, each as of when it came; their tickets are counted in
+        ``groups`` (slot -> tickets) to be let go of. One whose group is no longer held is not read."""
+        state = self.state
+        answered = WindowState.answered
+        mm = file.mm if file is not None else None
+        for ticket, when, status, hints in pending:
+            if mm is not None:  # _counted, inlined: this is once per answer
+                held: Any = ticket
+                slot = held.slot
+                count = groups.get(slot)
+                if count is None:
+                    ident, settled = _FREE.unpack_from(mm, _SLOTS_AT + slot * _SLOT.size)
+                    count = 0 if ident == held.ident and not settled else -1
+                if count < 0:
+                    groups[slot] = count
+                    ticket.settled = True  # settled by another already (its holder was thought gone)
+                    continue
+                groups[slot] = count + 1
+            answered(state, ticket, when, status, hints)
+
     def _take_pools(self, which: Callable[[bool], bool]) -> list[tuple[bool, _Pool]]:
         """The pools of the classes ``which(bulk)`` names, emptied (a copy of each is returned, to be given back)."""
         taken: list[tuple[bool, _Pool]] = []
         for bulk, pool in enumerate(self._pools):
             if pool.count and which(bool(bulk)):
                 taken.append((bool(bulk), attrs.evolve(pool)))
-                self._pooled -= pool.count
                 pool.count = 0
         return taken
 
@@ -872,6 +887,12 @@ class HostBudget(RateLimitBudget):
             before, changed = count, step
         count = max(0, count - settling)
         _SETTLE.pack_into(mm, at, ident, step if count <= 0 else 0, changed, count, before)
+
+    @property
+    def _pooled(self) -> int:
+        """Tickets in the pools."""
+        interactive, bulk = self._pools
+        return interactive.count + bulk.count
 
     def view(self) -> RateLimitView:
         self._drop = True  # the pools go back first: what is in flight is what was sent
