@@ -720,9 +720,24 @@ class HostBudget(RateLimitBudget):
                         self._schedule_flush()
                     now = self._clock()
                     self._pending.append((ticket, now, status, hints))
+                    state = self.state
                     if not self._news:
-                        self._news = self._is_news(ticket, hints)
-                    gate = self.state.gate_until - now
+                        # _is_news, inlined for its common case (this is once per answer): the limit known
+                        # and the same, a count, a window dated, and the same window.
+                        limit, remaining, epoch = state.limit, hints.remaining, state._epoch
+                        if (
+                            limit is None
+                            or remaining is None
+                            or state._window_end is None
+                            or (hints.limit is not None and hints.limit != limit)
+                            or ticket.epoch != epoch
+                        ):
+                            self._news = self._is_news(ticket, hints)
+                        else:
+                            count = limit - remaining
+                            before = ticket.answers_before
+                            self._news = count - state._granted > state._others_learned or 0 < before >= count
+                    gate = state.gate_until - now
                     return gate if gate > 0.0 else 0.0
         return await super().answered(ticket, status, hints)
 
