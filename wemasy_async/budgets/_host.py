@@ -720,24 +720,9 @@ class HostBudget(RateLimitBudget):
                         self._schedule_flush()
                     now = self._clock()
                     self._pending.append((ticket, now, status, hints))
-                    state = self.state
                     if not self._news:
-                        # _is_news, inlined for its common case (this is once per answer): the limit known
-                        # and the same, a count, a window dated, and the same window.
-                        limit, remaining, epoch = state.limit, hints.remaining, state._epoch
-                        if (
-                            limit is None
-                            or remaining is None
-                            or state._window_end is None
-                            or (hints.limit is not None and hints.limit != limit)
-                            or ticket.epoch != epoch
-                        ):
-                            self._news = self._is_news(ticket, hints)
-                        else:
-                            count = limit - remaining
-                            before = ticket.answers_before
-                            self._news = count - state._granted > state._others_learned or 0 < before >= count
-                    gate = state.gate_until - now
+                        self._news = self._is_news(ticket, hints)
+                    gate = self.state.gate_until - now
                     return gate if gate > 0.0 else 0.0
         return await super().answered(ticket, status, hints)
 
@@ -852,20 +837,11 @@ class HostBudget(RateLimitBudget):
         ``groups`` (slot -> tickets) to be let go of. One whose group is no longer held is not read."""
         state = self.state
         answered = WindowState.answered
-        mm = file.mm if file is not None else None
         for ticket, when, status, hints in pending:
-            if mm is not None:  # _counted, inlined: this is once per answer
-                held: Any = ticket
-                slot = held.slot
-                count = groups.get(slot)
-                if count is None:
-                    ident, settled = _FREE.unpack_from(mm, _SLOTS_AT + slot * _SLOT.size)
-                    count = 0 if ident == held.ident and not settled else -1
-                if count < 0:
-                    groups[slot] = count
-                    ticket.settled = True  # settled by another already (its holder was thought gone)
-                    continue
-                groups[slot] = count + 1
+            held: Any = ticket
+            if file is not None and not self._counted(file, held.slot, held.ident, groups):
+                ticket.settled = True  # settled by another already (its holder was thought gone)
+                continue
             answered(state, ticket, when, status, hints)
 
     def _take_pools(self, which: Callable[[bool], bool]) -> list[tuple[bool, _Pool]]:
